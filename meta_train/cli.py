@@ -1,0 +1,70 @@
+"""The ``lopt`` command: one entry point, one subcommand per job.
+
+Subcommands import their modules lazily so that ``lopt tasks list`` does not pay for the
+meta-trainer's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _tasks(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lopt tasks", description="Task families and suites.")
+    parser.add_argument("action", choices=["list"])
+    parser.parse_args(argv)
+    from tasks import registry
+
+    print(registry.format_listing())
+    return 0
+
+
+def _data(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lopt data", description="Prepare the built-in datasets offline (TFDS array_record)."
+    )
+    parser.add_argument("action", choices=["prepare"])
+    parser.add_argument("names", nargs="*", help="datasets to prepare (default: all built-in)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS_DATA_DIR)")
+    args = parser.parse_args(argv)
+    from tasks import datasets
+
+    for name in args.names or datasets.BUILTIN_DATASETS:
+        path = datasets.prepare(name, data_dir=args.data_dir)
+        print(f"{name}: ready at {path}")
+    return 0
+
+
+def _meta_train(argv: list[str]) -> int:
+    from meta_train import train
+
+    return train.main(argv)
+
+
+def _evaluate(argv: list[str]) -> int:
+    from meta_train import evaluate
+
+    return evaluate.main(argv)
+
+
+COMMANDS = {
+    "meta-train": (_meta_train, "meta-train a learned optimizer"),
+    "evaluate": (_evaluate, "evaluate an optimizer on a held-out suite"),
+    "tasks": (_tasks, "list task families and held-out suites"),
+    "data": (_data, "prepare datasets offline"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<12}{help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: lopt <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, _ = COMMANDS[argv[0]]
+    return command(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
