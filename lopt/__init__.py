@@ -1,0 +1,49 @@
+"""Learned optimizers: per-parameter MLP and LSTM networks and learnable hand-designed baselines,
+with export to optax.
+
+Every optimizer is a frozen dataclass of hyperparameters with pure functions around a
+meta-parameter pytree theta: ``init_meta_params(key)``, ``init(theta, params, num_steps)``,
+``update(theta, state, grads, params, loss)``. ``to_optax`` / ``save`` / ``load`` turn them into
+optax transforms.
+"""
+
+from lopt.base import LearnedOptimizer
+from lopt.export import (
+    CorruptExportError,
+    ExportError,
+    NewerFormatError,
+    NotAnExportError,
+    UnknownArchitectureError,
+    load,
+    load_optimizer,
+    save,
+    to_optax,
+)
+from lopt.hand_designed import AdamState, LearnableAdam, LearnableSGDM, SGDMState
+from lopt.lstm import LSTMOptimizer, LSTMOptState
+from lopt.mlp import MLPOptimizer, MLPOptState
+from lopt.registry import architecture_names, get_optimizer, register
+
+__all__ = [
+    "AdamState",
+    "CorruptExportError",
+    "ExportError",
+    "LSTMOptState",
+    "LSTMOptimizer",
+    "LearnableAdam",
+    "LearnableSGDM",
+    "LearnedOptimizer",
+    "MLPOptState",
+    "MLPOptimizer",
+    "NewerFormatError",
+    "NotAnExportError",
+    "SGDMState",
+    "UnknownArchitectureError",
+    "architecture_names",
+    "get_optimizer",
+    "load",
+    "load_optimizer",
+    "register",
+    "save",
+    "to_optax",
+]

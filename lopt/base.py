@@ -28,6 +28,8 @@ class LearnedOptimizer(abc.ABC):
     """
 
     architecture = "base"
+    # Whether updates depend on the horizon ``num_steps`` given to ``init`` (time features).
+    uses_horizon = True
 
     @abc.abstractmethod
     def init_meta_params(self, key: jax.Array) -> MetaParams:
@@ -35,7 +37,7 @@ class LearnedOptimizer(abc.ABC):
 
     @abc.abstractmethod
     def init(self, theta: MetaParams, params: Params, num_steps: jax.Array | int) -> OptState:
-        """State for training ``params`` for ``num_steps`` steps (the horizon feeds time features)."""
+        """State for training ``params`` for ``num_steps`` steps (the horizon of time features)."""
 
     @abc.abstractmethod
     def update(

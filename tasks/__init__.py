@@ -1,5 +1,21 @@
 """Training problems for learned optimizers: tasks, task families, datasets and held-out suites."""
 
-from tasks.base import SPLITS, DynamicConfig, Params, Task, TaskFamily
+from tasks.base import (
+    SAMPLED_SEED_END,
+    SPLITS,
+    DynamicConfig,
+    Params,
+    Task,
+    TaskFamily,
+    sample_seed,
+)
 
-__all__ = ["SPLITS", "DynamicConfig", "Params", "Task", "TaskFamily"]
+__all__ = [
+    "SAMPLED_SEED_END",
+    "SPLITS",
+    "DynamicConfig",
+    "Params",
+    "Task",
+    "TaskFamily",
+    "sample_seed",
+]

@@ -18,12 +18,22 @@ import abc
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 Params = Any
 DynamicConfig = Any
 
 SPLITS = ("train", "inner_valid", "outer_valid", "test")
+
+# Families draw their dynamic seeds from [0, SAMPLED_SEED_END); held-out suites use seeds at or
+# above it, so meta-training can never sample a held-out task's dynamic configuration.
+SAMPLED_SEED_END = 2**31
+
+
+def sample_seed(key: jax.Array) -> jax.Array:
+    """A ``[]`` uint32 seed, uniform in ``[0, SAMPLED_SEED_END)``."""
+    return jax.random.bits(key, (), jnp.uint32) >> 1
 
 
 class Task(abc.ABC):

@@ -1,0 +1,238 @@
+"""Cost of a learned optimizer in a real training step, against Adam and against its bare network.
+
+Times, in one run and interleaved round by round (so machine load hits every variant alike):
+
+* a whole jitted train step (forward, backward, update, apply; buffers donated) of an MLP
+  classifier with about 1M parameters on a batch of 128, with ``optax.adam`` and with the exported
+  (``lopt.to_optax``) MLP, small-MLP, Adam-base MLP and LSTM optimizers;
+* the optimizer update alone (``tx.update``) of each learned optimizer;
+* the bare forward pass of each per-parameter network over a ready ``[num_params, num_features]``
+  matrix: the arithmetic an update cannot avoid.
+
+Prints a table with the ratios to Adam's step and of each update to its bare pass, and writes
+``benchmarks/results/optimizer_step.json``. Compile times are reported apart.
+
+    python benchmarks/optimizer_step.py            # ~1M-parameter model
+    python benchmarks/optimizer_step.py --quick    # ~50k parameters, a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import lopt
+
+BATCH_SIZE = 128
+NUM_CLASSES = 10
+FULL_MODEL = (784, (1024, 256))
+QUICK_MODEL = (64, (256, 128))
+
+
+def init_mlp(key: jax.Array, input_dim: int, hidden: tuple[int, ...]) -> list[dict]:
+    """Weights ``[fan_in, fan_out]`` and biases of an MLP input -> hidden... -> NUM_CLASSES."""
+    widths = (input_dim, *hidden, NUM_CLASSES)
+    keys = jax.random.split(key, len(widths) - 1)
+    return [
+        {
+            "w": jax.random.normal(k, (a, b), jnp.float32) / a**0.5,
+            "b": jnp.zeros((b,), jnp.float32),
+        }
+        for k, a, b in zip(keys, widths[:-1], widths[1:], strict=True)
+    ]
+
+
+def mlp_loss(params: list[dict], x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of the ReLU MLP on ``x[B, D]`` with labels ``y[B]``."""
+    for layer in params[:-1]:
+        x = jax.nn.relu(x @ layer["w"] + layer["b"])
+    logits = x @ params[-1]["w"] + params[-1]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def make_train_step(tx: optax.GradientTransformationExtraArgs) -> Callable:
+    def train_step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(mlp_loss)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(train_step, donate_argnums=(0, 1))
+
+
+def compile_seconds(fn: Callable, *args: Any) -> tuple[Any, float]:
+    """``(compiled, seconds)``: ahead-of-time compile of ``fn`` for ``args``."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+class Timer:
+    """Seconds per call of a thunk, as the median over rounds of the mean over ``number`` calls."""
+
+    def __init__(self, thunk: Callable[[], Any], number: int):
+        self.thunk = thunk
+        self.number = number
+        self.samples: list[float] = []
+        jax.block_until_ready(thunk())
+
+    def measure(self) -> None:
+        start = time.perf_counter()
+        for _ in range(self.number):
+            out = self.thunk()
+        jax.block_until_ready(out)
+        self.samples.append((time.perf_counter() - start) / self.number)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def train_step_thunk(tx, params, x, y) -> tuple[Callable, float]:
+    """A thunk running one donated train step on its own copy of the state, and compile time."""
+    step = make_train_step(tx)
+    compiled, seconds = compile_seconds(step, params, tx.init(params), x, y)
+    carry = {"params": jax.tree.map(jnp.copy, params), "state": tx.init(params)}
+
+    def thunk():
+        carry["params"], carry["state"], loss = compiled(carry["params"], carry["state"], x, y)
+        return loss
+
+    return thunk, seconds
+
+
+def run(quick: bool, rounds: int) -> dict:
+    input_dim, hidden = QUICK_MODEL if quick else FULL_MODEL
+    key_params, key_x, key_y, key_theta, key_features = jax.random.split(jax.random.key(0), 5)
+    params = init_mlp(key_params, input_dim, hidden)
+    num_params = sum(p.size for p in jax.tree.leaves(params))
+    x = jax.random.normal(key_x, (BATCH_SIZE, input_dim), jnp.float32)
+    y = jax.random.randint(key_y, (BATCH_SIZE,), 0, NUM_CLASSES)
+    grads = jax.grad(mlp_loss)(params, x, y)
+    loss = mlp_loss(params, x, y)
+    num_steps = 1000
+
+    learned = {
+        "mlp": lopt.get_optimizer("mlp"),
+        "mlp_small": lopt.get_optimizer("mlp_small"),
+        "mlp_adam": lopt.get_optimizer("mlp_adam"),
+        "lstm": lopt.get_optimizer("lstm"),
+    }
+    transforms = {"adam": optax.adam(1e-3)}
+    thetas = {}
+    for name, optimizer in learned.items():
+        thetas[name] = optimizer.init_meta_params(key_theta)
+        transforms[name] = lopt.to_optax(optimizer, thetas[name], num_steps)
+
+    timers: dict[str, Timer] = {}
+    compile_times: dict[str, float] = {}
+    number = 5 if quick else 3
+    for name, tx in transforms.items():
+        thunk, compile_times[f"step/{name}"] = train_step_thunk(tx, params, x, y)
+        timers[f"step/{name}"] = Timer(thunk, number)
+    for name, optimizer in learned.items():
+        tx = transforms[name]
+        state = tx.init(params)
+        update = jax.jit(lambda g, s, p, v, tx=tx: tx.update(g, s, p, value=v))
+        update, compile_times[f"update/{name}"] = compile_seconds(update, grads, state, params, loss)
+        timers[f"update/{name}"] = Timer(
+            lambda u=update, s=state: u(grads, s, params, loss), number
+        )
+        if hasattr(optimizer, "apply_network"):
+            features = jax.random.normal(
+                key_features, (num_params, optimizer.num_features), jnp.float32
+            )
+            context = jnp.zeros((len(thetas[name]["context_w"]),), jnp.float32)
+            bare = jax.jit(optimizer.apply_network)
+            bare, compile_times[f"bare/{name}"] = compile_seconds(
+                bare, thetas[name], features, context
+            )
+            timers[f"bare/{name}"] = Timer(
+                lambda b=bare, t=thetas[name], f=features, c=context: b(t, f, c), number
+            )
+    for _ in range(rounds):
+        for timer in timers.values():
+            timer.measure()
+
+    seconds = {name: timer.median for name, timer in timers.items()}
+    adam_step = seconds["step/adam"]
+    ratios = {
+        f"step/{name}_over_adam": seconds[f"step/{name}"] / adam_step for name in learned
+    }
+    for name in learned:
+        if f"bare/{name}" in seconds:
+            ratios[f"update/{name}_over_bare"] = seconds[f"update/{name}"] / seconds[f"bare/{name}"]
+    return {
+        "model": {"input_dim": input_dim, "hidden": list(hidden), "num_params": num_params},
+        "batch_size": BATCH_SIZE,
+        "rounds": rounds,
+        "calls_per_round": number,
+        "seconds": seconds,
+        "compile_seconds": compile_times,
+        "ratios": ratios,
+        "machine": {
+            "platform": platform.platform(),
+            "device": str(jax.devices()[0]),
+            "cpu_count": os.cpu_count(),
+            "jax": jax.__version__,
+        },
+    }
+
+
+def format_table(result: dict) -> str:
+    seconds, ratios, compiles = result["seconds"], result["ratios"], result["compile_seconds"]
+    lines = [
+        f"model: MLP {result['model']['input_dim']}-{'-'.join(map(str, result['model']['hidden']))}"
+        f"-{NUM_CLASSES}, {result['model']['num_params']:,} params, batch {result['batch_size']}; "
+        f"device {result['machine']['device']}",
+        f"{'measurement':<22}{'ms':>10}{'ratio':>10}{'compile s':>11}",
+    ]
+    for name, value in seconds.items():
+        kind, opt = name.split("/")
+        if kind == "step":
+            ratio = ratios.get(f"step/{opt}_over_adam", 1.0)
+            note = "x adam"
+        elif kind == "update" and f"update/{opt}_over_bare" in ratios:
+            ratio, note = ratios[f"update/{opt}_over_bare"], "x bare"
+        else:
+            ratio, note = None, ""
+        ratio_text = f"{ratio:>10.2f}" if ratio is not None else f"{'':>10}"
+        lines.append(
+            f"{name:<22}{1e3 * value:>10.2f}{ratio_text}{compiles[name]:>11.2f} {note}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~50k-parameter model")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 20 / 7)")
+    parser.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(__file__), "results", "optimizer_step.json"),
+        help="where to write the JSON results",
+    )
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (20 if args.quick else 7)
+    if rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {rounds}")
+    result = run(args.quick, rounds)
+    print(format_table(result))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,294 @@
+"""Learned optimizers as optax transforms, and their saved form.
+
+An export is a directory::
+
+    <path>/optimizer.json   format name and version, lopt version, architecture, hyperparameters,
+                            a SHA-256 of theta, free-form metadata
+    <path>/theta/           theta, written by orbax-checkpoint
+
+``save`` writes the whole directory aside and renames it into place, so a reader never sees a
+half-written export where a good one stood (during the swap the old one is renamed aside first).
+The metadata key ``"num_steps"`` (the meta-training horizon) is what ``load`` uses for the time
+features when it is not given ``num_steps``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt import registry
+from lopt.base import LearnedOptimizer, MetaParams
+
+FORMAT_NAME = "lopt-optimizer"
+FORMAT_VERSION = 1
+CONFIG_FILE = "optimizer.json"
+THETA_DIR = "theta"
+
+
+class ExportError(Exception):
+    """A problem with an exported optimizer directory; the message names the path."""
+
+
+class NotAnExportError(ExportError, FileNotFoundError):
+    """The path does not exist or holds no exported optimizer."""
+
+
+class CorruptExportError(ExportError, ValueError):
+    """The export is truncated, corrupt or inconsistent."""
+
+
+class NewerFormatError(ExportError, ValueError):
+    """The export was written by a newer lopt in a format this one cannot read."""
+
+
+class UnknownArchitectureError(ExportError, registry.UnknownArchitectureError):
+    """The export names an architecture this installation does not know."""
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("lopt")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def to_optax(
+    optimizer: LearnedOptimizer, theta: MetaParams, num_steps: int | jax.Array | None
+) -> optax.GradientTransformationExtraArgs:
+    """An optax transform that applies ``optimizer`` with meta-parameters ``theta``.
+
+    ``update(grads, state, params, value=loss)`` follows optax's ``GradientTransformationExtraArgs``
+    convention; ``params`` is required, ``value`` only for optimizers built with ``use_loss``.
+    ``num_steps`` is the training horizon that time features are relative to (ignored, and may be
+    ``None``, for optimizers with ``uses_horizon = False``).
+    """
+    if num_steps is None:
+        if optimizer.uses_horizon:
+            raise ValueError(
+                f"{type(optimizer).__name__} has time features and needs num_steps, the number "
+                "of steps the optimizer will train for"
+            )
+        num_steps = 1
+    theta = jax.tree.map(jnp.asarray, theta)
+
+    def init_fn(params: Any) -> Any:
+        return optimizer.init(theta, params, num_steps)
+
+    def update_fn(
+        updates: Any, state: Any, params: Any = None, *, value: Any = None, **extra_args: Any
+    ) -> tuple[Any, Any]:
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "learned optimizers need the params: call update(grads, state, params)"
+            )
+        return optimizer.update(theta, state, updates, params, value)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _theta_digest(theta: MetaParams) -> str:
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray | jax.Array):
+        return np.asarray(value).tolist()
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON data")
+
+
+def _check_theta(optimizer: LearnedOptimizer, theta: MetaParams) -> None:
+    expected = jax.eval_shape(optimizer.init_meta_params, jax.random.key(0))
+    got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), theta)
+    if jax.tree.structure(expected) != jax.tree.structure(got) or any(
+        (e.shape, e.dtype) != (g.shape, g.dtype)
+        for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True)
+    ):
+        raise ValueError(f"theta does not match {optimizer!r}: expected {expected}, got {got}")
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
+
+    return ocp.StandardCheckpointer()
+
+
+def save(
+    path: str | os.PathLike,
+    optimizer: LearnedOptimizer,
+    theta: MetaParams,
+    metadata: dict | None = None,
+) -> None:
+    """Write ``optimizer``, ``theta`` and JSON ``metadata`` as an export directory at ``path``,
+    replacing an earlier export there atomically (write aside, then rename)."""
+    path = os.path.abspath(os.fspath(path))
+    _check_theta(optimizer, theta)
+    theta = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), theta)
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "lopt_version": package_version(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(),
+        "architecture": optimizer.architecture,
+        "hyperparameters": optimizer.hyperparameters(),
+        "theta_sha256": _theta_digest(theta),
+        "metadata": dict(metadata or {}),
+    }
+    try:
+        text = json.dumps(config, indent=2, default=_json_default)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"cannot save to {path}: metadata must be JSON data ({error})") from error
+    if os.path.exists(path) and not _is_replaceable(path):
+        raise FileExistsError(
+            f"refusing to replace {path}: it exists and is not an exported optimizer; "
+            "choose another path or remove it"
+        )
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    staging = os.path.join(parent, f".{os.path.basename(path)}.tmp-{tag}")
+    try:
+        os.makedirs(staging)
+        checkpointer = _checkpointer()
+        checkpointer.save(os.path.join(staging, THETA_DIR), theta)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        with open(os.path.join(staging, CONFIG_FILE), "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        _swap_into_place(staging, path, tag)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_replaceable(path: str) -> bool:
+    if os.path.isdir(path):
+        return not os.listdir(path) or os.path.isfile(os.path.join(path, CONFIG_FILE))
+    return False
+
+
+def _swap_into_place(staging: str, path: str, tag: str) -> None:
+    """Rename ``staging`` to ``path``; an existing ``path`` is moved aside first, removed after."""
+    if not os.path.exists(path):
+        os.rename(staging, path)
+        return
+    old = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.old-{tag}")
+    os.rename(path, old)
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_config(path: str) -> dict:
+    if not os.path.exists(path):
+        raise NotAnExportError(f"no exported optimizer at {path}: the path does not exist")
+    if not os.path.isdir(path):
+        raise NotAnExportError(f"{path} is a file, not an exported optimizer (a directory)")
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise NotAnExportError(
+            f"{path} is not an exported optimizer: it has no {CONFIG_FILE} (write one with "
+            "lopt.save)"
+        )
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptExportError(f"{config_path} is corrupt or truncated: {error}") from error
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise NotAnExportError(f"{config_path} is not a lopt optimizer description")
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise CorruptExportError(f"{config_path} has no valid format_version (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(
+            f"{path} has format version {version}, written by lopt "
+            f"{config.get('lopt_version', '?')}; this lopt ({package_version()}) reads format "
+            f"versions up to {FORMAT_VERSION}: upgrade lopt to load it"
+        )
+    missing = {"architecture", "hyperparameters", "theta_sha256"} - set(config)
+    if missing:
+        raise CorruptExportError(f"{config_path} lacks {sorted(missing)}")
+    return config
+
+
+def _restore_theta(path: str, optimizer: LearnedOptimizer, expected_digest: str) -> MetaParams:
+    theta_path = os.path.join(path, THETA_DIR)
+    if not os.path.isdir(theta_path):
+        raise CorruptExportError(f"{path} is incomplete: {THETA_DIR}/ is missing")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(optimizer.init_meta_params, jax.random.key(0)),
+    )
+    try:
+        checkpointer = _checkpointer()
+        theta = checkpointer.restore(theta_path, abstract)
+        checkpointer.close()
+    except Exception as error:
+        raise CorruptExportError(
+            f"cannot read theta from {theta_path} (corrupt, truncated, or saved for other "
+            f"hyperparameters): {type(error).__name__}: {error}"
+        ) from error
+    if _theta_digest(theta) != expected_digest:
+        raise CorruptExportError(
+            f"theta in {theta_path} does not match the checksum in {CONFIG_FILE}: corrupt export"
+        )
+    return theta
+
+
+def load_optimizer(path: str | os.PathLike) -> tuple[LearnedOptimizer, MetaParams, dict]:
+    """``(optimizer, theta, metadata)`` from an export directory written by ``save``."""
+    path = os.path.abspath(os.fspath(path))
+    config = _read_config(path)
+    architecture = config["architecture"]
+    try:
+        cls = registry.architecture_class(architecture)
+    except registry.UnknownArchitectureError as error:
+        raise UnknownArchitectureError(f"{path}: {error}") from error
+    try:
+        optimizer = cls(**config["hyperparameters"])
+    except (TypeError, ValueError) as error:
+        raise CorruptExportError(
+            f"{path}: invalid hyperparameters for architecture {architecture!r}: {error}"
+        ) from error
+    theta = _restore_theta(path, optimizer, config["theta_sha256"])
+    return optimizer, theta, config.get("metadata", {})
+
+
+def load(
+    path: str | os.PathLike, num_steps: int | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """The optax transform of an export; ``num_steps`` defaults to the metadata's ``num_steps``."""
+    optimizer, theta, metadata = load_optimizer(path)
+    if num_steps is None:
+        num_steps = metadata.get("num_steps")
+        if num_steps is None and optimizer.uses_horizon:
+            raise ValueError(
+                f"{os.fspath(path)}: this optimizer's time features need the training horizon and "
+                "the export's metadata has no 'num_steps': pass lopt.load(path, num_steps=...)"
+            )
+    return to_optax(optimizer, theta, num_steps)

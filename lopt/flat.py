@@ -1,0 +1,113 @@
+"""All parameters as one flat float32 vector, with per-tensor reductions.
+
+The per-parameter networks are applied to every parameter at once: the leaves of a params pytree
+are raveled and concatenated into a ``[num_params]`` float32 vector (``flatten``), the network runs
+on a ``[num_params, num_features]`` matrix, and the result is split and cast back to the leaves'
+shapes and dtypes (``unflatten``). The layout is static (shapes and dtypes are known at trace
+time), so the per-tensor loops below unroll into a handful of slices inside one XLA graph; no
+Python runs per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class FlatLayout(NamedTuple):
+    """Static description of a params pytree: where each leaf sits in the flat vector."""
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]
+    sizes: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+    @property
+    def num_params(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def num_tensors(self) -> int:
+        return len(self.sizes)
+
+
+def layout_of(tree: Any) -> FlatLayout:
+    """The layout of ``tree``; every leaf must be a floating-point array or scalar."""
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    if not leaves_with_paths:
+        raise ValueError("params has no array leaves: a learned optimizer needs something to train")
+    shapes, dtypes = [], []
+    for path, leaf in leaves_with_paths:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"params leaf {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}: learned "
+                "optimizers train floating-point leaves only; keep integer state out of params"
+            )
+        shapes.append(tuple(np.shape(leaf)))
+        dtypes.append(np.dtype(dtype))
+    sizes = tuple(int(np.prod(shape, dtype=np.int64)) for shape in shapes)
+    offsets = tuple(int(o) for o in np.cumsum((0, *sizes[:-1])))
+    return FlatLayout(treedef, tuple(shapes), tuple(dtypes), sizes, offsets)
+
+
+def check_same_structure(layout: FlatLayout, tree: Any, name: str) -> None:
+    """Raise a clear error when ``tree`` (e.g. the gradients) does not match the params."""
+    treedef = jax.tree.structure(tree)
+    if treedef != layout.treedef:
+        raise ValueError(f"{name} has structure {treedef}, but params have {layout.treedef}")
+    shapes = tuple(tuple(np.shape(leaf)) for leaf in jax.tree.leaves(tree))
+    if shapes != layout.shapes:
+        raise ValueError(f"{name} has leaf shapes {shapes}, but params have {layout.shapes}")
+
+
+def flatten(tree: Any) -> jax.Array:
+    """``[num_params]`` float32: the leaves raveled and concatenated in tree order."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.concatenate([jnp.ravel(jnp.asarray(leaf, jnp.float32)) for leaf in leaves])
+
+
+def unflatten(layout: FlatLayout, flat: jax.Array) -> Any:
+    """Inverse of ``flatten``: ``flat[num_params]`` split, reshaped, cast to each leaf's dtype."""
+    leaves = [
+        flat[offset : offset + size].reshape(shape).astype(dtype)
+        for offset, size, shape, dtype in zip(
+            layout.offsets, layout.sizes, layout.shapes, layout.dtypes, strict=True
+        )
+    ]
+    return jax.tree.unflatten(layout.treedef, leaves)
+
+
+def per_tensor_mean_square(layout: FlatLayout, x: jax.Array) -> jax.Array:
+    """``[num_tensors, *rest]``: the mean of ``x**2`` over each tensor's rows of ``x[num_params,
+    *rest]`` (zero for an empty tensor)."""
+    means = [
+        jnp.mean(jnp.square(x[offset : offset + size]), axis=0)
+        if size
+        else jnp.zeros(x.shape[1:], x.dtype)
+        for offset, size in zip(layout.offsets, layout.sizes, strict=True)
+    ]
+    return jnp.stack(means)
+
+
+def per_tensor_broadcast(layout: FlatLayout, values: jax.Array) -> jax.Array:
+    """``[num_params, *rest]``: row ``i`` of ``values[num_tensors, *rest]`` repeated over tensor
+    ``i``'s parameters."""
+    rest = values.shape[1:]
+    return jnp.concatenate(
+        [jnp.broadcast_to(values[i], (size, *rest)) for i, size in enumerate(layout.sizes)]
+    )
+
+
+def per_tensor_scale(layout: FlatLayout, x: jax.Array, scales: jax.Array) -> jax.Array:
+    """``x[num_params, *rest]`` with tensor ``i``'s rows multiplied by ``scales[i]``."""
+    return jnp.concatenate(
+        [
+            x[offset : offset + size] * scales[i]
+            for i, (offset, size) in enumerate(zip(layout.offsets, layout.sizes, strict=True))
+        ]
+    )

@@ -1,0 +1,210 @@
+"""The coordinate-wise LSTM learned optimizer (Andrychowicz et al. 2016), optionally conditioned by
+a per-tensor LSTM (as in Metz et al.'s RNN-MLP optimizer).
+
+One LSTM cell, shared by all parameters, carries a small hidden state per parameter. Its input is
+the per-parameter feature matrix of ``lopt.features`` (the same as the MLP optimizer's); the
+per-step context enters as a bias of the gates. A linear read-out of the hidden state gives
+``(direction, magnitude)`` and the step ``direction * exp(exp_mult * magnitude) * step_mult``.
+
+With ``per_tensor=True`` a second LSTM runs over one row per tensor, whose input is the log of the
+tensor's feature normalisers (how large its gradients, parameters and momenta are) and the
+context; a linear map of its hidden state is added to the gates of every parameter of that tensor.
+
+The hidden states are part of the optimizer state (``LSTMOptState``), so they travel with the optax
+state through jit, checkpoints and exports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt import features as feats
+from lopt import flat
+from lopt.base import LearnedOptimizer
+
+# Tensor-LSTM inputs are log mean squares (about -60 to 20); this brings them to order one.
+LOG_FEATURE_SCALE = 0.1
+LOG_FLOOR = 1e-30
+
+
+class LSTMOptState(NamedTuple):
+    """State of ``LSTMOptimizer`` for one inner training.
+
+    Attributes:
+      step, num_steps, momenta, second_moment, loss_ema: as in ``MLPOptState``.
+      hidden, cell: ``[num_params, hidden_size]`` float32 per-parameter LSTM state.
+      tensor_hidden, tensor_cell: ``[num_tensors, tensor_hidden_size]`` float32 per-tensor LSTM
+        state, or ``None`` without ``per_tensor``.
+    """
+
+    step: jax.Array
+    num_steps: jax.Array
+    momenta: jax.Array
+    second_moment: jax.Array
+    loss_ema: jax.Array
+    hidden: jax.Array
+    cell: jax.Array
+    tensor_hidden: jax.Array | None
+    tensor_cell: jax.Array | None
+
+
+def lstm_cell_init(key: jax.Array, input_size: int, hidden_size: int) -> dict:
+    """``{"w_x": [I, 4H], "w_h": [H, 4H], "b": [4H]}``, gates ordered (input, forget, cell,
+    output); the forget bias starts at 1 so the cell remembers by default."""
+    key_x, key_h = jax.random.split(key)
+    w_x = feats.dense_init(key_x, input_size, 4 * hidden_size)["w"]
+    w_h = feats.dense_init(key_h, hidden_size, 4 * hidden_size)["w"]
+    b = jnp.zeros((4 * hidden_size,), jnp.float32).at[hidden_size : 2 * hidden_size].set(1.0)
+    return {"w_x": w_x, "w_h": w_h, "b": b}
+
+
+def lstm_cell(
+    gates_in: jax.Array, hidden: jax.Array, cell: jax.Array, w_h: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One LSTM step given the input part of the gates ``gates_in[..., 4H]``: ``(hidden, cell)``."""
+    gates = gates_in + hidden @ w_h
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jax.nn.sigmoid(o) * jnp.tanh(cell), cell
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMOptimizer(LearnedOptimizer):
+    """Coordinate-wise LSTM optimizer; the fields are its hyperparameters.
+
+    Attributes:
+      hidden_size: per-parameter LSTM width.
+      per_tensor: add the per-tensor LSTM that conditions the per-parameter one.
+      tensor_hidden_size: per-tensor LSTM width.
+      momentum_decays, rms_decay, time_scales, fraction_scales, exp_mult, step_mult, use_loss:
+        as in ``MLPOptimizer``.
+    """
+
+    architecture = "lstm"
+
+    hidden_size: int = 16
+    per_tensor: bool = False
+    tensor_hidden_size: int = 16
+    momentum_decays: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999)
+    rms_decay: float = 0.999
+    time_scales: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+    fraction_scales: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    exp_mult: float = 1e-3
+    step_mult: float = 1e-3
+    use_loss: bool = False
+
+    def __post_init__(self):
+        feats.freeze_sequences(self)
+        for name in ("hidden_size", "tensor_hidden_size"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        feats.check_decays("momentum_decays", self.momentum_decays)
+        feats.check_decays("rms_decay", (self.rms_decay,))
+        feats.check_positive("time_scales", self.time_scales)
+        feats.check_positive("fraction_scales", self.fraction_scales)
+
+    @property
+    def feature_config(self) -> feats.FeatureConfig:
+        return feats.FeatureConfig(
+            self.momentum_decays,
+            self.rms_decay,
+            self.time_scales,
+            self.fraction_scales,
+            self.use_loss,
+        )
+
+    @property
+    def num_features(self) -> int:
+        return feats.num_param_features(self.feature_config)
+
+    def init_meta_params(self, key: jax.Array) -> dict:
+        """theta: ``{"cell", "context_w": [C, 4H], "out": {"w": [H, 2], "b": [2]}}`` plus, with
+        ``per_tensor``, ``"tensor_cell"`` and ``"tensor_to_gates": [Ht, 4H]``."""
+        key_cell, key_context, key_out, key_tensor, key_to_gates = jax.random.split(key, 5)
+        num_context = feats.num_context_features(self.feature_config)
+        gates = 4 * self.hidden_size
+        theta = {
+            "cell": lstm_cell_init(key_cell, self.num_features, self.hidden_size),
+            "context_w": feats.dense_init(key_context, num_context, gates)["w"],
+            "out": feats.dense_init(key_out, self.hidden_size, 2),
+        }
+        if self.per_tensor:
+            tensor_inputs = self.num_features + num_context
+            theta["tensor_cell"] = lstm_cell_init(
+                key_tensor, tensor_inputs, self.tensor_hidden_size
+            )
+            theta["tensor_to_gates"] = feats.dense_init(
+                key_to_gates, self.tensor_hidden_size, gates
+            )["w"]
+        return theta
+
+    def init(self, theta: dict, params: Any, num_steps: jax.Array | int) -> LSTMOptState:
+        del theta
+        layout = flat.layout_of(params)
+        zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+        tensor_state = (
+            zeros(layout.num_tensors, self.tensor_hidden_size) if self.per_tensor else None
+        )
+        return LSTMOptState(
+            step=jnp.zeros((), jnp.int32),
+            num_steps=feats.horizon(num_steps),
+            momenta=zeros(layout.num_params, len(self.momentum_decays)),
+            second_moment=zeros(layout.num_params),
+            loss_ema=zeros(),
+            hidden=zeros(layout.num_params, self.hidden_size),
+            cell=zeros(layout.num_params, self.hidden_size),
+            tensor_hidden=tensor_state,
+            tensor_cell=tensor_state,
+        )
+
+    def update(
+        self,
+        theta: dict,
+        state: LSTMOptState,
+        grads: Any,
+        params: Any,
+        loss: jax.Array | None = None,
+    ) -> tuple[Any, LSTMOptState]:
+        inputs = feats.prepare_inputs(
+            self.feature_config, "LSTMOptimizer", state, grads, params, loss
+        )
+        cell_theta = theta["cell"]
+        gates_in = inputs.features @ cell_theta["w_x"] + (
+            cell_theta["b"] + inputs.context @ theta["context_w"]
+        )
+        tensor_hidden, tensor_cell = state.tensor_hidden, state.tensor_cell
+        if self.per_tensor:
+            log_scales = LOG_FEATURE_SCALE * jnp.log(inputs.tensor_mean_squares + LOG_FLOOR)
+            context = jnp.broadcast_to(
+                inputs.context, (inputs.layout.num_tensors, inputs.context.shape[0])
+            )
+            tensor_in = jnp.concatenate([log_scales, context], axis=1)
+            tensor_theta = theta["tensor_cell"]
+            tensor_hidden, tensor_cell = lstm_cell(
+                tensor_in @ tensor_theta["w_x"] + tensor_theta["b"],
+                tensor_hidden,
+                tensor_cell,
+                tensor_theta["w_h"],
+            )
+            tensor_gates = tensor_hidden @ theta["tensor_to_gates"]
+            gates_in = gates_in + flat.per_tensor_broadcast(inputs.layout, tensor_gates)
+        hidden, cell = lstm_cell(gates_in, state.hidden, state.cell, cell_theta["w_h"])
+        out = hidden @ theta["out"]["w"] + theta["out"]["b"]
+        flat_updates = feats.scaled_step(out, self.exp_mult, self.step_mult)
+        new_state = LSTMOptState(
+            state.step + 1,
+            state.num_steps,
+            inputs.momenta,
+            inputs.second_moment,
+            inputs.loss_ema,
+            hidden,
+            cell,
+            tensor_hidden,
+            tensor_cell,
+        )
+        return flat.unflatten(inputs.layout, flat_updates), new_state

@@ -1,0 +1,194 @@
+"""The per-parameter MLP learned optimizer (in the spirit of Metz et al.'s small_fc_lopt).
+
+One small MLP, shared by all parameters, maps each parameter's normalised features (see
+``lopt.features``) to ``(direction, magnitude)``. It runs once per step on the
+``[num_params, num_features]`` matrix of all parameters; per-step context (time, loss) is folded
+into the first layer's bias, so it costs nothing per parameter.
+
+With ``base="adam"`` the network's output is a correction added to an Adam step whose log learning
+rate is learned too:
+
+    update = -exp(log_lr) * (adam_direction + direction * exp(exp_mult * magnitude))
+
+and the output layer starts ``correction_init_scale`` times smaller than usual, so the untrained
+optimizer is (almost) Adam and meta-training learns the correction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt import features as feats
+from lopt import flat
+from lopt.base import LearnedOptimizer
+
+BASES = ("none", "adam")
+
+
+class MLPOptState(NamedTuple):
+    """State of ``MLPOptimizer`` for one inner training.
+
+    Attributes:
+      step: ``[]`` int32, updates done so far.
+      num_steps: ``[]`` int32, the horizon the time features are relative to.
+      momenta: ``[num_params, num_decays]`` float32 gradient moving averages.
+      second_moment: ``[num_params]`` float32 moving average of squared gradients.
+      loss_ema: ``[]`` float32 moving average of the loss (used with ``use_loss``).
+    """
+
+    step: jax.Array
+    num_steps: jax.Array
+    momenta: jax.Array
+    second_moment: jax.Array
+    loss_ema: jax.Array
+
+
+def init_accumulators(
+    momentum_decays: tuple[float, ...], params: Any, num_steps: jax.Array | int
+) -> MLPOptState:
+    """Zero accumulators for ``params`` (shared by the per-parameter optimizers)."""
+    num_params = flat.layout_of(params).num_params
+    return MLPOptState(
+        step=jnp.zeros((), jnp.int32),
+        num_steps=feats.horizon(num_steps),
+        momenta=jnp.zeros((num_params, len(momentum_decays)), jnp.float32),
+        second_moment=jnp.zeros((num_params,), jnp.float32),
+        loss_ema=jnp.zeros((), jnp.float32),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPOptimizer(LearnedOptimizer):
+    """Per-parameter MLP optimizer; the fields are its hyperparameters.
+
+    Attributes:
+      hidden_sizes: widths of the hidden ReLU layers ((8, 8) or (4,) for large models).
+      momentum_decays: decays of the gradient momenta fed as features.
+      rms_decay: decay of the squared-gradient moving average (Adam's beta2 for ``base="adam"``).
+      time_scales: absolute step scales tau of the ``tanh(t / tau - 1)`` features.
+      fraction_scales: scales tau of the ``tanh(fraction_done / tau - 1)`` features.
+      exp_mult, step_mult: output scales of ``direction * exp(exp_mult * mag) * step_mult``.
+      use_loss: feed the relative change of the loss (then ``update`` needs the loss).
+      base: ``"none"`` (the network's step alone) or ``"adam"`` (Adam step plus learned correction).
+      base_learning_rate: initial learning rate of the Adam base step.
+      base_beta1: Adam's beta1; must be one of ``momentum_decays``.
+      base_epsilon: Adam's epsilon.
+      correction_init_scale: initial scale of the output layer with ``base="adam"``.
+    """
+
+    architecture = "mlp"
+
+    hidden_sizes: tuple[int, ...] = (32, 32)
+    momentum_decays: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999)
+    rms_decay: float = 0.999
+    time_scales: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+    fraction_scales: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    exp_mult: float = 1e-3
+    step_mult: float = 1e-3
+    use_loss: bool = False
+    base: str = "none"
+    base_learning_rate: float = 1e-3
+    base_beta1: float = 0.9
+    base_epsilon: float = 1e-8
+    correction_init_scale: float = 0.01
+
+    def __post_init__(self):
+        feats.freeze_sequences(self)
+        if any(int(h) != h or h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive integers, got {self.hidden_sizes}")
+        feats.check_decays("momentum_decays", self.momentum_decays)
+        feats.check_decays("rms_decay", (self.rms_decay,))
+        feats.check_positive("time_scales", self.time_scales)
+        feats.check_positive("fraction_scales", self.fraction_scales)
+        if self.base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
+        if self.base == "adam":
+            if self.base_beta1 not in self.momentum_decays:
+                raise ValueError(
+                    f"base='adam' reuses the momentum with decay base_beta1={self.base_beta1}; "
+                    f"add it to momentum_decays={self.momentum_decays}"
+                )
+            feats.check_positive("base_learning_rate", (self.base_learning_rate,))
+
+    @property
+    def feature_config(self) -> feats.FeatureConfig:
+        return feats.FeatureConfig(
+            self.momentum_decays,
+            self.rms_decay,
+            self.time_scales,
+            self.fraction_scales,
+            self.use_loss,
+        )
+
+    @property
+    def num_features(self) -> int:
+        """Columns of the per-parameter feature matrix."""
+        return feats.num_param_features(self.feature_config)
+
+    def init_meta_params(self, key: jax.Array) -> dict:
+        """theta: ``{"layer_i": {"w", "b"}, "context_w": [num_context, width_0]}`` and, with
+        ``base="adam"``, ``"log_lr": []``."""
+        widths = (self.num_features, *self.hidden_sizes, 2)
+        keys = jax.random.split(key, len(widths))
+        theta = {}
+        for i in range(len(widths) - 1):
+            is_output = i == len(widths) - 2
+            scale = self.correction_init_scale if is_output and self.base == "adam" else 1.0
+            theta[f"layer_{i}"] = feats.dense_init(keys[i], widths[i], widths[i + 1], scale)
+        num_context = feats.num_context_features(self.feature_config)
+        theta["context_w"] = feats.dense_init(keys[-1], num_context, widths[1])["w"]
+        if self.base == "adam":
+            theta["log_lr"] = jnp.asarray(math.log(self.base_learning_rate), jnp.float32)
+        return theta
+
+    def init(self, theta: dict, params: Any, num_steps: jax.Array | int) -> MLPOptState:
+        del theta
+        return init_accumulators(self.momentum_decays, params, num_steps)
+
+    def apply_network(self, theta: dict, features: jax.Array, context: jax.Array) -> jax.Array:
+        """``[N, 2]`` network output for ``features[N, num_features]`` and ``context[C]``."""
+        num_layers = len(self.hidden_sizes) + 1
+        first = theta["layer_0"]
+        bias = first["b"] + context @ theta["context_w"]
+        x = features @ first["w"] + bias
+        for i in range(1, num_layers):
+            layer = theta[f"layer_{i}"]
+            x = jax.nn.relu(x) @ layer["w"] + layer["b"]
+        return x
+
+    def update(
+        self,
+        theta: dict,
+        state: MLPOptState,
+        grads: Any,
+        params: Any,
+        loss: jax.Array | None = None,
+    ) -> tuple[Any, MLPOptState]:
+        inputs = feats.prepare_inputs(
+            self.feature_config, "MLPOptimizer", state, grads, params, loss
+        )
+        out = self.apply_network(theta, inputs.features, inputs.context)
+        step = state.step + 1
+        if self.base == "adam":
+            momentum = inputs.momenta[:, self.momentum_decays.index(self.base_beta1)]
+            direction = feats.adam_direction(
+                momentum,
+                inputs.second_moment,
+                step,
+                self.base_beta1,
+                self.rms_decay,
+                self.base_epsilon,
+            )
+            correction = feats.scaled_step(out, self.exp_mult, 1.0)
+            flat_updates = -jnp.exp(theta["log_lr"]) * (direction + correction)
+        else:
+            flat_updates = feats.scaled_step(out, self.exp_mult, self.step_mult)
+        new_state = MLPOptState(
+            step, state.num_steps, inputs.momenta, inputs.second_moment, inputs.loss_ema
+        )
+        return flat.unflatten(inputs.layout, flat_updates), new_state

@@ -1,0 +1,282 @@
+"""Meta-training configs: load an ``ml_collections`` config file, apply ``--config.key=value``
+overrides with type checking, and validate every choice before anything is compiled.
+
+This is the part of ``ml_collections.config_flags`` the CLI needs, without absl's global flags: a
+config is named (``default``, ``pes``, ... from ``meta_train/configs/``) or given as a path to a
+Python file with a ``get_config()`` function. An override's value is parsed with the type of the
+value it replaces, so ``--config.estimator.window=ten`` fails naming the key and the type.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+
+ESTIMATORS = ("es_single", "pes", "tes", "full_es", "tbptt", "gpes")
+META_LOSSES = ("train", "reeval", "outer_valid")
+OUTER_OPTIMIZERS = ("adam", "sgd", "sgdm")
+OUTER_SCHEDULES = ("constant", "cosine")
+# Keys whose value may be changed on an existing workdir: they change how long the run goes or how
+# it reports, not the trajectory of theta.
+RESUMABLE_KEYS = ("num_outer_steps", "progress")
+# Dicts whose keys are free (forwarded as keyword arguments), so an override may add a key.
+OPEN_DICTS = ("overrides",)
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message names the key and what is allowed."""
+
+
+def config_names() -> list[str]:
+    """Names of the configs shipped in ``meta_train/configs/``."""
+    return sorted(
+        name[:-3]
+        for name in os.listdir(CONFIG_DIR)
+        if name.endswith(".py") and not name.startswith("_")
+    )
+
+
+def load_config(name_or_path: str) -> ml_collections.ConfigDict:
+    """The ``get_config()`` of a shipped config (by name) or of a Python file (by path)."""
+    path = name_or_path
+    if not os.path.exists(path):
+        if name_or_path not in config_names():
+            raise ConfigError(
+                f"--config {name_or_path!r} is neither a file nor a shipped config; "
+                f"shipped: {', '.join(config_names())}"
+            )
+        path = os.path.join(CONFIG_DIR, f"{name_or_path}.py")
+    spec = importlib.util.spec_from_file_location("_lopt_config", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--config {path!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} defines no get_config() function")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() in {path!r} must return an ml_collections.ConfigDict")
+    return config
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"--config.{key}={text!r}: expected a boolean (true or false)")
+
+
+def _parse_literal(key: str, text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_value(key: str, text: str, current: Any) -> Any:
+    """``text`` parsed as the type of ``current`` (the value it replaces)."""
+    if isinstance(current, bool):
+        return _parse_bool(key, text)
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={text!r}: expected an integer") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={text!r}: expected a number") from None
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (tuple, list)):
+        value = _parse_literal(key, text)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = (value,)
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"--config.{key}={text!r}: expected a tuple such as (32, 32)")
+        kinds = {type(item) for item in current}
+        if kinds and not all(isinstance(item, tuple(kinds | {int})) for item in value):
+            names = ", ".join(sorted(kind.__name__ for kind in kinds))
+            raise ConfigError(f"--config.{key}={text!r}: expected a tuple of {names}")
+        if float in kinds:
+            value = [float(item) for item in value]
+        return tuple(value)
+    return _parse_literal(key, text)
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Set the dotted ``key`` of ``config`` from the command-line string ``text``."""
+    *parents, leaf = key.split(".")
+    node = config
+    for depth, part in enumerate(parents):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            where = ".".join(parents[:depth]) or "the top level"
+            groups = [k for k in node if isinstance(node[k], ml_collections.ConfigDict)]
+            raise ConfigError(
+                f"unknown config key {key!r}: {part!r} is not a group under {where}; "
+                f"groups there: {', '.join(groups)}"
+            )
+        node = node[part]
+    if leaf not in node:
+        if parents and parents[-1] in OPEN_DICTS:
+            node[leaf] = _parse_literal(key, text)
+            return
+        where = ".".join(parents) or "the top level"
+        raise ConfigError(
+            f"unknown config key {key!r}; keys under {where}: {', '.join(sorted(node))}"
+        )
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config key {key!r} is a group; set one of its keys: {', '.join(sorted(current))}"
+        )
+    node[leaf] = parse_value(key, text, current)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``argv`` without the ``--config.key=value`` items, and those items as ``(key, value)``."""
+    rest, overrides = [], []
+    items = list(argv)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--config."):
+            rest.append(item)
+            continue
+        body = item[len("--config.") :]
+        if "=" in body:
+            key, text = body.split("=", 1)
+        elif items:
+            key, text = body, items.pop(0)
+        else:
+            raise ConfigError(f"{item} has no value; write {item}=VALUE")
+        overrides.append((key, text))
+    return rest, overrides
+
+
+def _choose(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key {key!r} is {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: Any, minimum: float) -> None:
+    if not value >= minimum:
+        raise ConfigError(f"config key {key!r} must be at least {minimum}, got {value!r}")
+
+
+def _positive(key: str, value: Any) -> None:
+    if not value > 0:
+        raise ConfigError(f"config key {key!r} must be positive, got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict, num_local_devices: int | None = None) -> None:
+    """Check every choice of a meta-training config; raise ``ConfigError`` naming the key.
+
+    It builds the optimizer and the task families (cheap: no compile) so that an unknown
+    architecture, hyperparameter, family or family override fails here.
+    """
+    import lopt
+    from tasks import registry
+
+    _positive("num_outer_steps", config.num_outer_steps)
+    _choose("meta_loss", config.meta_loss, META_LOSSES)
+    _at_least("num_devices", config.num_devices, 0)
+    if num_local_devices is not None and config.num_devices > num_local_devices:
+        raise ConfigError(
+            f"config key 'num_devices' is {config.num_devices} but only {num_local_devices} "
+            "local devices exist; use 0 for all of them"
+        )
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints", "export_every"):
+        _positive(key, config[key])
+
+    estimator = config.estimator
+    _choose("estimator.name", estimator.name, ESTIMATORS)
+    _positive("estimator.window", estimator.window)
+    _positive("estimator.sigma", estimator.sigma)
+    _positive("estimator.horizon", estimator.horizon)
+    _at_least("estimator.min_horizon", estimator.min_horizon, 0)
+    _positive("estimator.resample_every", estimator.resample_every)
+    if estimator.min_horizon > estimator.horizon:
+        raise ConfigError(
+            f"config key 'estimator.min_horizon' ({estimator.min_horizon}) exceeds "
+            f"'estimator.horizon' ({estimator.horizon}); use 0 for a fixed horizon"
+        )
+    if estimator.name == "full_es" and estimator.window != estimator.horizon:
+        raise ConfigError(
+            "full_es unrolls whole inner problems: set estimator.window equal to "
+            f"estimator.horizon (now {estimator.window} and {estimator.horizon})"
+        )
+
+    outer = config.outer
+    _choose("outer.optimizer", outer.optimizer, OUTER_OPTIMIZERS)
+    _choose("outer.schedule", outer.schedule, OUTER_SCHEDULES)
+    _positive("outer.learning_rate", outer.learning_rate)
+    _positive("outer.clip_norm", outer.clip_norm)
+    _at_least("outer.warmup_steps", outer.warmup_steps, 0)
+
+    architectures = lopt.architecture_names()
+    _choose("optimizer.architecture", config.optimizer.architecture, architectures)
+    try:
+        lopt.get_optimizer(config.optimizer.architecture, **config.optimizer.hyperparameters)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config key 'optimizer.hyperparameters': {error}") from None
+
+    if not config.groups:
+        raise ConfigError("config key 'groups' is empty: meta-train on at least one task family")
+    families = registry.family_names()
+    devices = num_local_devices if not config.num_devices else config.num_devices
+    for name, group in config.groups.items():
+        _choose(f"groups.{name}.family", group.family, families)
+        _positive(f"groups.{name}.weight", group.weight)
+        _positive(f"groups.{name}.num_pairs", group.num_pairs)
+        if devices and group.num_pairs % devices:
+            raise ConfigError(
+                f"config key 'groups.{name}.num_pairs' ({group.num_pairs}) must be a multiple of "
+                f"the number of devices ({devices}) so the pairs split evenly; "
+                f"or set --config.num_devices"
+            )
+        try:
+            registry.get_family(group.family, **group.overrides)
+        except (TypeError, ValueError, KeyError) as error:
+            raise ConfigError(f"config key 'groups.{name}.overrides': {error}") from None
+
+    for section in ("eval", "comparison"):
+        _at_least(f"{section}.num_tasks", config[section].num_tasks, 0)
+        _at_least(f"{section}.num_steps", config[section].num_steps, 0)
+        if config[section].num_tasks:
+            _choose(f"{section}.suite", config[section].suite, registry.suite_names())
+    _positive("eval.every", config.eval.every)
+    _positive("comparison.seeds", config.comparison.seeds)
+    for lr in config.comparison.adam_learning_rates:
+        _positive("comparison.adam_learning_rates", lr)
+
+
+def canonical(config: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON data (tuples become lists), for storing and comparing."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two canonical configs (``RESUMABLE_KEYS`` aside)."""
+    keys = sorted(set(stored) | set(current))
+    found = []
+    for key in keys:
+        dotted = f"{prefix}{key}"
+        if dotted in RESUMABLE_KEYS:
+            continue
+        old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += differences(old, new, f"{dotted}.")
+        elif old != new:
+            found.append(f"{dotted}: {old!r} -> {new!r}")
+    return found

@@ -1,0 +1,417 @@
+"""The particle engine: staggered antithetic inner problems, stepped a window at a time.
+
+``N`` antithetic pairs of particles run an ``UnrolledSystem``. A pair owns (leading axis ``N``):
+the twins' states (a second axis of 2: ``theta + eps`` then ``theta - eps``), its dynamic config,
+its step counter and horizon, its noise (``estimators.Noise``) and its rng. The twins share the
+config, the init key and every minibatch key, so their loss difference measures theta alone.
+
+``window_step`` runs ``K`` inner steps of every pair in one ``lax.scan`` (``vmap`` over pairs and
+twins) and returns the estimate. A particle whose counter reaches its horizon, or whose twin loss
+is not finite, is reset at the end of that same scan iteration (new config, new horizon, new
+state, new noise) with selects, no Python branching. So every loss belongs to exactly one inner
+problem and is weighted by that problem's ``xi``; no loss is ever computed at a reset, and
+non-finite losses are masked out, counted, and never reach the estimate.
+
+Every random draw of a pair comes from the key stored in that pair, so results do not depend on
+how the pairs are split across devices. theta is flattened with ``ravel_pytree``: noise is stored
+flat, ``[N, P]``.
+
+Systems must be pytrees (e.g. ``flax.struct.PyTreeNode``; data as array leaves, the rest static)
+or hashable objects, because the engine's functions pass them through ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from meta_train import estimators
+from meta_train.estimators import ESTIMATORS, Estimate, Noise, WindowOutputs
+from meta_train.system import UnrolledSystem
+
+__all__ = [
+    "ESTIMATORS",
+    "EngineConfig",
+    "Estimate",
+    "Particles",
+    "init_particles",
+    "sample_horizon",
+    "unroll_window",
+    "window_step",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """How the particles run and which estimator turns their losses into a gradient.
+
+    ``num_pairs``: N antithetic pairs (2N particles). ``window``: K inner steps per outer step.
+    ``sigma``: perturbation scale, ``eps ~ N(0, sigma^2 I)``. ``horizon``: inner steps per problem,
+    a fixed T or ``(T_min, T_max)`` sampled log-uniformly per problem. ``stagger``: start each pair
+    at a uniform random step of its first problem (really advanced there), else all at step 0.
+    ``estimator``: one of ``ESTIMATORS``. ``resample_every``: M for ``gpes``.
+    """
+
+    num_pairs: int
+    window: int
+    sigma: float
+    horizon: int | tuple[int, int]
+    stagger: bool = True
+    estimator: str = "es_single"
+    resample_every: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.horizon, list | tuple):
+            object.__setattr__(self, "horizon", tuple(self.horizon))
+        _check_int("num_pairs", self.num_pairs)
+        _check_int("window", self.window)
+        _check_int("resample_every", self.resample_every)
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if isinstance(self.horizon, tuple):
+            if len(self.horizon) != 2:
+                raise ValueError(f"horizon must be an int or (T_min, T_max), got {self.horizon}")
+            _check_int("horizon[0] (T_min)", self.horizon[0])
+            _check_int("horizon[1] (T_max)", self.horizon[1])
+            if self.horizon[0] > self.horizon[1]:
+                raise ValueError(f"horizon (T_min, T_max) needs T_min <= T_max, got {self.horizon}")
+        else:
+            _check_int("horizon", self.horizon)
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {ESTIMATORS}")
+        if self.estimator == "full_es" and (self.horizon != self.window or self.stagger):
+            raise ValueError(
+                "full_es is one estimate per whole inner problem: it needs a fixed horizon equal "
+                f"to the window and stagger=False (got horizon={self.horizon}, "
+                f"window={self.window}, stagger={self.stagger}); set window=horizon, stagger=False"
+            )
+        if self.resample_every != 1 and self.estimator != "gpes":
+            raise ValueError(
+                f"resample_every={self.resample_every} only applies to estimator='gpes' "
+                f"(got {self.estimator!r}); leave it at 1 or use gpes"
+            )
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class Particles(NamedTuple):
+    """All pairs' inner problems; every leaf has leading axis ``N``.
+
+    ``state``: system state, leaves ``[N, 2, ...]`` (twin axis: ``+eps``, ``-eps``); ``config``:
+    dynamic config ``[N, ...]``; ``step``: ``[N]`` int32 steps done in the current problem;
+    ``horizon``: ``[N]`` int32; ``noise``: ``estimators.Noise`` with ``[N, P]`` arrays; ``key``:
+    ``[N, ...]`` uint32 raw key data (``jax.random.key_data``) so checkpoints hold plain arrays.
+    """
+
+    state: Any
+    config: Any
+    step: jax.Array
+    horizon: jax.Array
+    noise: Noise
+    key: jax.Array
+
+
+class _Problem(NamedTuple):
+    state: Any
+    config: Any
+    horizon: jax.Array
+    eps: jax.Array
+
+
+class _Sums(NamedTuple):
+    weighted: jax.Array
+    count: jax.Array
+    loss_sum: jax.Array
+    diff_sum: jax.Array
+    nonfinite: jax.Array
+    resets: jax.Array
+
+
+def sample_horizon(key: jax.Array, horizon: int | tuple[int, int]) -> jax.Array:
+    """A ``[]`` int32 horizon: ``horizon`` itself, or log-uniform over ``[T_min, T_max]``."""
+    if not isinstance(horizon, tuple):
+        return jnp.asarray(horizon, jnp.int32)
+    low, high = horizon
+    log_t = jax.random.uniform(key, (), minval=np.log(low), maxval=np.log(high + 1))
+    return jnp.clip(jnp.floor(jnp.exp(log_t)), low, high).astype(jnp.int32)
+
+
+def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _twin_thetas(flat_theta: jax.Array, unravel: Callable, eps: jax.Array) -> Any:
+    """theta pytrees with a leading twin axis: ``theta + eps`` and ``theta - eps``."""
+    signs = jnp.array([1.0, -1.0], flat_theta.dtype)
+    return jax.vmap(unravel)(flat_theta[None] + signs[:, None] * eps[None])
+
+
+def _check_same_layout(init_state: Any, stepped_state: Any) -> None:
+    layout = lambda tree: jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+    if layout(init_state) != layout(stepped_state):
+        raise TypeError(
+            "the system's init_state and step must return states with the same structure, shapes "
+            f"and dtypes; init_state gave {layout(init_state)}, step gave {layout(stepped_state)}"
+        )
+
+
+def _fresh_problem(
+    system: UnrolledSystem, config: EngineConfig, flat_theta: jax.Array, unravel: Callable, key
+) -> _Problem:
+    """A new inner problem for one pair: config, horizon, noise and the twins' initial states."""
+    config_key, horizon_key, noise_key, init_key = jax.random.split(key, 4)
+    task_config = system.sample_config(config_key)
+    horizon = sample_horizon(horizon_key, config.horizon)
+    if estimators.uses_noise(config.estimator):
+        eps = config.sigma * jax.random.normal(noise_key, flat_theta.shape, flat_theta.dtype)
+    else:
+        eps = jnp.zeros_like(flat_theta)
+    thetas = _twin_thetas(flat_theta, unravel, eps)
+    init = jax.vmap(system.init_state, in_axes=(0, None, None, None))
+    return _Problem(init(thetas, init_key, task_config, horizon), task_config, horizon, eps)
+
+
+def _new_pair(
+    system: UnrolledSystem, config: EngineConfig, flat_theta, unravel, key_data
+) -> Particles:
+    key, problem_key = jax.random.split(jax.random.wrap_key_data(key_data))
+    problem = _fresh_problem(system, config, flat_theta, unravel, problem_key)
+    noise = estimators.noise_at_reset(problem.eps, jnp.array(False))
+    return Particles(
+        state=problem.state,
+        config=problem.config,
+        step=jnp.zeros((), jnp.int32),
+        horizon=problem.horizon,
+        noise=noise,
+        key=jax.random.key_data(key),
+    )
+
+
+def _start_window(config: EngineConfig, pair: Particles) -> Particles:
+    """One pair's window-start noise rule (a no-op for ES-Single, full ES and TBPTT)."""
+    key, noise_key = jax.random.split(jax.random.wrap_key_data(pair.key))
+    fresh = config.sigma * jax.random.normal(noise_key, pair.noise.eps.shape, pair.noise.eps.dtype)
+    noise = estimators.noise_at_window_start(
+        config.estimator, config.resample_every, pair.noise, fresh
+    )
+    return pair._replace(noise=noise, key=jax.random.key_data(key))
+
+
+def _pair_step(
+    system: UnrolledSystem,
+    config: EngineConfig,
+    flat_theta: jax.Array,
+    unravel: Callable,
+    pair: Particles,
+    mid_window: jax.Array,
+) -> tuple[Particles, jax.Array, jax.Array, jax.Array]:
+    """One inner step of one pair's twins, then a reset if due.
+
+    Returns ``(pair, losses [2], finite [], reset [])``: ``finite`` is False when a twin loss (or
+    their difference) is not finite; such a pair is reset too.
+    """
+    key, step_key, reset_key = jax.random.split(jax.random.wrap_key_data(pair.key), 3)
+    thetas = _twin_thetas(flat_theta, unravel, pair.noise.eps)
+    stepper = jax.vmap(system.step, in_axes=(0, 0, None, None))
+    state, losses = stepper(thetas, pair.state, step_key, pair.config)
+    if jnp.shape(losses) != (2,):
+        raise ValueError(
+            f"the system's step must return a scalar loss, got shape {jnp.shape(losses)[1:]}"
+        )
+    losses = losses.astype(jnp.float32)
+    step = pair.step + 1
+    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(losses[0] - losses[1])
+    reset = (step >= pair.horizon) | ~finite
+    problem = _fresh_problem(system, config, flat_theta, unravel, reset_key)
+    _check_same_layout(problem.state, state)
+    new_pair = Particles(
+        state=_select(reset, problem.state, state),
+        config=_select(reset, problem.config, pair.config),
+        step=jnp.where(reset, 0, step),
+        horizon=jnp.where(reset, problem.horizon, pair.horizon),
+        noise=_select(reset, estimators.noise_at_reset(problem.eps, mid_window), pair.noise),
+        key=jax.random.key_data(key),
+    )
+    return new_pair, losses, finite, reset
+
+
+def _pair_window(
+    system: UnrolledSystem, config: EngineConfig, flat_theta, unravel, pair: Particles
+) -> tuple[Particles, _Sums]:
+    """``K`` steps of one pair (``lax.scan``), accumulating what the estimators need."""
+
+    def body(carry, index):
+        pair, sums = carry
+        xi = pair.noise.xi
+        pair, losses, finite, reset = _pair_step(
+            system, config, flat_theta, unravel, pair, index < config.window - 1
+        )
+        diff = jnp.where(finite, losses[0] - losses[1], 0.0)
+        sums = _Sums(
+            weighted=sums.weighted + xi * diff,
+            count=sums.count + finite.astype(jnp.int32),
+            loss_sum=sums.loss_sum + jnp.where(finite, jnp.mean(losses), 0.0),
+            diff_sum=sums.diff_sum + diff,
+            nonfinite=sums.nonfinite + (~finite).astype(jnp.int32),
+            resets=sums.resets + reset.astype(jnp.int32),
+        )
+        return (pair, sums), None
+
+    zero_i, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
+    sums = _Sums(jnp.zeros_like(flat_theta), zero_i, zero_f, zero_f, zero_i, zero_i)
+    (pair, sums), _ = jax.lax.scan(body, (pair, sums), jnp.arange(config.window))
+    return pair, sums
+
+
+def unroll_window(
+    system: UnrolledSystem, config: EngineConfig, theta: Any, particles: Particles
+) -> tuple[Particles, WindowOutputs]:
+    """Run one window of every pair here (no cross-device sums): per-pair outputs, ``[N, ...]``.
+
+    Applies the estimator's window-start noise rule, steps ``K`` times, and computes each pair's
+    gradient estimate ``g_j``: the ES formula for ES estimators, ``jax.grad`` of the pair's masked
+    mean window loss for TBPTT (state entering the window held fixed; a pair whose gradient is not
+    finite contributes zero and is counted in ``nonfinite``).
+    """
+    flat_theta, unravel = ravel_pytree(theta)
+    particles = jax.vmap(functools.partial(_start_window, config))(particles)
+    run = functools.partial(_pair_window, system, config)
+    if config.estimator == "tbptt":
+
+        def mean_window_loss(flat, pair):
+            pair, sums = run(flat, unravel, pair)
+            return sums.loss_sum / jnp.maximum(sums.count, 1), (pair, sums)
+
+        pair_grad = jax.value_and_grad(mean_window_loss, has_aux=True)
+        (_, (particles, sums)), grad = jax.vmap(pair_grad, in_axes=(None, 0))(flat_theta, particles)
+        finite_grad = jnp.all(jnp.isfinite(grad), axis=-1)
+        grad = jnp.where(finite_grad[:, None], grad, 0.0)
+        sums = sums._replace(nonfinite=sums.nonfinite + (~finite_grad).astype(jnp.int32))
+    else:
+        particles, sums = jax.vmap(run, in_axes=(None, None, 0))(flat_theta, unravel, particles)
+        grad = estimators.pair_gradient(sums.weighted, sums.count, config.sigma)
+    outputs = WindowOutputs(
+        grad=grad,
+        count=sums.count,
+        loss_sum=sums.loss_sum,
+        loss_diff=sums.diff_sum / jnp.maximum(sums.count, 1),
+        nonfinite=sums.nonfinite,
+        resets=sums.resets,
+    )
+    return particles, outputs
+
+
+def window_step(
+    system: UnrolledSystem,
+    config: EngineConfig,
+    theta: Any,
+    particles: Particles,
+    axis_name: str | None = None,
+) -> tuple[Particles, Estimate]:
+    """K inner steps of all particles and the estimate of d meta_loss / d theta.
+
+    Not jitted: the caller jits it (``system`` as a pytree argument, ``config`` and ``axis_name``
+    static) or ``shard_map``s it. With ``axis_name`` the particles are one device's shard and the
+    returned estimate is the global one (sums ``psum``-ed over the axis).
+    """
+    _, unravel = ravel_pytree(theta)
+    particles, outputs = unroll_window(system, config, theta, particles)
+    flat_grad, meta_loss, diagnostics = estimators.combine(outputs, config.window, axis_name)
+    return particles, Estimate(unravel(flat_grad), meta_loss, diagnostics)
+
+
+def _burn_in(
+    system: UnrolledSystem,
+    config: EngineConfig,
+    theta: Any,
+    particles: Particles,
+    offsets: jax.Array,
+) -> tuple[Particles, jax.Array]:
+    """Advance pair j by ``offsets[j]`` steps (a masked loop of ``max(offsets)`` iterations).
+
+    The twins run under their own eps, and the estimator's window-start rule is applied every
+    ``K`` steps, so a pair arrives in the state it would have reached by running windows.
+    """
+    flat_theta, unravel = ravel_pytree(theta)
+    num_steps = jnp.max(offsets)
+
+    def advance(index, pair, offset):
+        active = index < offset
+        started = _select(active & (index % config.window == 0), _start_window(config, pair), pair)
+        mid_window = (index + 1) % config.window != 0
+        stepped, *_ = _pair_step(system, config, flat_theta, unravel, started, mid_window)
+        return _select(active, stepped, pair)
+
+    def body(carry):
+        index, particles = carry
+        particles = jax.vmap(advance, in_axes=(None, 0, 0))(index, particles, offsets)
+        return index + 1, particles
+
+    _, particles = jax.lax.while_loop(
+        lambda carry: carry[0] < num_steps, body, (jnp.zeros((), jnp.int32), particles)
+    )
+    return particles, num_steps
+
+
+def _init(system, config: EngineConfig, theta: Any, key: jax.Array):
+    flat_theta, unravel = ravel_pytree(theta)
+    pairs_key, offsets_key = jax.random.split(key)
+    pair_keys = jax.random.key_data(jax.random.split(pairs_key, config.num_pairs))
+    new_pair = functools.partial(_new_pair, system, config, flat_theta, unravel)
+    particles = jax.vmap(new_pair)(pair_keys)
+    if not config.stagger:
+        return particles, jnp.zeros((), jnp.int32)
+    uniform = jax.random.uniform(offsets_key, (config.num_pairs,))
+    offsets = jnp.minimum(jnp.floor(uniform * particles.horizon), particles.horizon - 1)
+    return _burn_in(system, config, theta, particles, offsets.astype(jnp.int32))
+
+
+def init_particles(
+    system: UnrolledSystem, config: EngineConfig, theta: Any, key: jax.Array
+) -> tuple[Particles, int]:
+    """Fresh particles (leading axis ``num_pairs``) and the number of burn-in steps run.
+
+    With ``config.stagger`` each pair gets a target offset uniform in ``[0, its horizon)`` and is
+    really advanced there (twins under ``theta +- eps``, the estimator's noise rule every ``K``
+    steps); the returned int is the number of sequential inner steps of that burn-in,
+    ``max(offsets)``, each a step of all ``2 N`` particles. Lockstep: every pair at step 0, 0 steps.
+    ``key`` is a new-style key (``jax.random.key``) or legacy ``PRNGKey`` data.
+    """
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    particles, num_steps = _call_jitted(_init, system, config, theta, key)
+    return particles, int(num_steps)
+
+
+def _call_jitted(fn: Callable, system: Any, config: EngineConfig, *args: Any) -> Any:
+    """``jax.jit(fn)(system, config, *args)`` with the system's array leaves as arguments and its
+    other leaves and structure static (so a system's data are buffers, not compiled constants)."""
+    leaves, treedef = jax.tree.flatten(system)
+    is_array = [isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves]
+    arrays = [leaf for leaf, array in zip(leaves, is_array, strict=True) if array]
+    static = tuple(None if array else leaf for leaf, array in zip(leaves, is_array, strict=True))
+    try:
+        hash((treedef, static))
+    except TypeError as error:
+        raise TypeError(
+            "the system must be a pytree (e.g. a flax.struct.PyTreeNode) whose non-array parts "
+            f"are hashable, or a hashable object; got {type(system).__name__}: {error}"
+        ) from error
+    return _jitted(fn, treedef, static, config, arrays, *args)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _jitted(fn, treedef, static, config, arrays, *args):
+    arrays = iter(arrays)
+    leaves = [next(arrays) if leaf is None else leaf for leaf in static]
+    return fn(jax.tree.unflatten(treedef, leaves), config, *args)

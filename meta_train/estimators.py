@@ -1,0 +1,147 @@
+"""Gradient estimators for unrolled systems: pure functions on the particle engine's outputs.
+
+All evolution-strategies estimators share one bookkeeping. Pair ``j`` runs two twins, with
+``theta + eps_j`` and ``theta - eps_j`` (``eps ~ N(0, sigma^2 I)``, flat over theta's ``P``
+entries), and holds a weight ``xi_j`` that its loss differences are multiplied by. Per window of
+``K`` inner steps, with ``mask`` dropping steps whose twin losses are not finite,
+
+    g_j = sum_steps xi_j * (l+ - l-) * mask / (2 sigma^2 * max(count_j, 1)),   g = (1/N) sum_j g_j
+
+so ``g_j = xi_j (L+_j - L-_j) / (2 sigma^2)`` with ``L`` the masked mean window loss. Note the
+``2 sigma^2``: the ES-Single paper's equation 4 drops the 2, its code has it. The estimators only
+differ in when noise is redrawn and what ``xi`` becomes:
+
+=============  ==============================  =============================================
+estimator      at a window start               at a particle reset (inside the window)
+=============  ==============================  =============================================
+``es_single``  nothing                         fresh eps, ``xi = eps``
+``full_es``    nothing (and K = T, lockstep)   fresh eps, ``xi = eps``
+``pes``        fresh eps, ``xi += eps``        fresh eps, ``xi = eps``
+``gpes``       as PES every M windows          fresh eps, ``xi = eps``
+``tes``        fresh eps, ``xi = eps``         fresh eps, ``xi = eps``
+``tbptt``      (no noise: ``jax.grad`` through the window, the entering state held fixed)
+=============  ==============================  =============================================
+
+Because ``xi`` is applied per step, a reset inside a window splits it: the losses before the reset
+are weighted by the old ``xi`` and those after by the new eps, which is PES's split window. A
+"window" for the redraw rules counts whole and partial windows: a noise draw is only replaced once
+at least one step has run under it, so PES with M = 1 never throws away an unused draw.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+ESTIMATORS = ("es_single", "pes", "tes", "full_es", "tbptt", "gpes")
+# Estimators whose noise is redrawn at window starts: (accumulate into xi?)
+_REDRAWS = {"pes": True, "gpes": True, "tes": False}
+
+
+class Noise(NamedTuple):
+    """One pair's perturbation state (leading axes added by the engine).
+
+    ``eps``: ``[P]`` the perturbation in force; ``xi``: ``[P]`` the weight of the pair's loss
+    differences; ``windows``: ``[]`` int32, windows (whole or partial) run under ``eps``.
+    """
+
+    eps: jax.Array
+    xi: jax.Array
+    windows: jax.Array
+
+
+class WindowOutputs(NamedTuple):
+    """Per-pair results of one window, leading axis ``N`` (this device's pairs).
+
+    ``grad``: ``[N, P]`` the pair's flat gradient estimate ``g_j``; ``count``: ``[N]`` int32
+    unmasked steps; ``loss_sum``: ``[N]`` sum over unmasked steps of the twins' mean loss;
+    ``loss_diff``: ``[N]`` ``L+_j - L-_j`` (masked mean window losses); ``nonfinite``: ``[N]``
+    int32 steps with a non-finite twin loss (for TBPTT, plus one if the pair's window gradient was
+    non-finite and dropped); ``resets``: ``[N]`` int32 particle resets.
+    """
+
+    grad: jax.Array
+    count: jax.Array
+    loss_sum: jax.Array
+    loss_diff: jax.Array
+    nonfinite: jax.Array
+    resets: jax.Array
+
+
+class Estimate(NamedTuple):
+    """``grad``: pytree like theta, the estimate of d meta_loss / d theta; ``meta_loss``: scalar,
+    the mean unmasked per-step loss over pairs, twins and steps (NaN if every step was masked);
+    ``diagnostics``: ``loss_diff_std`` (std over pairs of ``L+ - L-``), ``masked_fraction``,
+    ``nonfinite_count``, ``num_resets``."""
+
+    grad: object
+    meta_loss: jax.Array
+    diagnostics: dict[str, jax.Array]
+
+
+def uses_noise(estimator: str) -> bool:
+    """Whether the twins are perturbed (every estimator but TBPTT)."""
+    return estimator != "tbptt"
+
+
+def noise_at_reset(fresh: jax.Array, mid_window: jax.Array) -> Noise:
+    """A new inner problem: ``eps = xi = fresh``. The rest of the current window runs under it
+    (counts as one window) unless the reset happened at the window's last step."""
+    return Noise(fresh, fresh, jnp.where(mid_window, 1, 0).astype(jnp.int32))
+
+
+def noise_at_window_start(
+    estimator: str, resample_every: int, noise: Noise, fresh: jax.Array
+) -> Noise:
+    """Apply the estimator's window-start rule (see the module table) to one pair's noise."""
+    if estimator not in _REDRAWS:
+        return noise._replace(windows=noise.windows + 1)
+    every = resample_every if estimator == "gpes" else 1
+    redraw = noise.windows >= every
+    new_xi = noise.xi + fresh if _REDRAWS[estimator] else fresh
+    return Noise(
+        eps=jnp.where(redraw, fresh, noise.eps),
+        xi=jnp.where(redraw, new_xi, noise.xi),
+        windows=jnp.where(redraw, 1, noise.windows + 1).astype(jnp.int32),
+    )
+
+
+def pair_gradient(weighted_sum: jax.Array, count: jax.Array, sigma: float) -> jax.Array:
+    """``g_j = sum_steps xi (l+ - l-) mask / (2 sigma^2 max(count, 1))``.
+
+    ``weighted_sum``: ``[..., P]``; ``count``: ``[...]`` unmasked steps; returns ``[..., P]``.
+    """
+    denominator = 2.0 * sigma**2 * jnp.maximum(count, 1).astype(weighted_sum.dtype)
+    return weighted_sum / denominator[..., None]
+
+
+def combine(
+    outputs: WindowOutputs, window: int, axis_name: str | None = None
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """``(flat_grad [P], meta_loss, diagnostics)`` from per-pair outputs: ``g = sum_j g_j / N``.
+
+    With ``axis_name`` the outputs are one device's pairs and every sum (including ``N``) is
+    ``lax.psum``-ed over that axis, so each device returns the global values.
+    """
+
+    def total(x: jax.Array) -> jax.Array:
+        summed = jnp.sum(x, axis=0)
+        return summed if axis_name is None else jax.lax.psum(summed, axis_name)
+
+    num_pairs = total(jnp.ones(outputs.count.shape, jnp.float32))
+    grad = total(outputs.grad) / num_pairs
+    count = total(outputs.count)
+    meta_loss = jnp.where(
+        count > 0, total(outputs.loss_sum) / jnp.maximum(count, 1).astype(jnp.float32), jnp.nan
+    )
+    mean_diff = total(outputs.loss_diff) / num_pairs
+    diff_std = jnp.sqrt(total((outputs.loss_diff - mean_diff) ** 2) / num_pairs)
+    diagnostics = {
+        "loss_diff_std": diff_std,
+        "masked_fraction": 1.0 - count.astype(jnp.float32) / (num_pairs * window),
+        "nonfinite_count": total(outputs.nonfinite),
+        "num_resets": total(outputs.resets),
+    }
+    return grad, meta_loss, diagnostics

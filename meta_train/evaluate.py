@@ -1,0 +1,635 @@
+"""Held-out evaluation: train unseen tasks with an optimizer and with tuned Adam and SGD-M.
+
+For every task and horizon, each optimizer trains ``seeds`` runs; the tuned baselines also sweep a
+log-spaced learning-rate grid. All grid points and seeds of one optimizer on one task run in a
+single jitted ``lax.scan`` (vmapped over ``[grid, seeds]``); the same seeds give every optimizer the
+same initialisations and minibatches, so comparisons are paired. A baseline's learning rate is the
+grid point with the lowest mean final *inner-valid* loss (the test split is never used to choose).
+
+A run has diverged when a training loss is non-finite or its final training loss exceeds
+``divergence_factor`` times its initial one; diverged runs stay in every mean and count.
+
+The speed-up over tuned Adam follows the VeLO / learned_optimization reports: the number of steps
+tuned Adam needs to reach its own final training loss divided by the number of steps the optimizer
+needs to reach that loss, both on seed-mean training-loss curves smoothed by a trailing moving
+average (``None`` when the optimizer never gets there).
+
+Python: ``evaluate(optimizer, tasks, ...) -> Report`` (``meta_train.report``). CLI:
+``lopt evaluate --optimizer <export dir | adam | sgdm | untrained:<arch>> --suite <name>``.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import dataclasses
+import functools
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.base import LearnedOptimizer
+from meta_train.report import GridPoint, Report, RunResult, TaskResult, smooth
+from tasks.base import Task
+
+ADAM_GRID = tuple(float(lr) for lr in np.logspace(-4, -1, 7))
+SGDM_GRID = tuple(float(lr) for lr in np.logspace(-3, 0, 7))
+SGDM_MOMENTUM = 0.9
+EVAL_SPLITS = ("train", "inner_valid", "test")
+DEFAULT_DIVERGENCE_FACTOR = 2.0
+BASELINES = ("adam", "sgdm")
+
+
+# --- How each optimizer becomes an optax transform inside the jitted scan.
+# These are hashable, static arguments of the jitted trainer: one compile per (optimizer kind, task
+# shapes, number of steps), reused across calls. Grid values and theta are traced arguments.
+
+
+class _Candidate(abc.ABC):
+    @abc.abstractmethod
+    def transform(
+        self, hyperparameter: jax.Array, theta: Any, num_steps: int
+    ) -> optax.GradientTransformationExtraArgs:
+        """The transform for one grid point (``hyperparameter`` is a traced scalar)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Adam(_Candidate):
+    def transform(self, hyperparameter, theta, num_steps):
+        return optax.adam(hyperparameter)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SGDM(_Candidate):
+    momentum: float = SGDM_MOMENTUM
+
+    def transform(self, hyperparameter, theta, num_steps):
+        return optax.sgd(hyperparameter, momentum=self.momentum)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fixed(_Candidate):
+    transformation: optax.GradientTransformation
+
+    def transform(self, hyperparameter, theta, num_steps):
+        return optax.with_extra_args_support(self.transformation)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Learned(_Candidate):
+    optimizer: LearnedOptimizer
+
+    def transform(self, hyperparameter, theta, num_steps):
+        import lopt
+
+        return lopt.to_optax(self.optimizer, theta, num_steps)
+
+
+class _Contender(NamedTuple):
+    """An optimizer to run on every task: a grid of hyperparameters (``None``: a single run)."""
+
+    label: str
+    description: str
+    candidate: _Candidate
+    grid: tuple[float, ...] | None = None
+    theta: Any = None
+
+
+# --- Tasks: a static builder (hashable) and traced arguments (device data are not constants).
+
+
+def _task_from_family(args: tuple[Any, Any]) -> Task:
+    family, config = args
+    return family.task(config)
+
+
+def _task_itself(task: Task) -> Task:
+    return task
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ClosedTask:
+    """A user's task that is not a pytree: baked into the compiled function (hashed by identity)."""
+
+    task: Task
+
+    def __call__(self, args: None) -> Task:
+        return self.task
+
+
+class _EvalTask(NamedTuple):
+    name: str
+    num_steps: int | None
+    build: Callable[[Any], Task]
+    args: Any
+
+
+def _is_held_out_task(item: Any) -> bool:
+    return isinstance(item, tuple) and all(
+        hasattr(item, field) for field in ("name", "family", "config", "num_steps")
+    )
+
+
+def _as_eval_task(item: Any, index: int) -> _EvalTask:
+    if _is_held_out_task(item):
+        return _EvalTask(
+            item.name, int(item.num_steps), _task_from_family, (item.family, item.config)
+        )
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Task):
+        return _as_named_task(str(item[0]), item[1])
+    if isinstance(item, Task):
+        return _as_named_task(f"{type(item).__name__}_{index}", item)
+    raise TypeError(
+        f"tasks[{index}] is a {type(item).__name__}: pass tasks.base.Task objects, (name, Task) "
+        "pairs, tasks.registry.HeldOutTask tuples, or a suite name"
+    )
+
+
+def _as_named_task(name: str, task: Task) -> _EvalTask:
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(task)):
+        return _EvalTask(name, None, _ClosedTask(task), None)
+    return _EvalTask(name, None, _task_itself, task)
+
+
+def _resolve_tasks(tasks: Any) -> list[_EvalTask]:
+    if isinstance(tasks, str):
+        from tasks import registry
+
+        tasks = registry.get_suite(tasks)
+    if isinstance(tasks, Mapping):
+        tasks = list(tasks.items())
+    if isinstance(tasks, Task) or _is_held_out_task(tasks):
+        tasks = [tasks]
+    resolved = [_as_eval_task(item, i) for i, item in enumerate(tasks)]
+    if not resolved:
+        raise ValueError("no tasks to evaluate: pass a suite name or a non-empty list of tasks")
+    names = [task.name for task in resolved]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"task names must be unique; repeated: {duplicates}")
+    return resolved
+
+
+# --- The jitted trainer.
+
+
+class _GridOutput(NamedTuple):
+    """Leading axes ``[grid, seeds]``."""
+
+    losses: jax.Array  # [G, S, num_steps] minibatch training loss before each update
+    initial_loss: jax.Array  # [G, S] whole-train-split loss at initialisation
+    metrics: dict[str, jax.Array]  # "<split>_<metric>" -> [G, S] after the last update
+
+
+@functools.partial(jax.jit, static_argnames=("candidate", "build_task", "num_steps"))
+def _train_grid(
+    task_args: Any,
+    theta: Any,
+    hyperparameters: jax.Array,
+    keys: jax.Array,
+    *,
+    candidate: _Candidate,
+    build_task: Callable[[Any], Task],
+    num_steps: int,
+) -> _GridOutput:
+    """Train one task for ``num_steps`` steps at every ``hyperparameters[g]`` and ``keys[s]``."""
+    task = build_task(task_args)
+
+    def run(hyperparameter: jax.Array, key: jax.Array) -> _GridOutput:
+        tx = candidate.transform(hyperparameter, theta, num_steps)
+        init_key, data_key = jax.random.split(key)
+        params = task.init(init_key)
+        initial_loss = task.evaluate(params, "train")["loss"]
+
+        def step(carry, step_key):
+            params, state = carry
+            loss, grads = jax.value_and_grad(task.loss)(params, step_key)
+            updates, state = tx.update(grads, state, params, value=loss)
+            return (optax.apply_updates(params, updates), state), loss
+
+        (params, _), losses = jax.lax.scan(
+            step, (params, tx.init(params)), jax.random.split(data_key, num_steps)
+        )
+        metrics = {
+            f"{split}_{name}": value
+            for split in EVAL_SPLITS
+            for name, value in task.evaluate(params, split).items()
+        }
+        return _GridOutput(losses, initial_loss, metrics)
+
+    return jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None))(hyperparameters, keys)
+
+
+def _run_contender(
+    contender: _Contender, task: _EvalTask, num_steps: int, keys: jax.Array
+) -> tuple[_GridOutput, float, float]:
+    """``(numpy outputs, compile seconds, run seconds)``."""
+    grid = jnp.asarray(contender.grid if contender.grid else (0.0,), jnp.float32)
+    start = time.perf_counter()
+    compiled = _train_grid.lower(
+        task.args,
+        contender.theta,
+        grid,
+        keys,
+        candidate=contender.candidate,
+        build_task=task.build,
+        num_steps=num_steps,
+    ).compile()
+    compiled_at = time.perf_counter()
+    output = jax.device_get(compiled(task.args, contender.theta, grid, keys))
+    finished = time.perf_counter()
+    output = jax.tree.map(np.asarray, output)
+    return output, compiled_at - start, finished - compiled_at
+
+
+# --- Divergence, grid selection, speed-up (plain numpy on the outputs).
+
+
+def diverged_runs(
+    losses: np.ndarray, initial_loss: np.ndarray, final_loss: np.ndarray, factor: float
+) -> np.ndarray:
+    """Boolean ``[...]``: a non-finite step loss, or a final loss above ``factor`` x the initial.
+
+    ``losses`` is ``[..., steps]``; the rest are ``[...]``. For losses that can be negative, the
+    bound is ``initial + (factor - 1) * |initial|``.
+    """
+    bound = initial_loss + (factor - 1.0) * np.abs(initial_loss)
+    return (
+        ~np.all(np.isfinite(losses), axis=-1)
+        | ~np.isfinite(final_loss)
+        | ~np.isfinite(initial_loss)
+        | (final_loss > bound)
+    )
+
+
+def select_grid_point(valid_loss: np.ndarray, diverged: np.ndarray) -> int:
+    """Index of the best grid point from ``[grid, seeds]`` final validation losses.
+
+    Fewest diverged seeds first, then the lowest mean validation loss (a point with a diverged
+    seed has mean ``inf``). Ties go to the earlier (smaller) grid point.
+    """
+    num_diverged = diverged.sum(axis=1)
+    finite = np.where(np.isfinite(valid_loss) & ~diverged, valid_loss, np.inf)
+    return int(np.lexsort((finite.mean(axis=1), num_diverged))[0])
+
+
+def steps_to_reach(curve: np.ndarray, target: float) -> int | None:
+    """Steps until ``curve`` (one loss per step) first is ``<= target``: index + 1, or ``None``."""
+    reached = np.flatnonzero(np.asarray(curve) <= target)
+    return int(reached[0]) + 1 if reached.size else None
+
+
+def smoothing_window(num_steps: int) -> int:
+    """Moving-average window for training-loss curves: 5% of the run, at least one step."""
+    return max(1, num_steps // 20)
+
+
+def _run_result(
+    contender: _Contender,
+    output: _GridOutput,
+    divergence_factor: float,
+    compile_seconds: float,
+    run_seconds: float,
+) -> RunResult:
+    diverged = diverged_runs(
+        output.losses, output.initial_loss, output.metrics["train_loss"], divergence_factor
+    )
+    grid = ()
+    best = 0
+    if contender.grid:
+        valid = output.metrics["inner_valid_loss"]
+        best = select_grid_point(valid, diverged)
+        grid = tuple(
+            GridPoint(
+                learning_rate=lr,
+                valid_loss=float(np.mean(valid[g])),
+                train_loss=float(np.mean(output.metrics["train_loss"][g])),
+                num_diverged=int(diverged[g].sum()),
+            )
+            for g, lr in enumerate(contender.grid)
+        )
+    return RunResult(
+        label=contender.label,
+        description=contender.description,
+        curves=output.losses[best],
+        initial_loss=output.initial_loss[best],
+        metrics={key: values[best] for key, values in output.metrics.items()},
+        diverged=diverged[best],
+        learning_rate=contender.grid[best] if contender.grid else None,
+        grid=grid,
+        compile_seconds=compile_seconds,
+        run_seconds=run_seconds,
+    )
+
+
+def _add_speedups(task: TaskResult) -> None:
+    """Fill ``target_loss`` / ``target_steps`` and every run's speed-up from tuned Adam's curve."""
+    adam = task.runs.get("adam")
+    if adam is None:
+        return
+    window = task.smoothing_window
+    adam_curve = smooth(adam.curves.mean(axis=0), window)
+    target = float(adam_curve[-1])
+    if not np.isfinite(target):
+        return
+    task.target_loss = target
+    task.target_steps = steps_to_reach(adam_curve, target)
+    for run in task.runs.values():
+        run.steps_to_target = steps_to_reach(smooth(run.curves.mean(axis=0), window), target)
+        if run.steps_to_target is not None:
+            run.speedup = task.target_steps / run.steps_to_target
+
+
+# --- The optimizer under evaluation.
+
+
+def _baseline(name: str, grid: Sequence[float], momentum: float) -> _Contender:
+    if name == "adam":
+        return _Contender("adam", "Adam (tuned)", _Adam(), tuple(grid))
+    if name == "sgdm":
+        return _Contender("sgdm", f"SGD-M {momentum:g} (tuned)", _SGDM(momentum), tuple(grid))
+    raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+
+
+def _learned(label: str, optimizer: LearnedOptimizer, theta: Any, description: str) -> _Contender:
+    return _Contender(label, description, _Learned(optimizer), None, theta)
+
+
+def _untrained(optimizer: LearnedOptimizer, seed: int) -> _Contender:
+    theta = optimizer.init_meta_params(jax.random.key(seed))
+    return _learned("untrained", optimizer, theta, f"untrained {optimizer.architecture}")
+
+
+def _architecture(optimizer: LearnedOptimizer) -> dict[str, Any]:
+    return {"architecture": {"name": optimizer.architecture, **optimizer.hyperparameters()}}
+
+
+def _resolve_subject(
+    optimizer: Any, theta: Any, name: str | None, seed: int
+) -> tuple[_Contender | str, LearnedOptimizer | None, dict[str, Any]]:
+    """The evaluated optimizer (a contender or a baseline's name), the learned optimizer to take
+    the untrained floor from (if any), and facts about its origin for the report."""
+    if isinstance(optimizer, str):
+        if optimizer in BASELINES:
+            return optimizer, None, {}
+        if optimizer.startswith("untrained:"):
+            import lopt
+
+            learned = lopt.get_optimizer(optimizer.removeprefix("untrained:"))
+            return _untrained(learned, seed), None, _architecture(learned)
+        if not os.path.isdir(optimizer):
+            raise ValueError(
+                f"optimizer {optimizer!r} is not 'adam', 'sgdm', 'untrained:<architecture>' or an "
+                "existing export directory (written by lopt.save or lopt meta-train)"
+            )
+        import lopt
+
+        learned, theta, metadata = lopt.load_optimizer(optimizer)
+        label = name or "learned"
+        origin = {
+            "export": os.path.abspath(optimizer),
+            **_architecture(learned),
+            "meta_training_num_steps": metadata.get("num_steps"),
+        }
+        return _learned(label, learned, theta, f"{label} {learned.architecture}"), learned, origin
+    if isinstance(optimizer, LearnedOptimizer):
+        if theta is None:
+            raise ValueError(
+                f"evaluating a {type(optimizer).__name__} needs its meta-parameters: pass "
+                "theta=..., or optimizer='untrained:<architecture>' for the untrained floor"
+            )
+        label = name or "learned"
+        contender = _learned(label, optimizer, theta, f"{label} {optimizer.architecture}")
+        return contender, optimizer, _architecture(optimizer)
+    if isinstance(optimizer, optax.GradientTransformation):
+        label = name or "optax"
+        return _Contender(label, label, _Fixed(optimizer)), None, {}
+    raise TypeError(
+        f"cannot evaluate a {type(optimizer).__name__}: pass an optax.GradientTransformation, a "
+        "lopt LearnedOptimizer with theta, an export directory, 'adam', 'sgdm' or "
+        "'untrained:<architecture>'"
+    )
+
+
+def _seed_keys(seeds: int | Sequence[int]) -> tuple[list[int], jax.Array]:
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must be a positive count or a non-empty list of ints")
+    return seeds, jnp.stack([jax.random.key(seed) for seed in seeds])
+
+
+def _check_grid(name: str, grid: Sequence[float]) -> None:
+    if not grid or not all(np.isfinite(lr) and lr > 0 for lr in grid):
+        raise ValueError(f"{name} must be a non-empty list of positive learning rates, got {grid}")
+
+
+def evaluate(
+    optimizer: Any,
+    tasks: Any = "default",
+    *,
+    theta: Any = None,
+    num_steps: int | None = None,
+    horizons: Sequence[float] = (1,),
+    seeds: int | Sequence[int] = 5,
+    baselines: Sequence[str] = BASELINES,
+    adam_grid: Sequence[float] = ADAM_GRID,
+    sgdm_grid: Sequence[float] = SGDM_GRID,
+    sgdm_momentum: float = SGDM_MOMENTUM,
+    untrained_floor: bool = True,
+    divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR,
+    name: str | None = None,
+    progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
+) -> Report:
+    """Train held-out ``tasks`` with ``optimizer`` and the tuned baselines; return the ``Report``.
+
+    ``optimizer``: an ``optax.GradientTransformation``; a ``lopt`` ``LearnedOptimizer`` with
+    ``theta``; an export directory; ``"adam"`` / ``"sgdm"`` (the tuned baseline itself); or
+    ``"untrained:<architecture>"``. ``tasks``: a suite name, a list of ``HeldOutTask`` /
+    ``Task`` / ``(name, Task)``, or a ``{name: Task}`` mapping. ``num_steps`` overrides every task's
+    horizon (required for plain ``Task`` objects); each horizon multiplier ``h`` trains
+    ``round(h * num_steps)`` steps and learned optimizers get that horizon at init. Baselines are
+    re-tuned at every horizon. ``untrained_floor`` adds the learned architecture with fresh
+    meta-parameters (seed ``seeds[0]``). ``settings`` are recorded in the report as given.
+    """
+    seed_list, keys = _seed_keys(seeds)
+    eval_tasks = _resolve_tasks(tasks)
+    if not horizons or any(not h > 0 for h in horizons):
+        raise ValueError(
+            f"horizons must be positive multipliers of the task horizon, got {horizons}"
+        )
+    if not divergence_factor > 1:
+        raise ValueError(f"divergence_factor must exceed 1, got {divergence_factor}")
+    if num_steps is not None and num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    missing = [task.name for task in eval_tasks if task.num_steps is None and num_steps is None]
+    if missing:
+        raise ValueError(f"tasks {missing} have no horizon: pass num_steps=...")
+    _check_grid("adam_grid", adam_grid)
+    _check_grid("sgdm_grid", sgdm_grid)
+
+    subject, learned, origin = _resolve_subject(optimizer, theta, name, seed_list[0])
+    grids = {"adam": adam_grid, "sgdm": sgdm_grid}
+    contenders = [] if isinstance(subject, str) else [subject]
+    contenders += [_baseline(b, grids[b], sgdm_momentum) for b in baselines]
+    if isinstance(subject, str) and subject not in baselines:
+        contenders.insert(0, _baseline(subject, grids[subject], sgdm_momentum))
+    if untrained_floor and learned is not None:
+        contenders.append(_untrained(learned, seed_list[0]))
+    subject_label = subject if isinstance(subject, str) else subject.label
+    contenders.sort(key=lambda contender: contender.label != subject_label)
+    if len({c.label for c in contenders}) != len(contenders):
+        raise ValueError(f"name {name!r} clashes with a baseline label; choose another name")
+
+    results = []
+    jobs = [(task, horizon) for task in eval_tasks for horizon in horizons]
+    bar = _progress_bar(len(jobs), progress)
+    for task, horizon in jobs:
+        steps = max(1, round(horizon * (num_steps or task.num_steps)))
+        bar.set_description(f"{task.name} ({steps} steps)")
+        runs = {}
+        for contender in contenders:
+            output, compile_s, run_s = _run_contender(contender, task, steps, keys)
+            runs[contender.label] = _run_result(
+                contender, output, divergence_factor, compile_s, run_s
+            )
+        result = TaskResult(task.name, steps, float(horizon), runs, smoothing_window(steps))
+        _add_speedups(result)
+        results.append(result)
+        bar.update()
+    bar.close()
+
+    recorded = {
+        "seeds": seed_list,
+        "horizons": [float(h) for h in horizons],
+        "num_steps_override": num_steps,
+        "baselines": list(baselines),
+        "adam_grid": [float(lr) for lr in adam_grid],
+        "sgdm_grid": [float(lr) for lr in sgdm_grid],
+        "sgdm_momentum": sgdm_momentum,
+        "selection": "lowest mean final inner_valid loss over seeds, fewest diverged seeds first",
+        "divergence": f"non-finite loss, or final train loss > {divergence_factor:g} x initial",
+        "speedup": "tuned Adam's steps to its final smoothed train loss / the optimizer's steps",
+        **origin,
+        **(settings or {}),
+    }
+    description = subject_label if isinstance(subject, str) else subject.description
+    return Report(subject_label, description, recorded, results)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="task", file=sys.stderr)
+
+
+# --- CLI.
+
+
+def _positive_floats(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from error
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lopt evaluate",
+        description="Train a held-out suite with an optimizer and with tuned Adam and SGD-M; "
+        "write a table, report.md, report.json and loss-curve PNGs.",
+    )
+    parser.add_argument(
+        "--optimizer",
+        required=True,
+        help="an export directory, 'adam', 'sgdm', or 'untrained:<architecture>'",
+    )
+    parser.add_argument("--suite", default="default", help="held-out suite (lopt tasks list)")
+    parser.add_argument("--steps", type=int, default=None, help="override every task's horizon")
+    parser.add_argument("--seeds", type=int, default=5, help="runs per task and optimizer")
+    parser.add_argument(
+        "--horizons",
+        type=_positive_floats,
+        default=[1.0, 2.0, 5.0],
+        help="multiples of each task's horizon to evaluate at (default: 1,2,5)",
+    )
+    parser.add_argument(
+        "--grid-points", type=int, default=7, help="log-spaced learning rates per baseline"
+    )
+    parser.add_argument(
+        "--divergence-factor",
+        type=float,
+        default=DEFAULT_DIVERGENCE_FACTOR,
+        help="a run whose final training loss exceeds this multiple of its initial one diverged",
+    )
+    parser.add_argument(
+        "--untrained-floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also evaluate the untrained learned optimizer (for export directories)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: <export>/eval_<suite> or runs/eval_<suite>)",
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``lopt evaluate``: print the table and summary line, write the report files."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.grid_points < 1:
+        parser.error(f"--grid-points must be at least 1, got {args.grid_points}")
+    if not args.divergence_factor > 1:
+        parser.error(f"--divergence-factor must exceed 1, got {args.divergence_factor}")
+    is_export = os.path.isdir(args.optimizer)
+    if not (is_export or args.optimizer in BASELINES or args.optimizer.startswith("untrained:")):
+        parser.error(
+            f"--optimizer {args.optimizer!r} is not 'adam', 'sgdm', 'untrained:<architecture>' "
+            "or an existing export directory"
+        )
+    from tasks import registry
+
+    if args.suite not in registry.suite_names():
+        parser.error(
+            f"--suite {args.suite!r} is unknown; known suites: {', '.join(registry.suite_names())}"
+        )
+    out = args.out or os.path.join(args.optimizer if is_export else "runs", f"eval_{args.suite}")
+    report = evaluate(
+        args.optimizer,
+        registry.get_suite(args.suite),
+        num_steps=args.steps,
+        horizons=args.horizons,
+        seeds=args.seeds,
+        adam_grid=tuple(float(lr) for lr in np.logspace(-4, -1, args.grid_points)),
+        sgdm_grid=tuple(float(lr) for lr in np.logspace(-3, 0, args.grid_points)),
+        untrained_floor=args.untrained_floor,
+        divergence_factor=args.divergence_factor,
+        progress=not args.no_progress,
+        settings={"suite": args.suite, "command": "lopt evaluate " + shlex.join(argv)},
+    )
+    paths = report.save(out, plots=not args.no_plots)
+    print(report.format_console())
+    print(f"wrote {paths['markdown']}, {paths['json']} and {len(report.plots)} plots to {out}")
+    return 0

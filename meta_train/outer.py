@@ -1,0 +1,289 @@
+"""The outer step: one jitted, buffer-donating call that advances every particle of every task group
+by one window on all local devices, combines the groups' estimates, and updates theta.
+
+The particle axis of each group is sharded over a one-axis mesh (``jax.shard_map``, the mechanism
+``jax.pmap`` is built on); theta, the outer optimizer state and the systems are replicated. The
+engine ``psum``s its sums over the mesh axis, so every device holds the same global estimate and
+the outer update runs replicated. All per-pair randomness lives in the particles' keys, so the
+result does not depend on how many devices share the pairs.
+
+Groups (one per static task configuration) are combined as
+
+    g = sum_i w_i g_i / sum_i w_i,      meta_loss = sum_i w_i L_i / sum_i w_i.
+
+An estimate with a non-finite entry leaves theta and the outer state unchanged (counted as a
+skipped update) rather than poisoning theta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from meta_train import engine
+from meta_train.metrics import OuterMetrics
+from meta_train.system import UnrolledSystem
+
+AXIS = "particles"
+
+
+class TaskGroup(NamedTuple):
+    """One static task configuration meta-trained with its own particles."""
+
+    name: str
+    system: UnrolledSystem
+    engine_config: engine.EngineConfig
+    weight: float
+
+
+class MetaState(NamedTuple):
+    """Everything an outer step changes; the whole of it is checkpointed.
+
+    Attributes:
+      step: ``[]`` int32, outer steps done.
+      theta: the meta-parameters.
+      outer_state: the outer optax optimizer's state.
+      particles: one ``engine.Particles`` per group; leading axis ``num_pairs``, sharded.
+    """
+
+    step: jax.Array
+    theta: Any
+    outer_state: optax.OptState
+    particles: tuple[Any, ...]
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+    """A one-axis mesh named ``AXIS`` over the first ``num_devices`` devices (0: all).
+
+    After ``jax.distributed.initialize`` the devices are those of every process, so the particles
+    are split over all hosts and the engine's ``psum`` spans them.
+    """
+    devices = jax.devices()
+    if num_devices > len(devices):
+        raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
+    devices = devices[: num_devices or len(devices)]
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def put(tree: Any, sharding: NamedSharding) -> Any:
+    """Lay out a pytree that every process holds in full (host or local arrays) as global arrays
+    with ``sharding``; each process supplies the pieces its own devices hold."""
+
+    def put_leaf(leaf):
+        value = np.asarray(jax.device_get(leaf))
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(put_leaf, tree)
+
+
+def make_outer_optimizer(
+    name: str,
+    learning_rate: float,
+    clip_norm: float,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    num_steps: int = 1,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """``chain(clip_by_global_norm(clip_norm), <name>(schedule))`` and the schedule itself.
+
+    ``name``: ``adam``, ``sgd`` or ``sgdm`` (momentum 0.9); ``schedule``: ``constant`` (after a
+    linear warm-up of ``warmup_steps``) or ``cosine`` (warm-up, then cosine decay to 0 at
+    ``num_steps``).
+    """
+    if schedule == "constant":
+        lr = optax.join_schedules(
+            [optax.linear_schedule(0.0, learning_rate, warmup_steps)] * bool(warmup_steps)
+            + [optax.constant_schedule(learning_rate)],
+            [warmup_steps] * bool(warmup_steps),
+        )
+    elif schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, warmup_steps, max(num_steps, warmup_steps + 1)
+        )
+    else:
+        raise ValueError(f"unknown outer schedule {schedule!r}; use constant or cosine")
+    optimizers = {
+        "adam": lambda: optax.adam(lr),
+        "sgd": lambda: optax.sgd(lr),
+        "sgdm": lambda: optax.sgd(lr, momentum=0.9),
+    }
+    if name not in optimizers:
+        raise ValueError(f"unknown outer optimizer {name!r}; use one of {', '.join(optimizers)}")
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optimizers[name]()), lr
+
+
+class _Systems(NamedTuple):
+    """The groups' systems split into array leaves (jit arguments) and the rest (closed over).
+
+    Passing a system's arrays (e.g. a task family's device-resident data) as arguments keeps them
+    buffers rather than compile-time constants, as ``engine`` does.
+    """
+
+    leaves: tuple[list[jax.Array], ...]
+    rebuild: tuple[Callable[[list[jax.Array]], UnrolledSystem], ...]
+
+
+def _rebuild(treedef: Any, static: tuple[Any, ...], arrays: list[jax.Array]) -> UnrolledSystem:
+    arrays = iter(arrays)
+    return jax.tree.unflatten(treedef, [next(arrays) if s is None else s for s in static])
+
+
+def _split_systems(groups: Sequence[TaskGroup], mesh: Mesh) -> _Systems:
+    replicated = NamedSharding(mesh, P())
+    leaves, rebuild = [], []
+    for group in groups:
+        flat, treedef = jax.tree.flatten(group.system)
+        is_array = [isinstance(leaf, jax.Array | np.ndarray) for leaf in flat]
+        arrays = [leaf for leaf, array in zip(flat, is_array, strict=True) if array]
+        static = tuple(None if array else leaf for leaf, array in zip(flat, is_array, strict=True))
+        leaves.append(put(arrays, replicated))
+        rebuild.append(functools.partial(_rebuild, treedef, static))
+    return _Systems(tuple(leaves), tuple(rebuild))
+
+
+def particle_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (pair) axis split over the mesh."""
+    return NamedSharding(mesh, P(AXIS))
+
+
+def init_meta_state(
+    groups: Sequence[TaskGroup],
+    theta: Any,
+    outer_optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    mesh: Mesh,
+    burn_in: bool = True,
+) -> tuple[MetaState, list[int]]:
+    """The initial ``MetaState`` and the number of burn-in inner steps of each group.
+
+    Each group's particles come from ``engine.init_particles`` (staggered ones burnt in to their
+    offsets under ``theta``) and are then laid out sharded over the mesh. ``burn_in=False`` builds
+    lockstep particles instead: a cheap template with the right structure, e.g. to restore into.
+    """
+    replicated = NamedSharding(mesh, P())
+    keys = jax.random.split(key, len(groups))
+    particles, burn_in_steps = [], []
+    for group, group_key in zip(groups, keys, strict=True):
+        engine_config = group.engine_config
+        if not burn_in:
+            engine_config = dataclasses.replace(engine_config, stagger=False)
+        group_particles, steps = engine.init_particles(
+            group.system, engine_config, theta, group_key
+        )
+        particles.append(put(group_particles, particle_sharding(mesh)))
+        burn_in_steps.append(steps)
+    step = jnp.zeros((), jnp.int32)
+    replicated_parts = put((step, theta, outer_optimizer.init(theta)), replicated)
+    return MetaState(*replicated_parts, tuple(particles)), burn_in_steps
+
+
+def _weighted_sum(values: Sequence[Any], weights: np.ndarray) -> Any:
+    return jax.tree.map(lambda *xs: sum(w * x for w, x in zip(weights, xs, strict=True)), *values)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class OuterStep:
+    """``outer_step(state) -> (state, metrics, group_meta_losses)``: jitted, donates ``state``.
+
+    ``metrics`` is an ``OuterMetrics`` of this step; ``group_meta_losses`` maps a group name to its
+    meta-loss. ``compile(state)`` compiles ahead of time (so compile time is measured apart from
+    run time); otherwise the first call compiles.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[TaskGroup],
+        outer_optimizer: optax.GradientTransformation,
+        learning_rate: optax.Schedule,
+        mesh: Mesh,
+    ):
+        self.systems = _split_systems(groups, mesh)
+        self.jitted = jax.jit(
+            _outer_step_fn(groups, outer_optimizer, learning_rate, mesh, self.systems),
+            donate_argnums=0,
+        )
+        self.compiled = None
+
+    def compile(self, state: MetaState) -> float:
+        """Compile for ``state``'s shapes and shardings; return the seconds it took."""
+        start = time.perf_counter()
+        self.compiled = self.jitted.lower(state, self.systems.leaves).compile()
+        return time.perf_counter() - start
+
+    def __call__(self, state: MetaState) -> tuple[MetaState, OuterMetrics, dict[str, jax.Array]]:
+        step = self.compiled or self.jitted
+        return step(state, self.systems.leaves)
+
+
+def _outer_step_fn(
+    groups: Sequence[TaskGroup],
+    outer_optimizer: optax.GradientTransformation,
+    learning_rate: optax.Schedule,
+    mesh: Mesh,
+    systems: _Systems,
+) -> Callable:
+    weights = np.asarray([group.weight for group in groups], np.float64)
+    weights = (weights / weights.sum()).astype(np.float32)
+
+    def windows(theta, particles, leaves):
+        results = [
+            engine.window_step(
+                systems.rebuild[i](leaves[i]), group.engine_config, theta, particles[i], AXIS
+            )
+            for i, group in enumerate(groups)
+        ]
+        return tuple(r[0] for r in results), tuple(r[1] for r in results)
+
+    sharded_windows = jax.shard_map(
+        windows,
+        mesh=mesh,
+        in_specs=(P(), P(AXIS), P()),
+        out_specs=(P(AXIS), P()),
+        check_vma=False,
+    )
+
+    def outer_step(state: MetaState, leaves):
+        particles, estimates = sharded_windows(state.theta, state.particles, leaves)
+        grad = _weighted_sum([e.grad for e in estimates], weights)
+        meta_loss = _weighted_sum([e.meta_loss for e in estimates], weights)
+        updates, outer_state = outer_optimizer.update(grad, state.outer_state, state.theta)
+        finite = _all_finite(grad)
+        keep_if_finite = lambda new, old: jax.tree.map(
+            lambda n, o: jnp.where(finite, n, o), new, old
+        )
+        theta = keep_if_finite(optax.apply_updates(state.theta, updates), state.theta)
+        outer_state = keep_if_finite(outer_state, state.outer_state)
+        diagnostics = _weighted_sum([e.diagnostics for e in estimates], weights)
+        metrics = OuterMetrics.single_from_model_output(
+            meta_loss=meta_loss,
+            estimate_norm=optax.global_norm(grad),
+            masked_fraction=diagnostics["masked_fraction"],
+            nonfinite_count=sum(e.diagnostics["nonfinite_count"] for e in estimates),
+            loss_diff_std=diagnostics["loss_diff_std"],
+            num_resets=sum(e.diagnostics["num_resets"] for e in estimates),
+            skipped_update=1.0 - finite.astype(jnp.float32),
+            outer_lr=jnp.asarray(learning_rate(state.step), jnp.float32),
+        )
+        group_losses = {g.name: e.meta_loss for g, e in zip(groups, estimates, strict=True)}
+        new_state = MetaState(state.step + 1, theta, outer_state, particles)
+        return new_state, metrics, group_losses
+
+    return outer_step
+
+
+def inner_steps_per_outer_step(groups: Sequence[TaskGroup]) -> int:
+    """Inner training steps one outer step performs: 2 twins x pairs x K, summed over groups."""
+    return sum(2 * g.engine_config.num_pairs * g.engine_config.window for g in groups)

@@ -1,0 +1,419 @@
+"""Meta-training: the outer loop behind ``lopt meta-train``.
+
+``meta_train(config, workdir)`` reads top to bottom: build the learned optimizer and the task
+groups (one per static task configuration, each with its own particles), restore the meta-training
+state from the workdir's latest checkpoint or initialise it (staggered particles burnt in under the
+initial theta), compile the outer step once (``meta_train.outer``: one jitted, buffer-donating call
+over all local devices), then loop: outer step, metrics, periodic held-out evaluation, checkpoint,
+export. At the end (or on SIGINT/SIGTERM, after the step in flight) it saves a checkpoint and the
+exported optimizer; a completed run also plots its curves and compares the result with Adam on a
+few held-out tasks.
+
+Workdir layout::
+
+    config.json            the config the run was started with (a different one is refused)
+    checkpoints/<step>/    orbax checkpoints of the whole state (the last few)
+    metrics.jsonl          every logged scalar, one JSON object per log step
+    tensorboard/           the same scalars as TensorBoard events (tensorboardX)
+    parameter_overview.txt clu's table of theta at the start
+    export/                the learned optimizer (``lopt.load(<workdir>/export)``)
+    curves.png             the meta-training curves
+    comparison/            the held-out comparison against Adam (report.md / .json, PNGs)
+
+Several hosts: run the same command with the same config and workdir (a shared file system) in
+every process, with ``--distributed``, which calls ``jax.distributed.initialize()`` before anything
+else touches jax (coordinator address, process count and id from the cluster's environment, or the
+arguments of ``jax.distributed.initialize``). The mesh then holds every process's devices, the
+particles are split over all of them, and the engine's ``psum`` spans the hosts; every process
+computes the same theta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+import lopt
+from meta_train import checkpoint, config_flags, engine, held_out, metrics, outer, systems
+from tasks import registry
+
+DEFAULT_WORKDIR = os.path.join("runs", "default")
+
+
+# --- Building the pieces from the config.
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> lopt.LearnedOptimizer:
+    """The learned optimizer named by ``config.optimizer``."""
+    return lopt.get_optimizer(config.optimizer.architecture, **config.optimizer.hyperparameters)
+
+
+def engine_config(config: ml_collections.ConfigDict, num_pairs: int) -> engine.EngineConfig:
+    """The engine settings of one group: the estimator section with that group's pair count."""
+    estimator = config.estimator
+    horizon = estimator.horizon
+    if estimator.min_horizon:
+        horizon = (estimator.min_horizon, estimator.horizon)
+    return engine.EngineConfig(
+        num_pairs=num_pairs,
+        window=estimator.window,
+        sigma=estimator.sigma,
+        horizon=horizon,
+        stagger=estimator.stagger,
+        estimator=estimator.name,
+        resample_every=estimator.resample_every,
+    )
+
+
+def build_groups(
+    config: ml_collections.ConfigDict, optimizer: lopt.LearnedOptimizer
+) -> list[outer.TaskGroup]:
+    """One ``TaskGroup`` per entry of ``config.groups``, in the config's order."""
+    groups = []
+    for name, group in config.groups.items():
+        family = registry.get_family(group.family, **group.overrides)
+        system = systems.TaskTrainingSystem(family, optimizer, meta_loss=config.meta_loss)
+        groups.append(
+            outer.TaskGroup(name, system, engine_config(config, group.num_pairs), group.weight)
+        )
+    return groups
+
+
+def export_metadata(
+    config: ml_collections.ConfigDict, step: int, groups: list[outer.TaskGroup]
+) -> dict[str, Any]:
+    """What ``lopt.save`` records next to theta; ``num_steps`` is the horizon ``lopt.load`` uses."""
+    return {
+        "num_steps": config.estimator.horizon,
+        "meta_training_steps": step,
+        "estimator": config.estimator.name,
+        "families": {g.name: config.groups[g.name].family for g in groups},
+        "config": config_flags.canonical(config),
+    }
+
+
+class _StopSignals:
+    """Within the block, SIGINT and SIGTERM ask the loop to stop after the step in flight (a second
+    one stops at once); ``signum`` is the first signal received, or 0."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            signal.signal(signum, self.previous[signum])
+            signal.raise_signal(signum)
+        self.signum = signum
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _abstract(tree: Any) -> Any:
+    """``jax.ShapeDtypeStruct`` leaves with the shardings of ``tree``'s arrays."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _compare_with_adam(
+    config: ml_collections.ConfigDict,
+    optimizer: lopt.LearnedOptimizer,
+    theta: Any,
+    workdir: str,
+) -> dict[str, Any]:
+    """Train a few held-out tasks with the meta-trained optimizer, the untrained one and Adam at
+    each of ``config.comparison.adam_learning_rates`` (``meta_train.evaluate``); write the report
+    to ``<workdir>/comparison`` and return the final training losses (mean over seeds)."""
+    from meta_train import evaluate
+
+    section = config.comparison
+    tasks = held_out.held_out_tasks(section.suite, section.num_tasks)
+    report = evaluate.evaluate(
+        optimizer,
+        tasks,
+        theta=jax.device_get(theta),
+        num_steps=section.num_steps or None,
+        seeds=section.seeds,
+        baselines=("adam",),
+        adam_grid=tuple(section.adam_learning_rates),
+        untrained_floor=True,
+        name="meta-trained",
+        progress=config.progress,
+        settings={"source": "end of lopt meta-train"},
+    )
+    out_dir = os.path.join(workdir, "comparison")
+    report.save(out_dir)
+    table = {}
+    for task in report.tasks:
+        row = {}
+        for label, run in task.runs.items():
+            if label == "adam":
+                for point in run.grid:
+                    row[f"adam_lr{point.learning_rate:g}"] = point.train_loss
+            else:
+                row[label] = float(np.mean(run.metrics["train_loss"]))
+        table[f"{task.task} ({task.num_steps} steps)"] = row
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(table, f, indent=2)
+    return table
+
+
+def _format_comparison(table: dict[str, dict[str, float]]) -> str:
+    columns = sorted({c for row in table.values() for c in row}, key=lambda c: (c[:4] == "adam", c))
+    width = max(len(task) for task in table)
+    lines = ["final training loss (mean over seeds)", f"{'task':<{width}}  " + "  ".join(columns)]
+    for task, row in table.items():
+        cells = [f"{row.get(c, float('nan')):>{len(c)}.4f}" for c in columns]
+        lines.append(f"{task:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+# --- The run.
+
+
+def meta_train(
+    config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Meta-train as ``config`` says, in ``workdir`` (resuming the run there, if any).
+
+    Returns a summary: ``step``, ``theta`` (host arrays), ``interrupted`` (the signal's name or
+    ``None``), ``burn_in_steps``, ``compile_seconds``, ``particle_steps_per_s``,
+    ``meta_loss_first`` / ``meta_loss_last`` (the first and last logged meta-loss of the whole
+    run), ``eval`` (the last held-out figures) and ``comparison`` (when it ran).
+    """
+    from clu import parameter_overview
+    from tqdm.auto import tqdm
+
+    config_flags.validate(config, jax.local_device_count())
+    checkpoint.prepare_workdir(workdir, config, overwrite)
+    optimizer = build_optimizer(config)
+    groups = build_groups(config, optimizer)
+    mesh = outer.make_mesh(config.num_devices)
+    outer_optimizer, learning_rate = outer.make_outer_optimizer(
+        config.outer.optimizer,
+        config.outer.learning_rate,
+        config.outer.clip_norm,
+        config.outer.schedule,
+        config.outer.warmup_steps,
+        config.num_outer_steps,
+    )
+    checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+    theta_key, particles_key = jax.random.split(jax.random.key(config.seed))
+    theta = optimizer.init_meta_params(theta_key)
+
+    # State: resume from the latest checkpoint, or start afresh with staggered particles.
+    start_step = checkpointer.latest_step() or 0
+    if start_step:
+        template, _ = outer.init_meta_state(
+            groups, theta, outer_optimizer, particles_key, mesh, burn_in=False
+        )
+        state, meta = checkpointer.restore(start_step, _abstract(template))
+        burn_in_steps = meta["burn_in_steps"]
+        _log(f"resuming {workdir} at outer step {start_step}")
+    else:
+        start = time.perf_counter()
+        state, burn_in_steps = outer.init_meta_state(
+            groups, theta, outer_optimizer, particles_key, mesh
+        )
+        jax.block_until_ready(state)
+        _log(
+            f"burn-in: {burn_in_steps} sequential inner steps per group "
+            f"({time.perf_counter() - start:.1f}s, compile included)"
+        )
+    writer = metrics.MetricWriter(workdir, resume_step=start_step)
+    if not start_step:
+        overview = parameter_overview.get_parameter_overview(jax.device_get(state.theta))
+        with open(os.path.join(workdir, "parameter_overview.txt"), "w") as f:
+            f.write(overview + "\n")
+        writer.write_text(0, "parameter_overview", overview)
+        _log(overview)
+
+    outer_step = outer.OuterStep(groups, outer_optimizer, learning_rate, mesh)
+    compile_seconds = outer_step.compile(state)
+    steps_per_call = outer.inner_steps_per_outer_step(groups)
+    _log(
+        f"outer step compiled in {compile_seconds:.1f}s on {mesh.size} device(s); "
+        f"{steps_per_call} inner steps per outer step"
+    )
+    evals = []
+    if config.eval.num_tasks:
+        evals = held_out.make_held_out_evals(
+            optimizer, config.eval.suite, config.eval.num_tasks, config.eval.num_steps
+        )
+    last_eval = {}
+    if evals and not start_step:
+        last_eval = held_out.run_held_out_evals(evals, state.theta)
+        writer.write_scalars(0, last_eval)
+
+    def meta(step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "burn_in_steps": burn_in_steps,
+            "num_devices": mesh.size,
+            "config": config_flags.canonical(config),
+        }
+
+    def export(step: int) -> None:
+        lopt.save(
+            os.path.join(workdir, "export"),
+            optimizer,
+            jax.device_get(state.theta),
+            export_metadata(config, step, groups),
+        )
+
+    # The loop. Work is dispatched asynchronously; reading the metrics at a log step syncs. The
+    # throughput counts outer-step time only: evaluations, checkpoints and exports are paused out.
+    step, accumulated, throughput = start_step, None, float("nan")
+    interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+    bar = tqdm(
+        total=config.num_outer_steps,
+        initial=start_step,
+        disable=not config.progress,
+        unit="step",
+        file=sys.stderr,
+    )
+    with _StopSignals() as stop:
+        while step < config.num_outer_steps and not stop.signum:
+            state, step_metrics, group_losses = outer_step(state)
+            accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
+            step += 1
+            interval_steps += 1
+            bar.update()
+            if step % config.log_every == 0 or step == config.num_outer_steps or stop.signum:
+                scalars = {k: float(v) for k, v in accumulated.compute().items()}
+                elapsed = time.perf_counter() - interval_start - paused
+                throughput = steps_per_call * interval_steps / elapsed
+                scalars["particle_steps_per_s"] = throughput
+                if len(groups) > 1:
+                    scalars |= {f"group/{n}/meta_loss": float(v) for n, v in group_losses.items()}
+                writer.write_scalars(step, scalars)
+                bar.set_postfix(meta_loss=f"{scalars['meta_loss']:.4g}")
+                accumulated = None
+                interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+            evaluate_now = evals and step % config.eval.every == 0
+            if evaluate_now or step % config.checkpoint_every == 0 or step % config.export_every == 0:
+                pause_start = time.perf_counter()
+                jax.block_until_ready(state)
+                outer_seconds = time.perf_counter() - pause_start
+                if evaluate_now:
+                    last_eval = held_out.run_held_out_evals(evals, state.theta)
+                    writer.write_scalars(step, last_eval)
+                if step % config.checkpoint_every == 0:
+                    checkpointer.save(step, state, meta(step))
+                if step % config.export_every == 0:
+                    export(step)
+                paused += time.perf_counter() - pause_start - outer_seconds
+        bar.close()
+        checkpointer.save(step, state, meta(step))
+        export(step)
+    checkpointer.close()
+    writer.close()
+    interrupted = signal.Signals(stop.signum).name if stop.signum else None
+    if interrupted:
+        _log(f"{interrupted}: saved the checkpoint and export of outer step {step}")
+
+    rows = [r for r in metrics.read_jsonl(writer.jsonl_path) if r.get("meta_loss") is not None]
+    summary = {
+        "step": step,
+        "theta": jax.device_get(state.theta),
+        "interrupted": interrupted,
+        "burn_in_steps": burn_in_steps,
+        "compile_seconds": compile_seconds,
+        "particle_steps_per_s": throughput,
+        "meta_loss_first": rows[0]["meta_loss"] if rows else None,
+        "meta_loss_last": rows[-1]["meta_loss"] if rows else None,
+        "eval": last_eval,
+    }
+    if not interrupted:
+        metrics.plot_curves(
+            writer.jsonl_path,
+            os.path.join(workdir, metrics.CURVES_FILE),
+            title=f"{config.estimator.name}, {config.optimizer.architecture} optimizer",
+        )
+        if config.comparison.num_tasks:
+            summary["comparison"] = _compare_with_adam(config, optimizer, state.theta, workdir)
+            _log(_format_comparison(summary["comparison"]))
+    _log(
+        f"meta-loss {summary['meta_loss_first']} (first log) -> {summary['meta_loss_last']} "
+        f"(last log) over {step} outer steps; outputs in {workdir}"
+    )
+    return summary
+
+
+# --- The command line.
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lopt meta-train",
+        description="Meta-train a learned optimizer. Override any config key with "
+        "--config.<key>=<value>, e.g. --config.num_outer_steps=50 --config.estimator.sigma=0.03.",
+    )
+    parser.add_argument(
+        "--config",
+        default="default",
+        help=f"a shipped config ({', '.join(config_flags.config_names())}) or a path to a "
+        "Python file with get_config() (default: default)",
+    )
+    parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="run directory (default: %(default)s)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the workdir's previous run if its config differs, instead of refusing",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-process runs; settings from the "
+        "environment, e.g. on SLURM or Cloud TPU)",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``lopt meta-train``: exit status 0 when done, 2 for a bad config or workdir, 128 + signal
+    number when stopped by SIGINT/SIGTERM (after saving)."""
+    parser = _parser()
+    try:
+        rest, overrides = config_flags.split_overrides(argv)
+    except config_flags.ConfigError as error:
+        parser.error(str(error))
+    args = parser.parse_args(rest)
+    if args.distributed:
+        jax.distributed.initialize()
+    try:
+        config = config_flags.load_config(args.config)
+        for key, text in overrides:
+            config_flags.apply_override(config, key, text)
+        if args.print_config:
+            print(config)
+            return 0
+        config_flags.validate(config, jax.local_device_count())
+        summary = meta_train(config, args.workdir, overwrite=args.overwrite)
+    except (config_flags.ConfigError, checkpoint.WorkdirConfigMismatchError) as error:
+        print(f"lopt meta-train: error: {error}", file=sys.stderr)
+        return 2
+    if summary["interrupted"]:
+        return 128 + int(signal.Signals[summary["interrupted"]])
+    return 0

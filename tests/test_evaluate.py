@@ -1,0 +1,303 @@
+"""Held-out evaluation: grid selection on validation data, divergence, horizons, reports, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import struct
+
+from lopt.base import LearnedOptimizer
+from meta_train import evaluate as evaluation
+from meta_train.report import RunResult, TaskResult, smooth
+from tasks.base import Task
+
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
+class ShiftedQuadratic(Task):
+    """Scalar ``w`` from 0: train loss ``(w - 1)^2``; the splits want other values of ``w``.
+
+    Deterministic (no minibatches), so a numpy simulation of Adam gives the exact final losses. With
+    10 steps, the inner-valid optimum (0.3) and the train/test optima pick different learning rates.
+    """
+
+    targets: ClassVar[dict[str, float]] = {
+        "train": 1.0,
+        "inner_valid": 0.3,
+        "outer_valid": 0.3,
+        "test": 0.9,
+    }
+
+    def init(self, key):
+        return jnp.zeros(())
+
+    def loss(self, params, key):
+        return (params - self.targets["train"]) ** 2
+
+    def eval_loss(self, params, key, split="outer_valid"):
+        return (params - self.targets[split]) ** 2
+
+    def evaluate(self, params, split="test"):
+        return {"loss": self.eval_loss(params, None, split)}
+
+
+class StiffQuadratic(struct.PyTreeNode, Task):
+    """``0.5 * curvature * ||w||^2`` from ``w ~ 1 + 0.1 N(0, I)``; SGD diverges at lr > 2/curvature.
+
+    A pytree task, so it reaches the jitted trainer as an argument rather than a constant.
+    """
+
+    curvature: jax.Array
+
+    def init(self, key):
+        return 1.0 + 0.1 * jax.random.normal(key, (2,))
+
+    def loss(self, params, key):
+        return 0.5 * self.curvature * jnp.sum(params**2)
+
+    def eval_loss(self, params, key, split="outer_valid"):
+        return self.loss(params, key)
+
+    def evaluate(self, params, split="test"):
+        loss = self.loss(params, None)
+        return {"loss": loss, "accuracy": (loss < 1.0).astype(jnp.float32)}
+
+
+class Bowl(Task):
+    """``0.5 * ||w||^2`` from ``w = 1``: the gradient is ``w``."""
+
+    def init(self, key):
+        return {"w": jnp.ones(3)}
+
+    def loss(self, params, key):
+        return 0.5 * jnp.sum(params["w"] ** 2)
+
+    def eval_loss(self, params, key, split="outer_valid"):
+        return self.loss(params, key)
+
+    def evaluate(self, params, split="test"):
+        return {"loss": self.loss(params, None)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecayingSGD(LearnedOptimizer):
+    """``-exp(log_lr) * (1 - t / num_steps) * grad``: the updates depend on the horizon at init."""
+
+    architecture = "decaying_sgd_for_tests"
+
+    def init_meta_params(self, key):
+        return {"log_lr": jnp.log(jnp.float32(0.1))}
+
+    def init(self, theta, params, num_steps):
+        return jnp.zeros((), jnp.int32), jnp.asarray(num_steps, jnp.float32)
+
+    def update(self, theta, state, grads, params, loss=None):
+        step, num_steps = state
+        scale = -jnp.exp(theta["log_lr"]) * (1.0 - step / num_steps)
+        return jax.tree.map(lambda g: scale * g, grads), (step + 1, num_steps)
+
+
+def numpy_adam_final_w(learning_rate: float, num_steps: int) -> float:
+    """optax.adam on ShiftedQuadratic's training loss, in float64."""
+    w = m = v = 0.0
+    for t in range(1, num_steps + 1):
+        g = 2.0 * (w - ShiftedQuadratic.targets["train"])
+        m = ADAM_B1 * m + (1 - ADAM_B1) * g
+        v = ADAM_B2 * v + (1 - ADAM_B2) * g * g
+        m_hat, v_hat = m / (1 - ADAM_B1**t), v / (1 - ADAM_B2**t)
+        w -= learning_rate * m_hat / (np.sqrt(v_hat) + ADAM_EPS)
+    return w
+
+
+def decaying_sgd_bowl_loss(learning_rate: float, num_steps: int) -> float:
+    """Bowl's final loss under DecayingSGD: ``w_T = prod_t (1 - lr (1 - t/T))`` per coordinate."""
+    factors = 1.0 - learning_rate * (1.0 - np.arange(num_steps) / num_steps)
+    return 0.5 * 3 * np.prod(factors) ** 2
+
+
+def test_grid_selects_on_inner_valid_not_train_or_test():
+    grid = evaluation.ADAM_GRID
+    report = evaluation.evaluate(
+        "adam",
+        [("shifted", ShiftedQuadratic())],
+        num_steps=10,
+        seeds=2,
+        baselines=("adam",),
+        progress=False,
+    )
+    run = report.tasks[0].runs["adam"]
+    final_w = np.array([numpy_adam_final_w(lr, 10) for lr in grid])
+    losses = {split: (final_w - target) ** 2 for split, target in ShiftedQuadratic.targets.items()}
+    # The construction: train and test agree on one learning rate, inner-valid wants another.
+    assert (
+        np.argmin(losses["train"]) == np.argmin(losses["test"]) != np.argmin(losses["inner_valid"])
+    )
+    assert run.learning_rate == grid[np.argmin(losses["inner_valid"])]
+    reported = [point.valid_loss for point in run.grid]
+    np.testing.assert_allclose(reported, losses["inner_valid"], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        run.metrics["train_loss"], losses["train"][np.argmin(losses["inner_valid"])], rtol=1e-3
+    )
+    assert len(run.grid) >= 7 and run.num_diverged == 0
+
+
+def test_diverging_runs_are_reported_not_dropped():
+    task = ("stiff", StiffQuadratic(curvature=jnp.float32(10.0)))
+    # lr 0.05 converges; 0.21 grows the loss 1.21x per step but stays finite; 1.0 overflows to inf.
+    grid = (0.05, 0.21, 1.0)
+    report = evaluation.evaluate(
+        optax.sgd(1.0),
+        [task],
+        num_steps=40,
+        seeds=3,
+        baselines=("sgdm",),
+        sgdm_grid=grid,
+        sgdm_momentum=0.0,
+        name="sgd_lr1",
+        progress=False,
+    )
+    result = report.tasks[0]
+    subject, tuned = result.runs["sgd_lr1"], result.runs["sgdm"]
+    assert subject.num_diverged == 3 and not np.isfinite(subject.metrics["train_loss"]).any()
+    assert [point.num_diverged for point in tuned.grid] == [0, 3, 3]
+    assert np.isfinite(tuned.grid[1].train_loss)  # exploded, finite, still counted as diverged
+    assert tuned.learning_rate == 0.05 and tuned.num_diverged == 0
+    assert "3/3 runs diverged" in report.summary_line()
+    table_row = next(line for line in report.format_table(1.0).splitlines() if "sgd_lr1" in line)
+    assert "3/3" in table_row
+    saved = json.loads(report.to_json())
+    runs = saved["tasks"][0]["runs"]
+    assert runs["sgd_lr1"]["num_diverged"] == 3 and runs["sgd_lr1"]["diverged"] == [True] * 3
+    assert runs["sgd_lr1"]["metrics"]["train_loss"] == [None] * 3
+
+
+def test_diverged_runs_rule():
+    losses = np.array([[1.0, 0.5], [1.0, np.nan], [1.0, 3.0], [-1.0, -0.5]])
+    initial = np.array([1.0, 1.0, 1.0, -1.0])
+    final = np.array([0.4, 0.4, 2.5, -0.5])
+    diverged = evaluation.diverged_runs(losses, initial, final, factor=2.0)
+    np.testing.assert_array_equal(diverged, [False, True, True, False])
+
+
+def test_select_grid_point_prefers_fewer_diverged_then_lower_valid_loss():
+    valid = np.array([[0.5, 0.6], [0.1, np.inf], [0.3, 0.3], [0.2, 0.9]])
+    diverged = np.array([[False, False], [False, True], [False, False], [False, False]])
+    assert evaluation.select_grid_point(valid, diverged) == 2
+    all_diverged = np.ones_like(diverged)
+    all_diverged[0, 0] = False
+    assert evaluation.select_grid_point(valid, all_diverged) == 0
+
+
+def test_smooth_is_a_trailing_mean():
+    curve = np.array([4.0, 2.0, 6.0, 0.0, 8.0])
+    expected = [np.mean(curve[max(0, i - 2) : i + 1]) for i in range(len(curve))]
+    np.testing.assert_allclose(smooth(curve, 3), expected)
+
+
+def _run(label: str, curve: np.ndarray) -> RunResult:
+    return RunResult(
+        label=label,
+        description=label,
+        curves=curve[None],
+        initial_loss=curve[:1],
+        metrics={"train_loss": curve[-1:]},
+        diverged=np.zeros(1, bool),
+    )
+
+
+def test_speedup_is_adam_steps_over_steps_to_adam_final_loss():
+    steps = np.arange(100, dtype=np.float64)
+    task = TaskResult(
+        task="lines",
+        num_steps=100,
+        horizon=1.0,
+        runs={
+            "learned": _run("learned", 1.0 - 0.01 * steps),  # reaches 0.505 after 51 steps
+            "adam": _run("adam", 1.0 - 0.005 * steps),  # ends at 0.505 after 100
+            "slow": _run("slow", 1.0 - 0.001 * steps),  # never reaches it
+            "nan": _run("nan", np.full(100, np.nan)),
+        },
+        smoothing_window=1,
+    )
+    evaluation._add_speedups(task)
+    assert task.target_loss == pytest.approx(0.505) and task.target_steps == 100
+    assert task.runs["adam"].speedup == 1.0
+    assert task.runs["learned"].steps_to_target == 51
+    assert task.runs["learned"].speedup == pytest.approx(100 / 51)
+    assert task.runs["slow"].speedup is None and task.runs["nan"].speedup is None
+
+
+def test_learned_optimizer_gets_each_horizon_and_report_files_parse(tmp_path):
+    trained_lr, horizons = 0.5, (1, 2)
+    report = evaluation.evaluate(
+        DecayingSGD(),
+        {"bowl": Bowl(), "shifted": ShiftedQuadratic()},
+        theta={"log_lr": jnp.log(jnp.float32(trained_lr))},
+        num_steps=10,
+        horizons=horizons,
+        seeds=2,
+        baselines=("adam",),
+        progress=False,
+    )
+    assert [(t.task, t.num_steps) for t in report.tasks] == [
+        ("bowl", 10),
+        ("bowl", 20),
+        ("shifted", 10),
+        ("shifted", 20),
+    ]
+    for result in (t for t in report.tasks if t.task == "bowl"):
+        assert list(result.runs) == ["learned", "adam", "untrained"]
+        for label, lr in (("learned", trained_lr), ("untrained", 0.1)):
+            expected = decaying_sgd_bowl_loss(lr, result.num_steps)
+            np.testing.assert_allclose(
+                result.runs[label].metrics["train_loss"], expected, rtol=1e-4
+            )
+        assert result.runs["adam"].speedup == 1.0
+
+    paths = report.save(tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["subject"] == "learned" and saved["settings"]["horizons"] == [1.0, 2.0]
+    assert set(saved["summary"]) == {"1x", "2x"}
+    assert saved["summary"]["1x"]["num_tasks"] == 2
+    for saved_task, task in zip(saved["tasks"], report.tasks, strict=True):
+        for label, run in task.runs.items():
+            saved_run = saved_task["runs"][label]
+            assert saved_run["metrics_mean"]["train_loss"] == pytest.approx(
+                float(np.mean(run.metrics["train_loss"]))
+            )
+            assert len(saved_run["curve"]["mean"]) == task.num_steps
+    assert len(saved["tasks"][0]["runs"]["adam"]["grid"]) == len(evaluation.ADAM_GRID)
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert report.summary_line() in markdown and "## Horizon 2x" in markdown
+    plots = [path for kind, path in paths.items() if kind.startswith("plot:")]
+    assert len(plots) == 4
+    for path in plots:
+        with open(path, "rb") as file:
+            assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert f"]({path.rsplit('/', 1)[1]})" in markdown
+
+
+def test_bad_inputs_fail_with_clear_messages(capsys):
+    with pytest.raises(ValueError, match="theta="):
+        evaluation.evaluate(DecayingSGD(), [Bowl()], num_steps=5)
+    with pytest.raises(ValueError, match="export directory"):
+        evaluation.evaluate("/no/such/export", [Bowl()], num_steps=5)
+    with pytest.raises(ValueError, match="num_steps"):
+        evaluation.evaluate(optax.sgd(0.1), [Bowl()])
+    with pytest.raises(TypeError, match=r"optax\.GradientTransformation"):
+        evaluation.evaluate(42, [Bowl()], num_steps=5)
+    with pytest.raises(ValueError, match="no tasks"):
+        evaluation.evaluate("adam", [], num_steps=5)
+    with pytest.raises(ValueError, match="learning rates"):
+        evaluation.evaluate("adam", [Bowl()], num_steps=5, adam_grid=(0.1, -1.0))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--optimizer", "no-such-optimizer", "--suite", "tiny"])
+    assert exit_info.value.code == 2
+    assert "untrained:<architecture>" in capsys.readouterr().err
