@@ -166,10 +166,18 @@ def _check_same_layout(init_state: Any, stepped_state: Any) -> None:
 
 
 def _fresh_problem(
-    system: UnrolledSystem, config: EngineConfig, flat_theta: jax.Array, unravel: Callable, key
+    system: UnrolledSystem,
+    config: EngineConfig,
+    flat_theta: jax.Array,
+    unravel: Callable,
+    keys: jax.Array,
 ) -> _Problem:
-    """A new inner problem for one pair: config, horizon, noise and the twins' initial states."""
-    config_key, horizon_key, noise_key, init_key = jax.random.split(key, 4)
+    """A new inner problem for one pair: config, horizon, noise and the twins' initial states.
+
+    ``keys``: ``[4]`` keys (config, horizon, noise, init), split by the caller together with its
+    own so that a step costs one split (random-bit kernels dominate compile time on CPU).
+    """
+    config_key, horizon_key, noise_key, init_key = keys
     task_config = system.sample_config(config_key)
     horizon = sample_horizon(horizon_key, config.horizon)
     if estimators.uses_noise(config.estimator):
@@ -184,8 +192,8 @@ def _fresh_problem(
 def _new_pair(
     system: UnrolledSystem, config: EngineConfig, flat_theta, unravel, key_data
 ) -> Particles:
-    key, problem_key = jax.random.split(jax.random.wrap_key_data(key_data))
-    problem = _fresh_problem(system, config, flat_theta, unravel, problem_key)
+    key, *problem_keys = jax.random.split(jax.random.wrap_key_data(key_data), 5)
+    problem = _fresh_problem(system, config, flat_theta, unravel, jnp.stack(problem_keys))
     noise = estimators.noise_at_reset(problem.eps, jnp.array(False))
     return Particles(
         state=problem.state,
@@ -199,6 +207,8 @@ def _new_pair(
 
 def _start_window(config: EngineConfig, pair: Particles) -> Particles:
     """One pair's window-start noise rule (a no-op for ES-Single, full ES and TBPTT)."""
+    if not estimators.redraws_at_window_start(config.estimator):
+        return pair
     key, noise_key = jax.random.split(jax.random.wrap_key_data(pair.key))
     fresh = config.sigma * jax.random.normal(noise_key, pair.noise.eps.shape, pair.noise.eps.dtype)
     noise = estimators.noise_at_window_start(
@@ -220,7 +230,8 @@ def _pair_step(
     Returns ``(pair, losses [2], finite [], reset [])``: ``finite`` is False when a twin loss (or
     their difference) is not finite; such a pair is reset too.
     """
-    key, step_key, reset_key = jax.random.split(jax.random.wrap_key_data(pair.key), 3)
+    keys = jax.random.split(jax.random.wrap_key_data(pair.key), 6)
+    key, step_key, problem_keys = keys[0], keys[1], keys[2:]
     thetas = _twin_thetas(flat_theta, unravel, pair.noise.eps)
     stepper = jax.vmap(system.step, in_axes=(0, 0, None, None))
     state, losses = stepper(thetas, pair.state, step_key, pair.config)
@@ -232,7 +243,7 @@ def _pair_step(
     step = pair.step + 1
     finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(losses[0] - losses[1])
     reset = (step >= pair.horizon) | ~finite
-    problem = _fresh_problem(system, config, flat_theta, unravel, reset_key)
+    problem = _fresh_problem(system, config, flat_theta, unravel, problem_keys)
     _check_same_layout(problem.state, state)
     new_pair = Particles(
         state=_select(reset, problem.state, state),
@@ -389,8 +400,19 @@ def init_particles(
     """
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    particles, num_steps = _call_jitted(_init, system, config, theta, key)
+    particles, num_steps = _call_jitted(_init, system, _init_program_config(config), theta, key)
     return particles, int(num_steps)
+
+
+def _init_program_config(config: EngineConfig) -> EngineConfig:
+    """What ``_init`` depends on, so configs that only differ elsewhere share one compile: the
+    window and estimator only matter to a burn-in with window-start redraws."""
+    if config.stagger and estimators.redraws_at_window_start(config.estimator):
+        return config
+    estimator = "es_single" if estimators.uses_noise(config.estimator) else "tbptt"
+    return EngineConfig(
+        config.num_pairs, 1, config.sigma, config.horizon, config.stagger, estimator
+    )
 
 
 def _call_jitted(fn: Callable, system: Any, config: EngineConfig, *args: Any) -> Any:

@@ -86,6 +86,11 @@ def uses_noise(estimator: str) -> bool:
     return estimator != "tbptt"
 
 
+def redraws_at_window_start(estimator: str) -> bool:
+    """Whether the estimator draws fresh noise at window starts (PES, GPES, TES)."""
+    return estimator in _REDRAWS
+
+
 def noise_at_reset(fresh: jax.Array, mid_window: jax.Array) -> Noise:
     """A new inner problem: ``eps = xi = fresh``. The rest of the current window runs under it
     (counts as one window) unless the reset happened at the window's last step."""
@@ -97,7 +102,7 @@ def noise_at_window_start(
 ) -> Noise:
     """Apply the estimator's window-start rule (see the module table) to one pair's noise."""
     if estimator not in _REDRAWS:
-        return noise._replace(windows=noise.windows + 1)
+        return noise
     every = resample_every if estimator == "gpes" else 1
     redraw = noise.windows >= every
     new_xi = noise.xi + fresh if _REDRAWS[estimator] else fresh
@@ -140,7 +145,7 @@ def combine(
     diff_std = jnp.sqrt(total((outputs.loss_diff - mean_diff) ** 2) / num_pairs)
     diagnostics = {
         "loss_diff_std": diff_std,
-        "masked_fraction": 1.0 - count.astype(jnp.float32) / (num_pairs * window),
+        "masked_fraction": total(window - outputs.count).astype(jnp.float32) / (num_pairs * window),
         "nonfinite_count": total(outputs.nonfinite),
         "num_resets": total(outputs.resets),
     }

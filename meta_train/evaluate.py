@@ -24,6 +24,7 @@ import abc
 import argparse
 import dataclasses
 import functools
+import operator
 import os
 import shlex
 import sys
@@ -56,30 +57,51 @@ BASELINES = ("adam", "sgdm")
 class _Candidate(abc.ABC):
     @abc.abstractmethod
     def transform(
-        self, hyperparameter: jax.Array, theta: Any, num_steps: int
+        self, hyperparameters: jax.Array, theta: Any, num_steps: int
     ) -> optax.GradientTransformationExtraArgs:
-        """The transform for one grid point (``hyperparameter`` is a traced scalar)."""
+        """The transform of one grid row ``[member index, learning rate]`` (traced)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class _Adam(_Candidate):
-    def transform(self, hyperparameter, theta, num_steps):
-        return optax.adam(hyperparameter)
+class _Baselines(_Candidate):
+    """Adam and/or SGD-M as one transform whose row's member index picks the update.
 
+    Every state is advanced on every step (the unused ones cost a few elementwise ops), so both
+    baselines' grids share one compile and one vmapped scan.
+    """
 
-@dataclasses.dataclass(frozen=True)
-class _SGDM(_Candidate):
+    kinds: tuple[str, ...]
     momentum: float = SGDM_MOMENTUM
 
-    def transform(self, hyperparameter, theta, num_steps):
-        return optax.sgd(hyperparameter, momentum=self.momentum)
+    def _one(self, kind: str, learning_rate: jax.Array) -> optax.GradientTransformation:
+        if kind == "adam":
+            return optax.adam(learning_rate)
+        return optax.sgd(learning_rate, momentum=self.momentum)
+
+    def transform(self, hyperparameters, theta, num_steps):
+        member, learning_rate = hyperparameters[0].astype(jnp.int32), hyperparameters[1]
+        transforms = [self._one(kind, learning_rate) for kind in self.kinds]
+
+        def init_fn(params):
+            return tuple(tx.init(params) for tx in transforms)
+
+        def update_fn(updates, state, params=None, **extra_args):
+            outputs = [
+                tx.update(updates, s, params) for tx, s in zip(transforms, state, strict=True)
+            ]
+            chosen = jax.tree.map(
+                lambda *options: jax.lax.select_n(member, *options), *[u for u, _ in outputs]
+            )
+            return chosen, tuple(s for _, s in outputs)
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Fixed(_Candidate):
     transformation: optax.GradientTransformation
 
-    def transform(self, hyperparameter, theta, num_steps):
+    def transform(self, hyperparameters, theta, num_steps):
         return optax.with_extra_args_support(self.transformation)
 
 
@@ -87,20 +109,33 @@ class _Fixed(_Candidate):
 class _Learned(_Candidate):
     optimizer: LearnedOptimizer
 
-    def transform(self, hyperparameter, theta, num_steps):
+    def transform(self, hyperparameters, theta, num_steps):
         import lopt
 
         return lopt.to_optax(self.optimizer, theta, num_steps)
 
 
-class _Contender(NamedTuple):
-    """An optimizer to run on every task: a grid of hyperparameters (``None``: a single run)."""
+class _Member(NamedTuple):
+    """One reported optimizer; ``grid`` is its learning-rate grid (``None``: one untuned run)."""
 
     label: str
     description: str
-    candidate: _Candidate
     grid: tuple[float, ...] | None = None
+
+
+class _Contender(NamedTuple):
+    """One compiled trainer: a candidate, the optimizers it reports and their grid rows."""
+
+    candidate: _Candidate
+    members: tuple[_Member, ...]
     theta: Any = None
+
+    def rows(self) -> np.ndarray:
+        """``[grid rows, 2]``: member index and learning rate (0 for untuned members)."""
+        return np.array(
+            [(m, lr) for m, member in enumerate(self.members) for lr in (member.grid or (0.0,))],
+            np.float32,
+        )
 
 
 # --- Tasks: a static builder (hashable) and traced arguments (device data are not constants).
@@ -182,32 +217,36 @@ def _resolve_tasks(tasks: Any) -> list[_EvalTask]:
 
 
 class _GridOutput(NamedTuple):
-    """Leading axes ``[grid, seeds]``."""
+    """Leading axes ``[grid rows, seeds]``."""
 
     losses: jax.Array  # [G, S, num_steps] minibatch training loss before each update
-    initial_loss: jax.Array  # [G, S] whole-train-split loss at initialisation
-    metrics: dict[str, jax.Array]  # "<split>_<metric>" -> [G, S] after the last update
+    params: Any  # final params, leaves [G, S, ...]
+
+
+def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(init key, data key)`` of a seed; shared by training and the initial-loss evaluation."""
+    init_key, data_key = jax.random.split(key)
+    return init_key, data_key
 
 
 @functools.partial(jax.jit, static_argnames=("candidate", "build_task", "num_steps"))
 def _train_grid(
     task_args: Any,
     theta: Any,
-    hyperparameters: jax.Array,
+    rows: jax.Array,
     keys: jax.Array,
     *,
     candidate: _Candidate,
     build_task: Callable[[Any], Task],
     num_steps: int,
 ) -> _GridOutput:
-    """Train one task for ``num_steps`` steps at every ``hyperparameters[g]`` and ``keys[s]``."""
+    """Train one task ``num_steps`` steps for every grid row ``rows[g]`` and seed ``keys[s]``."""
     task = build_task(task_args)
 
-    def run(hyperparameter: jax.Array, key: jax.Array) -> _GridOutput:
-        tx = candidate.transform(hyperparameter, theta, num_steps)
-        init_key, data_key = jax.random.split(key)
+    def run(row: jax.Array, key: jax.Array) -> _GridOutput:
+        tx = candidate.transform(row, theta, num_steps)
+        init_key, data_key = _split_key(key)
         params = task.init(init_key)
-        initial_loss = task.evaluate(params, "train")["loss"]
 
         def step(carry, step_key):
             params, state = carry
@@ -218,36 +257,87 @@ def _train_grid(
         (params, _), losses = jax.lax.scan(
             step, (params, tx.init(params)), jax.random.split(data_key, num_steps)
         )
-        metrics = {
-            f"{split}_{name}": value
-            for split in EVAL_SPLITS
-            for name, value in task.evaluate(params, split).items()
-        }
-        return _GridOutput(losses, initial_loss, metrics)
+        return _GridOutput(losses, params)
 
-    return jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None))(hyperparameters, keys)
+    return jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None))(rows, keys)
+
+
+# Evaluation runs once per run, unbatched, in its own jitted function: compiled once per task and
+# shared by every optimizer and horizon. (Vmapping it over runs made XLA's CPU compile several
+# times slower than the evaluation itself.)
+
+
+@functools.partial(jax.jit, static_argnames=("build_task",))
+def _initial_params(task_args: Any, key: jax.Array, *, build_task: Callable[[Any], Task]) -> Any:
+    return build_task(task_args).init(_split_key(key)[0])
+
+
+@functools.partial(jax.jit, static_argnames=("build_task",))
+def _metrics(
+    task_args: Any, params: Any, *, build_task: Callable[[Any], Task]
+) -> dict[str, jax.Array]:
+    """``{"<split>_<metric>": scalar}`` on every example of each of ``EVAL_SPLITS``."""
+    task = build_task(task_args)
+    return {
+        f"{split}_{name}": value
+        for split in EVAL_SPLITS
+        for name, value in task.evaluate(params, split).items()
+    }
+
+
+def _initial_train_loss(task: _EvalTask, keys: jax.Array) -> np.ndarray:
+    """``[S]`` whole-train-split loss at each seed's initialisation."""
+    losses = []
+    for key in keys:
+        params = _initial_params(task.args, key, build_task=task.build)
+        losses.append(_metrics(task.args, params, build_task=task.build)["train_loss"])
+    return np.asarray(jax.device_get(losses), np.float64)
+
+
+def _final_metrics(task: _EvalTask, params: Any, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """``{"<split>_<metric>": [G, S]}`` of the stacked final ``params`` (leaves ``[G, S, ...]``)."""
+    per_run = [
+        _metrics(
+            task.args, jax.tree.map(operator.itemgetter((g, s)), params), build_task=task.build
+        )
+        for g in range(shape[0])
+        for s in range(shape[1])
+    ]
+    per_run = jax.device_get(per_run)
+    return {
+        key: np.array([run[key] for run in per_run], np.float64).reshape(shape)
+        for key in per_run[0]
+    }
+
+
+class _Outputs(NamedTuple):
+    """Numpy results of one contender on one task: leading axes ``[grid rows, seeds]``."""
+
+    losses: np.ndarray
+    metrics: dict[str, np.ndarray]
+    compile_seconds: float
+    run_seconds: float
 
 
 def _run_contender(
     contender: _Contender, task: _EvalTask, num_steps: int, keys: jax.Array
-) -> tuple[_GridOutput, float, float]:
-    """``(numpy outputs, compile seconds, run seconds)``."""
-    grid = jnp.asarray(contender.grid if contender.grid else (0.0,), jnp.float32)
+) -> _Outputs:
+    rows = jnp.asarray(contender.rows())
     start = time.perf_counter()
     compiled = _train_grid.lower(
         task.args,
         contender.theta,
-        grid,
+        rows,
         keys,
         candidate=contender.candidate,
         build_task=task.build,
         num_steps=num_steps,
     ).compile()
     compiled_at = time.perf_counter()
-    output = jax.device_get(compiled(task.args, contender.theta, grid, keys))
-    finished = time.perf_counter()
-    output = jax.tree.map(np.asarray, output)
-    return output, compiled_at - start, finished - compiled_at
+    output = compiled(task.args, contender.theta, rows, keys)
+    metrics = _final_metrics(task, output.params, output.losses.shape[:2])
+    losses = np.asarray(jax.device_get(output.losses), np.float64)
+    return _Outputs(losses, metrics, compiled_at - start, time.perf_counter() - compiled_at)
 
 
 # --- Divergence, grid selection, speed-up (plain numpy on the outputs).
@@ -292,42 +382,43 @@ def smoothing_window(num_steps: int) -> int:
     return max(1, num_steps // 20)
 
 
-def _run_result(
-    contender: _Contender,
-    output: _GridOutput,
-    divergence_factor: float,
-    compile_seconds: float,
-    run_seconds: float,
-) -> RunResult:
+def _member_results(
+    contender: _Contender, outputs: _Outputs, initial_loss: np.ndarray, divergence_factor: float
+) -> list[RunResult]:
+    """One ``RunResult`` per member: its grid rows summarised, its selected row's per-seed data."""
     diverged = diverged_runs(
-        output.losses, output.initial_loss, output.metrics["train_loss"], divergence_factor
+        outputs.losses, initial_loss[None], outputs.metrics["train_loss"], divergence_factor
     )
-    grid = ()
-    best = 0
-    if contender.grid:
-        valid = output.metrics["inner_valid_loss"]
-        best = select_grid_point(valid, diverged)
+    member_of_row = contender.rows()[:, 0].astype(int)
+    results = []
+    for index, member in enumerate(contender.members):
+        rows = np.flatnonzero(member_of_row == index)
+        valid = outputs.metrics["inner_valid_loss"][rows]
+        best = rows[select_grid_point(valid, diverged[rows])]
         grid = tuple(
             GridPoint(
                 learning_rate=lr,
-                valid_loss=float(np.mean(valid[g])),
-                train_loss=float(np.mean(output.metrics["train_loss"][g])),
-                num_diverged=int(diverged[g].sum()),
+                valid_loss=float(np.mean(outputs.metrics["inner_valid_loss"][row])),
+                train_loss=float(np.mean(outputs.metrics["train_loss"][row])),
+                num_diverged=int(diverged[row].sum()),
             )
-            for g, lr in enumerate(contender.grid)
+            for row, lr in zip(rows, member.grid or (), strict=False)
         )
-    return RunResult(
-        label=contender.label,
-        description=contender.description,
-        curves=output.losses[best],
-        initial_loss=output.initial_loss[best],
-        metrics={key: values[best] for key, values in output.metrics.items()},
-        diverged=diverged[best],
-        learning_rate=contender.grid[best] if contender.grid else None,
-        grid=grid,
-        compile_seconds=compile_seconds,
-        run_seconds=run_seconds,
-    )
+        results.append(
+            RunResult(
+                label=member.label,
+                description=member.description,
+                curves=outputs.losses[best],
+                initial_loss=initial_loss,
+                metrics={key: values[best] for key, values in outputs.metrics.items()},
+                diverged=diverged[best],
+                learning_rate=member.grid[best - rows[0]] if member.grid else None,
+                grid=grid,
+                compile_seconds=outputs.compile_seconds,
+                run_seconds=outputs.run_seconds,
+            )
+        )
+    return results
 
 
 def _add_speedups(task: TaskResult) -> None:
@@ -351,16 +442,19 @@ def _add_speedups(task: TaskResult) -> None:
 # --- The optimizer under evaluation.
 
 
-def _baseline(name: str, grid: Sequence[float], momentum: float) -> _Contender:
-    if name == "adam":
-        return _Contender("adam", "Adam (tuned)", _Adam(), tuple(grid))
-    if name == "sgdm":
-        return _Contender("sgdm", f"SGD-M {momentum:g} (tuned)", _SGDM(momentum), tuple(grid))
-    raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+def _baselines(
+    kinds: Sequence[str], grids: Mapping[str, Sequence[float]], momentum: float
+) -> _Contender:
+    unknown = sorted(set(kinds) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
+    descriptions = {"adam": "Adam (tuned)", "sgdm": f"SGD-M {momentum:g} (tuned)"}
+    members = tuple(_Member(kind, descriptions[kind], tuple(grids[kind])) for kind in kinds)
+    return _Contender(_Baselines(tuple(kinds), momentum), members)
 
 
 def _learned(label: str, optimizer: LearnedOptimizer, theta: Any, description: str) -> _Contender:
-    return _Contender(label, description, _Learned(optimizer), None, theta)
+    return _Contender(_Learned(optimizer), (_Member(label, description),), theta)
 
 
 def _untrained(optimizer: LearnedOptimizer, seed: int) -> _Contender:
@@ -411,7 +505,7 @@ def _resolve_subject(
         return contender, optimizer, _architecture(optimizer)
     if isinstance(optimizer, optax.GradientTransformation):
         label = name or "optax"
-        return _Contender(label, label, _Fixed(optimizer)), None, {}
+        return _Contender(_Fixed(optimizer), (_Member(label, label),)), None, {}
     raise TypeError(
         f"cannot evaluate a {type(optimizer).__name__}: pass an optax.GradientTransformation, a "
         "lopt LearnedOptimizer with theta, an export directory, 'adam', 'sgdm' or "
@@ -477,17 +571,17 @@ def evaluate(
     _check_grid("sgdm_grid", sgdm_grid)
 
     subject, learned, origin = _resolve_subject(optimizer, theta, name, seed_list[0])
-    grids = {"adam": adam_grid, "sgdm": sgdm_grid}
+    subject_label = subject if isinstance(subject, str) else subject.members[0].label
+    kinds = [kind for kind in BASELINES if kind in baselines or kind == subject]
     contenders = [] if isinstance(subject, str) else [subject]
-    contenders += [_baseline(b, grids[b], sgdm_momentum) for b in baselines]
-    if isinstance(subject, str) and subject not in baselines:
-        contenders.insert(0, _baseline(subject, grids[subject], sgdm_momentum))
+    if kinds:
+        contenders.append(_baselines(kinds, {"adam": adam_grid, "sgdm": sgdm_grid}, sgdm_momentum))
     if untrained_floor and learned is not None:
         contenders.append(_untrained(learned, seed_list[0]))
-    subject_label = subject if isinstance(subject, str) else subject.label
-    contenders.sort(key=lambda contender: contender.label != subject_label)
-    if len({c.label for c in contenders}) != len(contenders):
-        raise ValueError(f"name {name!r} clashes with a baseline label; choose another name")
+    labels = [member.label for contender in contenders for member in contender.members]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"name {name!r} clashes with a baseline's label; choose another name")
+    order = [subject_label, *(label for label in labels if label != subject_label)]
 
     results = []
     jobs = [(task, horizon) for task in eval_tasks for horizon in horizons]
@@ -495,12 +589,13 @@ def evaluate(
     for task, horizon in jobs:
         steps = max(1, round(horizon * (num_steps or task.num_steps)))
         bar.set_description(f"{task.name} ({steps} steps)")
+        initial_loss = _initial_train_loss(task, keys)
         runs = {}
         for contender in contenders:
-            output, compile_s, run_s = _run_contender(contender, task, steps, keys)
-            runs[contender.label] = _run_result(
-                contender, output, divergence_factor, compile_s, run_s
-            )
+            outputs = _run_contender(contender, task, steps, keys)
+            for run in _member_results(contender, outputs, initial_loss, divergence_factor):
+                runs[run.label] = run
+        runs = {label: runs[label] for label in order}
         result = TaskResult(task.name, steps, float(horizon), runs, smoothing_window(steps))
         _add_speedups(result)
         results.append(result)
@@ -521,7 +616,7 @@ def evaluate(
         **origin,
         **(settings or {}),
     }
-    description = subject_label if isinstance(subject, str) else subject.description
+    description = subject_label if isinstance(subject, str) else subject.members[0].description
     return Report(subject_label, description, recorded, results)
 
 

@@ -162,29 +162,61 @@ def init_meta_state(
     outer_optimizer: optax.GradientTransformation,
     key: jax.Array,
     mesh: Mesh,
-    burn_in: bool = True,
 ) -> tuple[MetaState, list[int]]:
     """The initial ``MetaState`` and the number of burn-in inner steps of each group.
 
     Each group's particles come from ``engine.init_particles`` (staggered ones burnt in to their
-    offsets under ``theta``) and are then laid out sharded over the mesh. ``burn_in=False`` builds
-    lockstep particles instead: a cheap template with the right structure, e.g. to restore into.
+    offsets under ``theta``) and are then laid out sharded over the mesh.
     """
     replicated = NamedSharding(mesh, P())
     keys = jax.random.split(key, len(groups))
     particles, burn_in_steps = [], []
     for group, group_key in zip(groups, keys, strict=True):
-        engine_config = group.engine_config
-        if not burn_in:
-            engine_config = dataclasses.replace(engine_config, stagger=False)
         group_particles, steps = engine.init_particles(
-            group.system, engine_config, theta, group_key
+            group.system, group.engine_config, theta, group_key
         )
         particles.append(put(group_particles, particle_sharding(mesh)))
         burn_in_steps.append(steps)
     step = jnp.zeros((), jnp.int32)
     replicated_parts = put((step, theta, outer_optimizer.init(theta)), replicated)
     return MetaState(*replicated_parts, tuple(particles)), burn_in_steps
+
+
+def abstract_meta_state(
+    groups: Sequence[TaskGroup],
+    theta: Any,
+    outer_optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+) -> MetaState:
+    """The ``MetaState``'s structure as ``jax.ShapeDtypeStruct`` leaves with their shardings, to
+    restore a checkpoint into; nothing is computed or compiled.
+
+    The engine offers no shape-only initialiser (``init_particles`` returns its burn-in count as a
+    Python int, which ``jax.eval_shape`` cannot trace), so this traces its lockstep initialiser.
+    """
+    particles = []
+    for group in groups:
+        lockstep = dataclasses.replace(group.engine_config, stagger=False)
+        init = functools.partial(engine._init, config=lockstep)
+        shapes, _ = jax.eval_shape(
+            lambda system, theta, key, init=init: init(system, theta=theta, key=key),
+            group.system,
+            theta,
+            jax.random.key(0),
+        )
+        particles.append(shapes)
+    step = jax.ShapeDtypeStruct((), jnp.int32)
+    outer_state = jax.eval_shape(outer_optimizer.init, theta)
+    state = MetaState(step, jax.eval_shape(lambda t: t, theta), outer_state, tuple(particles))
+    sharded = lambda tree, sharding: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree
+    )
+    return state._replace(
+        step=sharded(state.step, NamedSharding(mesh, P())),
+        theta=sharded(state.theta, NamedSharding(mesh, P())),
+        outer_state=sharded(state.outer_state, NamedSharding(mesh, P())),
+        particles=sharded(state.particles, particle_sharding(mesh)),
+    )
 
 
 def _weighted_sum(values: Sequence[Any], weights: np.ndarray) -> Any:

@@ -130,11 +130,6 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _abstract(tree: Any) -> Any:
-    """``jax.ShapeDtypeStruct`` leaves with the shardings of ``tree``'s arrays."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def _compare_with_adam(
     config: ml_collections.ConfigDict,
     optimizer: lopt.LearnedOptimizer,
@@ -224,10 +219,8 @@ def meta_train(
     # State: resume from the latest checkpoint, or start afresh with staggered particles.
     start_step = checkpointer.latest_step() or 0
     if start_step:
-        template, _ = outer.init_meta_state(
-            groups, theta, outer_optimizer, particles_key, mesh, burn_in=False
-        )
-        state, meta = checkpointer.restore(start_step, _abstract(template))
+        abstract = outer.abstract_meta_state(groups, theta, outer_optimizer, mesh)
+        state, meta = checkpointer.restore(start_step, abstract)
         burn_in_steps = meta["burn_in_steps"]
         _log(f"resuming {workdir} at outer step {start_step}")
     else:

@@ -27,7 +27,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class InfluenceBalancing:
-    """The influence-balancing system of size ``state_dim`` with ``num_positive`` positive inputs."""
+    """Influence balancing with ``state_dim`` states, the first ``num_positive`` pushed up."""
 
     state_dim: int = 23
     num_positive: int = 10
@@ -74,6 +74,6 @@ class InfluenceBalancing:
         return 1.0 / float(self.steady_state(1.0)[0])
 
     def steady_state_gradient(self, theta: float) -> float:
-        """d/dtheta of the steady-state loss ``0.5 (s*[0] - 1)^2`` (``s*[0]`` is linear in theta)."""
+        """d/dtheta of the steady-state loss ``0.5 (s*[0] - 1)^2`` (``s*[0]`` is linear in it)."""
         slope = float(self.steady_state(1.0)[0])
         return slope * (slope * theta - 1.0)

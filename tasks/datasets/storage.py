@@ -84,12 +84,12 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None) -> str:
     data (``<data_dir>/.<name>.lock``), the others wait and then find it prepared. Returns the
     prepared dataset's directory (``<data_dir>/<name>/<version>``).
     """
+    root = resolve_data_dir(data_dir)
     if name not in BUILDERS:
         raise ValueError(
             f"'{name}' is not a built-in dataset; lopt prepares only {BUILTIN_DATASETS} offline. "
-            + how_to_prepare(name, resolve_data_dir(data_dir))
+            + how_to_prepare(name, root)
         )
-    root = resolve_data_dir(data_dir)
     builder = BUILDERS[name](data_dir=str(root), file_format="array_record")
     if _is_prepared(builder):
         return str(builder.data_dir)
@@ -114,9 +114,16 @@ def _user_builder(name: str, root: Path) -> tfds.core.DatasetBuilder:
             + how_to_prepare(name, root)
         ) from error
     if not _is_prepared(builder):
+        dataset_dir = root / builder.name
+        present = sorted(p.name for p in dataset_dir.iterdir()) if dataset_dir.is_dir() else []
+        other_versions = ""
+        if present:
+            other_versions = (
+                f" {dataset_dir} holds {present}: load one as '{builder.name}:<version>'."
+            )
         raise DatasetNotFoundError(
             f"Dataset '{name}' is not prepared in the TFDS data dir {root} (looked for "
-            f"{builder.data_path}). " + how_to_prepare(name, root)
+            f"{builder.data_path}).{other_versions} " + how_to_prepare(name, root)
         )
     return builder
 
@@ -139,7 +146,8 @@ def _read_with_tensorflow(
     if importlib.util.find_spec("tensorflow") is None:
         raise ImportError(
             f"Dataset '{builder.name}' in {builder.data_dir} is stored as "
-            f"{builder.info.file_format.value}, which only TensorFlow reads. Install it with "
+            f"{getattr(builder.info.file_format, 'value', 'tfrecord')}, which only TensorFlow "
+            "reads. Install it with "
             "pip install 'lopt[tf]', or rebuild the dataset with --file_format=array_record, "
             "which needs no TensorFlow."
         )

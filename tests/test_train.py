@@ -1,0 +1,207 @@
+"""The meta-trainer: device-count invariance, exact resume, group weighting, workdir guard, config
+errors before any compile, and SIGTERM handling (a subprocess).
+
+Everything runs the learnable-Adam (hyperparameter optimisation) config on tiny quadratic families
+so that compiles are short; what is tested (sharding, checkpoints, the CLI) does not depend on the
+inner problem.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from meta_train import checkpoint, config_flags, metrics, train
+
+NUM_STEPS = 4
+TINY_OVERRIDES = {
+    "groups.digits.family": "quadratic",
+    "groups.digits.overrides.dim": "4",
+    "groups.digits.num_pairs": "4",
+    "estimator.horizon": "12",
+    "estimator.window": "3",
+    "estimator.sigma": "0.05",
+    "outer.learning_rate": "0.05",
+    "num_outer_steps": str(NUM_STEPS),
+    "log_every": "1",
+    "checkpoint_every": "2",
+    "export_every": "100",
+    "eval.num_tasks": "0",
+    "comparison.num_tasks": "0",
+    "progress": "false",
+}
+
+
+def tiny_config(**changes) -> ml_collections.ConfigDict:
+    """hpo_adam on two groups of the same quadratic family (weights 1 and 3; the same static
+    config, so one burn-in compile serves both), 4 pairs each, T = 12, K = 3."""
+    config = config_flags.load_config("hpo_adam")
+    for key, text in TINY_OVERRIDES.items():
+        config_flags.apply_override(config, key, text)
+    config.groups.wide = ml_collections.ConfigDict(
+        {"family": "quadratic", "weight": 3.0, "num_pairs": 4, "overrides": {"dim": 4}}
+    )
+    for key, value in changes.items():
+        config_flags.apply_override(config, key, str(value))
+    return config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same run on 1, 2 and 4 devices: ``{num_devices: (summary, workdir)}``."""
+    results = {}
+    for num_devices in (1, 2, 4):
+        workdir = str(tmp_path_factory.mktemp(f"devices{num_devices}"))
+        summary = train.meta_train(tiny_config(num_devices=num_devices), workdir)
+        results[num_devices] = (summary, workdir)
+    return results
+
+
+def _leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def test_theta_moves_and_outputs_exist(runs):
+    summary, workdir = runs[4]
+    assert summary["step"] == NUM_STEPS and summary["interrupted"] is None
+    assert summary["burn_in_steps"] == [b for b in summary["burn_in_steps"] if 0 <= b < 12]
+    start = train.build_optimizer(tiny_config()).init_meta_params(jax.random.key(0))
+    moved = max(
+        np.max(np.abs(a - b)) for a, b in zip(_leaves(summary["theta"]), _leaves(start), strict=True)
+    )
+    assert moved > 1e-3  # four Adam steps of lr 0.05 must move theta
+    for name in ("config.json", "metrics.jsonl", "curves.png", "export", "tensorboard"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(1, NUM_STEPS + 1))
+    assert all(np.isfinite(r["meta_loss"]) and r["particle_steps_per_s"] > 0 for r in rows)
+
+
+def test_same_theta_on_1_2_and_4_devices(runs):
+    reference = _leaves(runs[1][0]["theta"])
+    for num_devices in (2, 4):
+        for got, want in zip(_leaves(runs[num_devices][0]["theta"]), reference, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_meta_loss_is_the_weighted_average_of_the_groups(runs):
+    _, workdir = runs[4]
+    for row in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+        expected = (row["group/digits/meta_loss"] + 3 * row["group/wide/meta_loss"]) / 4
+        np.testing.assert_allclose(row["meta_loss"], expected, rtol=1e-5)
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_theta(runs, tmp_path):
+    workdir = str(tmp_path)
+    first = train.meta_train(tiny_config(num_devices=4, num_outer_steps=NUM_STEPS // 2), workdir)
+    assert first["step"] == NUM_STEPS // 2
+    resumed = train.meta_train(tiny_config(num_devices=4), workdir)
+    assert resumed["step"] == NUM_STEPS
+    for got, want in zip(_leaves(resumed["theta"]), _leaves(runs[4][0]["theta"]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(1, NUM_STEPS + 1))
+
+
+def test_workdir_with_another_config_is_refused_unless_overwrite(runs, tmp_path, capsys):
+    _, workdir = runs[4]
+    argv = ["--config", "hpo_adam", "--workdir", workdir]
+    argv += [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
+    assert train.main([*argv, "--config.estimator.sigma=0.2"]) == 2
+    message = capsys.readouterr().err
+    assert "different config" in message and "estimator.sigma" in message
+    assert "--overwrite" in message
+
+    # Overwrite deletes the old run's outputs (and nothing else) and records the new config.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    checkpoint.prepare_workdir(str(other), tiny_config())
+    (other / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(checkpoint.WorkdirConfigMismatchError):
+        checkpoint.prepare_workdir(str(other), tiny_config(seed=1))
+    checkpoint.prepare_workdir(str(other), tiny_config(seed=1), overwrite=True)
+    assert sorted(os.listdir(other)) == ["config.json", "notes.txt"]
+    assert json.loads((other / "config.json").read_text())["seed"] == 1
+    # A longer run of the same config is a resume, not a different config.
+    checkpoint.prepare_workdir(str(other), tiny_config(seed=1, num_outer_steps=99))
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("--config.estimator.windw=3", ["estimator.windw", "window"]),
+        ("--config.estimator.window=ten", ["estimator.window", "integer"]),
+        ("--config.estimator.name=es_singel", ["estimator.name", "es_single", "pes"]),
+        ("--config.groups.digits.family=mlp_digit", ["groups.digits.family", "mlp_digits"]),
+        ("--config.optimizer.architecture=mpl", ["optimizer.architecture", "mlp"]),
+        ("--config.groups.digits.num_pairs=3", ["groups.digits.num_pairs", "multiple"]),
+        ("--config.groups.digits.overrides.widht=3", ["groups.digits.overrides", "widht"]),
+        ("--config.progress=maybe", ["progress", "boolean"]),
+        ("--config.estimator=3", ["estimator", "group"]),
+    ],
+)
+def test_bad_config_fails_before_anything_runs(override, named, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert train.main(["--workdir", str(workdir), "--config.num_devices=2", override]) == 2
+    message = capsys.readouterr().err
+    for word in named:
+        assert word in message, (word, message)
+    assert not workdir.exists()  # refused before the workdir, the data or any compile
+
+
+def test_override_parsing_keeps_types():
+    config = config_flags.load_config("default")
+    config_flags.apply_override(config, "optimizer.hyperparameters.hidden_sizes", "(16, 8)")
+    config_flags.apply_override(config, "estimator.sigma", "1e-3")
+    config_flags.apply_override(config, "outer.learning_rate", "3")
+    config_flags.apply_override(config, "estimator.stagger", "False")
+    assert config.optimizer.hyperparameters.hidden_sizes == (16, 8)
+    assert config.estimator.sigma == 1e-3 and config.outer.learning_rate == 3.0
+    assert isinstance(config.outer.learning_rate, float) and config.estimator.stagger is False
+    assert config_flags.split_overrides(["--workdir", "w", "--config.seed", "3"]) == (
+        ["--workdir", "w"],
+        [("seed", "3")],
+    )
+    for name in config_flags.config_names():
+        config_flags.validate(config_flags.load_config(name), num_local_devices=1)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    workdir = tmp_path / "run"
+    argv = ["--config", "hpo_adam", "--workdir", str(workdir)]
+    argv += [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
+    argv += ["--config.num_outer_steps=100000", "--config.checkpoint_every=100000"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meta_train.cli", "meta-train", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    jsonl = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if jsonl.exists() and jsonl.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[0]
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "SIGTERM" in output
+    steps = [int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
+    assert steps and max(steps) >= 2
+    assert (workdir / "export" / "optimizer.json").exists()
+    exported = json.loads((workdir / "export" / "optimizer.json").read_text())
+    assert exported["metadata"]["meta_training_steps"] == max(steps)
