@@ -103,10 +103,19 @@ def horizon(num_steps: jax.Array | int) -> jax.Array:
     return jnp.asarray(num_steps, jnp.int32)
 
 
-def dense_init(key: jax.Array, fan_in: int, fan_out: int, scale: float = 1.0) -> dict:
-    """``{"w": [fan_in, fan_out] ~ N(0, scale**2 / fan_in), "b": zeros[fan_out]}``."""
-    w = jax.random.normal(key, (fan_in, fan_out), jnp.float32) * (scale / max(fan_in, 1) ** 0.5)
-    return {"w": w, "b": jnp.zeros((fan_out,), jnp.float32)}
+def scaled_normals(
+    key: jax.Array, shapes: Sequence[tuple[int, int]], scales: Sequence[float]
+) -> list[jax.Array]:
+    """Matrices ``[fan_in, fan_out] ~ N(0, scale**2 / fan_in)``, cut from one normal draw (one
+    random kernel to compile, not one per shape)."""
+    sizes = [fan_in * fan_out for fan_in, fan_out in shapes]
+    draws = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    matrices, offset = [], 0
+    for (fan_in, fan_out), size, scale in zip(shapes, sizes, scales, strict=True):
+        block = draws[offset : offset + size].reshape(fan_in, fan_out)
+        matrices.append(block * (scale / max(fan_in, 1) ** 0.5))
+        offset += size
+    return matrices
 
 
 def update_moments(
@@ -149,6 +158,11 @@ def prepare_inputs(
 ) -> Inputs:
     """Update the accumulators in ``state`` (fields ``step, num_steps, momenta, second_moment,
     loss_ema``) with ``grads`` and build the network's inputs."""
+    if config.use_loss and loss is None:
+        raise ValueError(
+            f"{optimizer_name} was built with use_loss=True and needs the loss: pass "
+            "update(..., loss=loss), or value=loss to the optax transform"
+        )
     layout = flat.layout_of(params)
     flat.check_same_structure(layout, grads, "grads")
     if state.momenta.shape[0] != layout.num_params:
@@ -175,11 +189,6 @@ def prepare_inputs(
     context = time_features(config, state.step, state.num_steps)
     loss_ema = state.loss_ema
     if config.use_loss:
-        if loss is None:
-            raise ValueError(
-                f"{optimizer_name} was built with use_loss=True and needs the loss: pass "
-                "update(..., loss=loss), or value=loss to the optax transform"
-            )
         feature, loss_ema = loss_feature(state.step, loss, state.loss_ema)
         context.append(feature)
     return Inputs(

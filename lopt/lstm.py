@@ -17,6 +17,7 @@ state through jit, checkpoints and exports.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -52,12 +53,15 @@ class LSTMOptState(NamedTuple):
     tensor_cell: jax.Array | None
 
 
-def lstm_cell_init(key: jax.Array, input_size: int, hidden_size: int) -> dict:
-    """``{"w_x": [I, 4H], "w_h": [H, 4H], "b": [4H]}``, gates ordered (input, forget, cell,
-    output); the forget bias starts at 1 so the cell remembers by default."""
-    key_x, key_h = jax.random.split(key)
-    w_x = feats.dense_init(key_x, input_size, 4 * hidden_size)["w"]
-    w_h = feats.dense_init(key_h, hidden_size, 4 * hidden_size)["w"]
+def lstm_cell_shapes(input_size: int, hidden_size: int) -> list[tuple[int, int]]:
+    """Shapes of ``w_x`` and ``w_h``; gates are ordered (input, forget, cell, output)."""
+    return [(input_size, 4 * hidden_size), (hidden_size, 4 * hidden_size)]
+
+
+def lstm_cell_params(w_x: jax.Array, w_h: jax.Array) -> dict:
+    """``{"w_x": [I, 4H], "w_h": [H, 4H], "b": [4H]}``; the forget bias starts at 1 so the cell
+    remembers by default."""
+    hidden_size = w_h.shape[0]
     b = jnp.zeros((4 * hidden_size,), jnp.float32).at[hidden_size : 2 * hidden_size].set(1.0)
     return {"w_x": w_x, "w_h": w_h, "b": b}
 
@@ -122,25 +126,35 @@ class LSTMOptimizer(LearnedOptimizer):
     def num_features(self) -> int:
         return feats.num_param_features(self.feature_config)
 
+    @functools.partial(jax.jit, static_argnums=0)
     def init_meta_params(self, key: jax.Array) -> dict:
         """theta: ``{"cell", "context_w": [C, 4H], "out": {"w": [H, 2], "b": [2]}}`` plus, with
         ``per_tensor``, ``"tensor_cell"`` and ``"tensor_to_gates": [Ht, 4H]``."""
-        key_cell, key_context, key_out, key_tensor, key_to_gates = jax.random.split(key, 5)
         num_context = feats.num_context_features(self.feature_config)
         gates = 4 * self.hidden_size
-        theta = {
-            "cell": lstm_cell_init(key_cell, self.num_features, self.hidden_size),
-            "context_w": feats.dense_init(key_context, num_context, gates)["w"],
-            "out": feats.dense_init(key_out, self.hidden_size, 2),
-        }
+        shapes = [
+            *lstm_cell_shapes(self.num_features, self.hidden_size),
+            (num_context, gates),
+            (self.hidden_size, 2),
+        ]
         if self.per_tensor:
             tensor_inputs = self.num_features + num_context
-            theta["tensor_cell"] = lstm_cell_init(
-                key_tensor, tensor_inputs, self.tensor_hidden_size
-            )
-            theta["tensor_to_gates"] = feats.dense_init(
-                key_to_gates, self.tensor_hidden_size, gates
-            )["w"]
+            shapes += [
+                *lstm_cell_shapes(tensor_inputs, self.tensor_hidden_size),
+                (self.tensor_hidden_size, gates),
+            ]
+        w_x, w_h, context_w, out_w, *tensor_weights = feats.scaled_normals(
+            key, shapes, [1.0] * len(shapes)
+        )
+        theta = {
+            "cell": lstm_cell_params(w_x, w_h),
+            "context_w": context_w,
+            "out": {"w": out_w, "b": jnp.zeros((2,), jnp.float32)},
+        }
+        if self.per_tensor:
+            tensor_w_x, tensor_w_h, to_gates = tensor_weights
+            theta["tensor_cell"] = lstm_cell_params(tensor_w_x, tensor_w_h)
+            theta["tensor_to_gates"] = to_gates
         return theta
 
     def init(self, theta: dict, params: Any, num_steps: jax.Array | int) -> LSTMOptState:

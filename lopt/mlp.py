@@ -17,6 +17,8 @@ optimizer is (almost) Adam and meta-training learns the correction.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -130,18 +132,22 @@ class MLPOptimizer(LearnedOptimizer):
         """Columns of the per-parameter feature matrix."""
         return feats.num_param_features(self.feature_config)
 
+    @functools.partial(jax.jit, static_argnums=0)
     def init_meta_params(self, key: jax.Array) -> dict:
-        """theta: ``{"layer_i": {"w", "b"}, "context_w": [num_context, width_0]}`` and, with
+        """theta: ``{"layer_i": {"w", "b"}, "context_w": [num_context, width_1]}`` and, with
         ``base="adam"``, ``"log_lr": []``."""
         widths = (self.num_features, *self.hidden_sizes, 2)
-        keys = jax.random.split(key, len(widths))
-        theta = {}
-        for i in range(len(widths) - 1):
-            is_output = i == len(widths) - 2
-            scale = self.correction_init_scale if is_output and self.base == "adam" else 1.0
-            theta[f"layer_{i}"] = feats.dense_init(keys[i], widths[i], widths[i + 1], scale)
+        num_layers = len(widths) - 1
+        output_scale = self.correction_init_scale if self.base == "adam" else 1.0
         num_context = feats.num_context_features(self.feature_config)
-        theta["context_w"] = feats.dense_init(keys[-1], num_context, widths[1])["w"]
+        shapes = [*itertools.pairwise(widths), (num_context, widths[1])]
+        scales = [1.0] * (num_layers - 1) + [output_scale, 1.0]
+        *weights, context_w = feats.scaled_normals(key, shapes, scales)
+        theta = {
+            f"layer_{i}": {"w": w, "b": jnp.zeros((w.shape[1],), jnp.float32)}
+            for i, w in enumerate(weights)
+        }
+        theta["context_w"] = context_w
         if self.base == "adam":
             theta["log_lr"] = jnp.asarray(math.log(self.base_learning_rate), jnp.float32)
         return theta

@@ -24,8 +24,8 @@ ESTIMATORS = ("es_single", "pes", "tes", "full_es", "tbptt", "gpes")
 META_LOSSES = ("train", "reeval", "outer_valid")
 OUTER_OPTIMIZERS = ("adam", "sgd", "sgdm")
 OUTER_SCHEDULES = ("constant", "cosine")
-# Keys whose value may be changed on an existing workdir: they change how long the run goes or how
-# it reports, not the trajectory of theta.
+# Keys whose value may change on an existing workdir: they change how long the run goes or how it
+# reports, not the trajectory of theta (num_outer_steps only with a constant outer schedule).
 RESUMABLE_KEYS = ("num_outer_steps", "progress")
 # Dicts whose keys are free (forwarded as keyword arguments), so an override may add a key.
 OPEN_DICTS = ("overrides",)
@@ -182,8 +182,9 @@ def _positive(key: str, value: Any) -> None:
 def validate(config: ml_collections.ConfigDict, num_local_devices: int | None = None) -> None:
     """Check every choice of a meta-training config; raise ``ConfigError`` naming the key.
 
-    It builds the optimizer and the task families (cheap: no compile) so that an unknown
-    architecture, hyperparameter, family or family override fails here.
+    It builds the optimizer (cheap) and checks each family override against the options the
+    family accepts, without loading any data; ``train.build_groups`` reports a bad override value
+    when it builds the family, still before anything is compiled.
     """
     import lopt
     from tasks import registry
@@ -245,10 +246,13 @@ def validate(config: ml_collections.ConfigDict, num_local_devices: int | None = 
                 f"the number of devices ({devices}) so the pairs split evenly; "
                 f"or set --config.num_devices"
             )
-        try:
-            registry.get_family(group.family, **group.overrides)
-        except (TypeError, ValueError, KeyError) as error:
-            raise ConfigError(f"config key 'groups.{name}.overrides': {error}") from None
+        unknown = sorted(set(group.overrides) - set(registry.family_options(group.family)))
+        if unknown:
+            raise ConfigError(
+                f"config key 'groups.{name}.overrides' sets {', '.join(unknown)}, which family "
+                f"{group.family!r} does not take; its options: "
+                f"{', '.join(registry.family_options(group.family))}"
+            )
 
     for section in ("eval", "comparison"):
         _at_least(f"{section}.num_tasks", config[section].num_tasks, 0)
@@ -266,17 +270,24 @@ def canonical(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two canonical configs (``RESUMABLE_KEYS`` aside)."""
-    keys = sorted(set(stored) | set(current))
+def differences(stored: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ between two canonical configs, except the resumable ones
+    (``RESUMABLE_KEYS``; ``num_outer_steps`` not when a cosine schedule depends on it)."""
+    resumable = set(RESUMABLE_KEYS)
+    if current.get("outer", {}).get("schedule") == "cosine":
+        resumable.discard("num_outer_steps")
+    return _differences(stored, current, "", resumable)
+
+
+def _differences(stored: dict, current: dict, prefix: str, resumable: set[str]) -> list[str]:
     found = []
-    for key in keys:
+    for key in sorted(set(stored) | set(current)):
         dotted = f"{prefix}{key}"
-        if dotted in RESUMABLE_KEYS:
+        if dotted in resumable:
             continue
         old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(old, dict) and isinstance(new, dict):
-            found += differences(old, new, f"{dotted}.")
+            found += _differences(old, new, f"{dotted}.", resumable)
         elif old != new:
             found.append(f"{dotted}: {old!r} -> {new!r}")
     return found

@@ -217,6 +217,20 @@ def _start_window(config: EngineConfig, pair: Particles) -> Particles:
     return pair._replace(noise=noise, key=jax.random.key_data(key))
 
 
+def _step_twins(
+    system: UnrolledSystem, flat_theta: jax.Array, unravel: Callable, pair: Particles, key
+) -> tuple[Any, jax.Array]:
+    """Both twins' step with their perturbed thetas and one shared key: ``(state, losses [2])``."""
+    thetas = _twin_thetas(flat_theta, unravel, pair.noise.eps)
+    stepper = jax.vmap(system.step, in_axes=(0, 0, None, None))
+    state, losses = stepper(thetas, pair.state, key, pair.config)
+    if jnp.shape(losses) != (2,):
+        raise ValueError(
+            f"the system's step must return a scalar loss, got shape {jnp.shape(losses)[1:]}"
+        )
+    return state, losses.astype(jnp.float32)
+
+
 def _pair_step(
     system: UnrolledSystem,
     config: EngineConfig,
@@ -232,14 +246,7 @@ def _pair_step(
     """
     keys = jax.random.split(jax.random.wrap_key_data(pair.key), 6)
     key, step_key, problem_keys = keys[0], keys[1], keys[2:]
-    thetas = _twin_thetas(flat_theta, unravel, pair.noise.eps)
-    stepper = jax.vmap(system.step, in_axes=(0, 0, None, None))
-    state, losses = stepper(thetas, pair.state, step_key, pair.config)
-    if jnp.shape(losses) != (2,):
-        raise ValueError(
-            f"the system's step must return a scalar loss, got shape {jnp.shape(losses)[1:]}"
-        )
-    losses = losses.astype(jnp.float32)
+    state, losses = _step_twins(system, flat_theta, unravel, pair, step_key)
     step = pair.step + 1
     finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(losses[0] - losses[1])
     reset = (step >= pair.horizon) | ~finite
@@ -278,8 +285,10 @@ def _pair_window(
         )
         return (pair, sums), None
 
-    zero_i, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
-    sums = _Sums(jnp.zeros_like(flat_theta), zero_i, zero_f, zero_f, zero_i, zero_i)
+    # Zeros shaped from the pair's own data, so that under shard_map they carry its
+    # device-varying type, as the scan's outputs do.
+    zero_i, zero_f = jnp.zeros_like(pair.step), jnp.zeros_like(pair.step, jnp.float32)
+    sums = _Sums(jnp.zeros_like(pair.noise.xi), zero_i, zero_f, zero_f, zero_i, zero_i)
     (pair, sums), _ = jax.lax.scan(body, (pair, sums), jnp.arange(config.window))
     return pair, sums
 
@@ -351,16 +360,19 @@ def _burn_in(
     """Advance pair j by ``offsets[j]`` steps (a masked loop of ``max(offsets)`` iterations).
 
     The twins run under their own eps, and the estimator's window-start rule is applied every
-    ``K`` steps, so a pair arrives in the state it would have reached by running windows.
+    ``K`` steps, so a pair arrives in the state it would have reached by running windows. Offsets
+    lie below the horizon, so no pair finishes its problem here. Losses are not looked at: a pair
+    that goes non-finite is masked, counted and reset at its first window step.
     """
     flat_theta, unravel = ravel_pytree(theta)
     num_steps = jnp.max(offsets)
 
     def advance(index, pair, offset):
         active = index < offset
-        started = _select(active & (index % config.window == 0), _start_window(config, pair), pair)
-        mid_window = (index + 1) % config.window != 0
-        stepped, *_ = _pair_step(system, config, flat_theta, unravel, started, mid_window)
+        pair = _select(active & (index % config.window == 0), _start_window(config, pair), pair)
+        key, step_key = jax.random.split(jax.random.wrap_key_data(pair.key))
+        state, _ = _step_twins(system, flat_theta, unravel, pair, step_key)
+        stepped = pair._replace(state=state, step=pair.step + 1, key=jax.random.key_data(key))
         return _select(active, stepped, pair)
 
     def body(carry):

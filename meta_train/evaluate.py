@@ -47,6 +47,9 @@ SGDM_MOMENTUM = 0.9
 EVAL_SPLITS = ("train", "inner_valid", "test")
 DEFAULT_DIVERGENCE_FACTOR = 2.0
 BASELINES = ("adam", "sgdm")
+# XLA:CPU spends most of a short evaluation compiling the vmapped training scan; backend
+# optimisation level 0 compiles it about 4x faster and runs its steps several times slower.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 # --- How each optimizer becomes an optax transform inside the jitted scan.
@@ -229,7 +232,17 @@ def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init_key, data_key
 
 
-@functools.partial(jax.jit, static_argnames=("candidate", "build_task", "num_steps"))
+Options = tuple[tuple[str, Any], ...]  # XLA compiler options, hashable
+
+
+@functools.cache
+def _jit(function: Callable, options: Options, *static_argnames: str) -> Callable:
+    """``jax.jit(function)`` with XLA ``options``; one per (function, options), so caches hold."""
+    return jax.jit(
+        function, static_argnames=static_argnames, compiler_options=dict(options) or None
+    )
+
+
 def _train_grid(
     task_args: Any,
     theta: Any,
@@ -267,12 +280,10 @@ def _train_grid(
 # times slower than the evaluation itself.)
 
 
-@functools.partial(jax.jit, static_argnames=("build_task",))
 def _initial_params(task_args: Any, key: jax.Array, *, build_task: Callable[[Any], Task]) -> Any:
     return build_task(task_args).init(_split_key(key)[0])
 
 
-@functools.partial(jax.jit, static_argnames=("build_task",))
 def _metrics(
     task_args: Any, params: Any, *, build_task: Callable[[Any], Task]
 ) -> dict[str, jax.Array]:
@@ -285,21 +296,24 @@ def _metrics(
     }
 
 
-def _initial_train_loss(task: _EvalTask, keys: jax.Array) -> np.ndarray:
+def _initial_train_loss(task: _EvalTask, keys: jax.Array, options: Options) -> np.ndarray:
     """``[S]`` whole-train-split loss at each seed's initialisation."""
+    init = _jit(_initial_params, options, "build_task")
+    metrics = _jit(_metrics, options, "build_task")
     losses = []
     for key in keys:
-        params = _initial_params(task.args, key, build_task=task.build)
-        losses.append(_metrics(task.args, params, build_task=task.build)["train_loss"])
+        params = init(task.args, key, build_task=task.build)
+        losses.append(metrics(task.args, params, build_task=task.build)["train_loss"])
     return np.asarray(jax.device_get(losses), np.float64)
 
 
-def _final_metrics(task: _EvalTask, params: Any, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+def _final_metrics(
+    task: _EvalTask, params: Any, shape: tuple[int, int], options: Options
+) -> dict[str, np.ndarray]:
     """``{"<split>_<metric>": [G, S]}`` of the stacked final ``params`` (leaves ``[G, S, ...]``)."""
+    metrics = _jit(_metrics, options, "build_task")
     per_run = [
-        _metrics(
-            task.args, jax.tree.map(operator.itemgetter((g, s)), params), build_task=task.build
-        )
+        metrics(task.args, jax.tree.map(operator.itemgetter((g, s)), params), build_task=task.build)
         for g in range(shape[0])
         for s in range(shape[1])
     ]
@@ -320,11 +334,16 @@ class _Outputs(NamedTuple):
 
 
 def _run_contender(
-    contender: _Contender, task: _EvalTask, num_steps: int, keys: jax.Array
+    contender: _Contender,
+    task: _EvalTask,
+    num_steps: int,
+    keys: jax.Array,
+    options: Options,
 ) -> _Outputs:
     rows = jnp.asarray(contender.rows())
     start = time.perf_counter()
-    compiled = _train_grid.lower(
+    train_grid = _jit(_train_grid, options, "candidate", "build_task", "num_steps")
+    compiled = train_grid.lower(
         task.args,
         contender.theta,
         rows,
@@ -335,7 +354,7 @@ def _run_contender(
     ).compile()
     compiled_at = time.perf_counter()
     output = compiled(task.args, contender.theta, rows, keys)
-    metrics = _final_metrics(task, output.params, output.losses.shape[:2])
+    metrics = _final_metrics(task, output.params, output.losses.shape[:2], options)
     losses = np.asarray(jax.device_get(output.losses), np.float64)
     return _Outputs(losses, metrics, compiled_at - start, time.perf_counter() - compiled_at)
 
@@ -541,6 +560,7 @@ def evaluate(
     divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR,
     name: str | None = None,
     progress: bool = True,
+    compiler_options: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> Report:
     """Train held-out ``tasks`` with ``optimizer`` and the tuned baselines; return the ``Report``.
@@ -552,7 +572,9 @@ def evaluate(
     horizon (required for plain ``Task`` objects); each horizon multiplier ``h`` trains
     ``round(h * num_steps)`` steps and learned optimizers get that horizon at init. Baselines are
     re-tuned at every horizon. ``untrained_floor`` adds the learned architecture with fresh
-    meta-parameters (seed ``seeds[0]``). ``settings`` are recorded in the report as given.
+    meta-parameters (seed ``seeds[0]``). ``compiler_options`` go to XLA for every compile
+    (``FAST_COMPILE`` trades slower steps for faster compiles: for short runs).
+    ``settings`` are recorded in the report as given.
     """
     seed_list, keys = _seed_keys(seeds)
     eval_tasks = _resolve_tasks(tasks)
@@ -582,6 +604,7 @@ def evaluate(
     if len(set(labels)) != len(labels):
         raise ValueError(f"name {name!r} clashes with a baseline's label; choose another name")
     order = [subject_label, *(label for label in labels if label != subject_label)]
+    options = tuple(sorted((compiler_options or {}).items()))
 
     results = []
     jobs = [(task, horizon) for task in eval_tasks for horizon in horizons]
@@ -589,10 +612,10 @@ def evaluate(
     for task, horizon in jobs:
         steps = max(1, round(horizon * (num_steps or task.num_steps)))
         bar.set_description(f"{task.name} ({steps} steps)")
-        initial_loss = _initial_train_loss(task, keys)
+        initial_loss = _initial_train_loss(task, keys, options)
         runs = {}
         for contender in contenders:
-            outputs = _run_contender(contender, task, steps, keys)
+            outputs = _run_contender(contender, task, steps, keys, options)
             for run in _member_results(contender, outputs, initial_loss, divergence_factor):
                 runs[run.label] = run
         runs = {label: runs[label] for label in order}
@@ -613,6 +636,7 @@ def evaluate(
         "selection": "lowest mean final inner_valid loss over seeds, fewest diverged seeds first",
         "divergence": f"non-finite loss, or final train loss > {divergence_factor:g} x initial",
         "speedup": "tuned Adam's steps to its final smoothed train loss / the optimizer's steps",
+        "compiler_options": dict(compiler_options or {}),
         **origin,
         **(settings or {}),
     }
@@ -676,6 +700,11 @@ def _parser() -> argparse.ArgumentParser:
         default=True,
         help="also evaluate the untrained learned optimizer (for export directories)",
     )
+    parser.add_argument(
+        "--fast-compile",
+        action="store_true",
+        help="compile faster, run slower (XLA backend optimisation level 0): for short runs",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -722,6 +751,7 @@ def main(argv: list[str]) -> int:
         untrained_floor=args.untrained_floor,
         divergence_factor=args.divergence_factor,
         progress=not args.no_progress,
+        compiler_options=FAST_COMPILE if args.fast_compile else None,
         settings={"suite": args.suite, "command": "lopt evaluate " + shlex.join(argv)},
     )
     paths = report.save(out, plots=not args.no_plots)

@@ -59,9 +59,7 @@ def train_curve(
         params = jax.tree.map(lambda p, u: p + u, params, updates)
         return (params, state), loss
 
-    (params, _), losses = jax.lax.scan(
-        step, (params, state), jax.random.split(data_key, num_steps)
-    )
+    (params, _), losses = jax.lax.scan(step, (params, state), jax.random.split(data_key, num_steps))
     return params, losses
 
 

@@ -54,7 +54,9 @@ class MetricWriter:
         elif not resume_step and os.path.exists(self.jsonl_path):
             os.remove(self.jsonl_path)
         purge_step = resume_step + 1 if resume_step else None
-        self.tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=purge_step)
+        self.tensorboard = SummaryWriter(
+            os.path.join(workdir, TENSORBOARD_DIR), purge_step=purge_step
+        )
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         row = {"step": int(step)}

@@ -17,6 +17,7 @@ skipped update) rather than poisoning theta.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -86,69 +87,74 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree.map(put_leaf, tree)
 
 
-def make_outer_optimizer(
-    name: str,
-    learning_rate: float,
-    clip_norm: float,
-    schedule: str = "constant",
-    warmup_steps: int = 0,
-    num_steps: int = 1,
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``chain(clip_by_global_norm(clip_norm), <name>(schedule))`` and the schedule itself.
+class OuterSettings(NamedTuple):
+    """The outer optimizer: ``chain(clip_by_global_norm(clip_norm), <optimizer>(schedule))``.
 
-    ``name``: ``adam``, ``sgd`` or ``sgdm`` (momentum 0.9); ``schedule``: ``constant`` (after a
-    linear warm-up of ``warmup_steps``) or ``cosine`` (warm-up, then cosine decay to 0 at
-    ``num_steps``).
-    """
-    if schedule == "constant":
-        lr = optax.join_schedules(
-            [optax.linear_schedule(0.0, learning_rate, warmup_steps)] * bool(warmup_steps)
-            + [optax.constant_schedule(learning_rate)],
-            [warmup_steps] * bool(warmup_steps),
-        )
-    elif schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, learning_rate, warmup_steps, max(num_steps, warmup_steps + 1)
-        )
-    else:
-        raise ValueError(f"unknown outer schedule {schedule!r}; use constant or cosine")
-    optimizers = {
-        "adam": lambda: optax.adam(lr),
-        "sgd": lambda: optax.sgd(lr),
-        "sgdm": lambda: optax.sgd(lr, momentum=0.9),
-    }
-    if name not in optimizers:
-        raise ValueError(f"unknown outer optimizer {name!r}; use one of {', '.join(optimizers)}")
-    return optax.chain(optax.clip_by_global_norm(clip_norm), optimizers[name]()), lr
-
-
-class _Systems(NamedTuple):
-    """The groups' systems split into array leaves (jit arguments) and the rest (closed over).
-
-    Passing a system's arrays (e.g. a task family's device-resident data) as arguments keeps them
-    buffers rather than compile-time constants, as ``engine`` does.
+    ``optimizer``: ``adam``, ``sgd`` or ``sgdm`` (momentum 0.9); ``schedule``: ``constant`` (after
+    a linear warm-up of ``warmup_steps``) or ``cosine`` (warm-up, then cosine decay to 0 at
+    ``num_steps``). Hashable, so it can key the compiled outer step.
     """
 
-    leaves: tuple[list[jax.Array], ...]
-    rebuild: tuple[Callable[[list[jax.Array]], UnrolledSystem], ...]
+    optimizer: str = "adam"
+    learning_rate: float = 3e-4
+    clip_norm: float = 1.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    num_steps: int = 1
+
+    def build(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
+        """The optax transformation and its learning-rate schedule."""
+        peak, warmup = self.learning_rate, self.warmup_steps
+        if self.schedule == "constant":
+            lr = optax.join_schedules(
+                [optax.linear_schedule(0.0, peak, warmup)] * bool(warmup)
+                + [optax.constant_schedule(peak)],
+                [warmup] * bool(warmup),
+            )
+        elif self.schedule == "cosine":
+            lr = optax.warmup_cosine_decay_schedule(
+                0.0, peak, warmup, max(self.num_steps, warmup + 1)
+            )
+        else:
+            raise ValueError(f"unknown outer schedule {self.schedule!r}; use constant or cosine")
+        optimizers = {
+            "adam": lambda: optax.adam(lr),
+            "sgd": lambda: optax.sgd(lr),
+            "sgdm": lambda: optax.sgd(lr, momentum=0.9),
+        }
+        if self.optimizer not in optimizers:
+            raise ValueError(
+                f"unknown outer optimizer {self.optimizer!r}; use one of {', '.join(optimizers)}"
+            )
+        return optax.chain(
+            optax.clip_by_global_norm(self.clip_norm), optimizers[self.optimizer]()
+        ), lr
 
 
-def _rebuild(treedef: Any, static: tuple[Any, ...], arrays: list[jax.Array]) -> UnrolledSystem:
-    arrays = iter(arrays)
-    return jax.tree.unflatten(treedef, [next(arrays) if s is None else s for s in static])
+class _GroupProgram(NamedTuple):
+    """What a group contributes to the compiled outer step: everything but the system's arrays
+    (which are arguments, so a task family's data are buffers rather than compile-time constants,
+    as in ``engine``). Hashable."""
+
+    name: str
+    treedef: Any
+    static: tuple[Any, ...]
+    engine_config: engine.EngineConfig
+    weight: float
+
+    def system(self, arrays: list[jax.Array]) -> UnrolledSystem:
+        arrays = iter(arrays)
+        leaves = [next(arrays) if leaf is None else leaf for leaf in self.static]
+        return jax.tree.unflatten(self.treedef, leaves)
 
 
-def _split_systems(groups: Sequence[TaskGroup], mesh: Mesh) -> _Systems:
-    replicated = NamedSharding(mesh, P())
-    leaves, rebuild = [], []
-    for group in groups:
-        flat, treedef = jax.tree.flatten(group.system)
-        is_array = [isinstance(leaf, jax.Array | np.ndarray) for leaf in flat]
-        arrays = [leaf for leaf, array in zip(flat, is_array, strict=True) if array]
-        static = tuple(None if array else leaf for leaf, array in zip(flat, is_array, strict=True))
-        leaves.append(put(arrays, replicated))
-        rebuild.append(functools.partial(_rebuild, treedef, static))
-    return _Systems(tuple(leaves), tuple(rebuild))
+def _split_group(group: TaskGroup) -> tuple[_GroupProgram, list[jax.Array]]:
+    flat, treedef = jax.tree.flatten(group.system)
+    is_array = [isinstance(leaf, jax.Array | np.ndarray) for leaf in flat]
+    arrays = [leaf for leaf, array in zip(flat, is_array, strict=True) if array]
+    static = tuple(None if array else leaf for leaf, array in zip(flat, is_array, strict=True))
+    program = _GroupProgram(group.name, treedef, static, group.engine_config, group.weight)
+    return program, arrays
 
 
 def particle_sharding(mesh: Mesh) -> NamedSharding:
@@ -159,7 +165,7 @@ def particle_sharding(mesh: Mesh) -> NamedSharding:
 def init_meta_state(
     groups: Sequence[TaskGroup],
     theta: Any,
-    outer_optimizer: optax.GradientTransformation,
+    settings: OuterSettings,
     key: jax.Array,
     mesh: Mesh,
 ) -> tuple[MetaState, list[int]]:
@@ -178,14 +184,14 @@ def init_meta_state(
         particles.append(put(group_particles, particle_sharding(mesh)))
         burn_in_steps.append(steps)
     step = jnp.zeros((), jnp.int32)
-    replicated_parts = put((step, theta, outer_optimizer.init(theta)), replicated)
+    replicated_parts = put((step, theta, settings.build()[0].init(theta)), replicated)
     return MetaState(*replicated_parts, tuple(particles)), burn_in_steps
 
 
 def abstract_meta_state(
     groups: Sequence[TaskGroup],
     theta: Any,
-    outer_optimizer: optax.GradientTransformation,
+    settings: OuterSettings,
     mesh: Mesh,
 ) -> MetaState:
     """The ``MetaState``'s structure as ``jax.ShapeDtypeStruct`` leaves with their shardings, to
@@ -206,7 +212,7 @@ def abstract_meta_state(
         )
         particles.append(shapes)
     step = jax.ShapeDtypeStruct((), jnp.int32)
-    outer_state = jax.eval_shape(outer_optimizer.init, theta)
+    outer_state = jax.eval_shape(settings.build()[0].init, theta)
     state = MetaState(step, jax.eval_shape(lambda t: t, theta), outer_state, tuple(particles))
     sharded = lambda tree, sharding: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree
@@ -231,51 +237,58 @@ class OuterStep:
     """``outer_step(state) -> (state, metrics, group_meta_losses)``: jitted, donates ``state``.
 
     ``metrics`` is an ``OuterMetrics`` of this step; ``group_meta_losses`` maps a group name to its
-    meta-loss. ``compile(state)`` compiles ahead of time (so compile time is measured apart from
-    run time); otherwise the first call compiles.
+    meta-loss. ``compile(state)`` compiles ahead of time, so compile time is measured apart from
+    run time. Compiled programs are kept per process (the last few), keyed by everything that
+    shapes them, so a second run of the same configuration (a resume in the same process, a sweep
+    over seeds) does not compile again.
     """
 
-    def __init__(
-        self,
-        groups: Sequence[TaskGroup],
-        outer_optimizer: optax.GradientTransformation,
-        learning_rate: optax.Schedule,
-        mesh: Mesh,
-    ):
-        self.systems = _split_systems(groups, mesh)
-        self.jitted = jax.jit(
-            _outer_step_fn(groups, outer_optimizer, learning_rate, mesh, self.systems),
-            donate_argnums=0,
-        )
+    def __init__(self, groups: Sequence[TaskGroup], settings: OuterSettings, mesh: Mesh):
+        programs, arrays = zip(*(_split_group(group) for group in groups), strict=True)
+        self.program = (tuple(programs), settings, mesh)
+        self.arrays = put(list(arrays), NamedSharding(mesh, P()))
         self.compiled = None
 
     def compile(self, state: MetaState) -> float:
-        """Compile for ``state``'s shapes and shardings; return the seconds it took."""
+        """Compile for ``state``'s shapes and shardings; return the seconds it took (0 when this
+        process compiled the same program before)."""
+        signature = jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), (state, self.arrays))
+        key = (self.program, jax.tree.structure(signature), tuple(jax.tree.leaves(signature)))
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            self.compiled = _COMPILED[key]
+            return 0.0
         start = time.perf_counter()
-        self.compiled = self.jitted.lower(state, self.systems.leaves).compile()
+        jitted = jax.jit(_outer_step_fn(*self.program), donate_argnums=0)
+        self.compiled = jitted.lower(state, self.arrays).compile()
+        _COMPILED[key] = self.compiled
+        while len(_COMPILED) > _MAX_COMPILED:
+            _COMPILED.popitem(last=False)
         return time.perf_counter() - start
 
     def __call__(self, state: MetaState) -> tuple[MetaState, OuterMetrics, dict[str, jax.Array]]:
-        step = self.compiled or self.jitted
-        return step(state, self.systems.leaves)
+        if self.compiled is None:
+            self.compile(state)
+        return self.compiled(state, self.arrays)
+
+
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_MAX_COMPILED = 4
 
 
 def _outer_step_fn(
-    groups: Sequence[TaskGroup],
-    outer_optimizer: optax.GradientTransformation,
-    learning_rate: optax.Schedule,
-    mesh: Mesh,
-    systems: _Systems,
+    programs: tuple[_GroupProgram, ...], settings: OuterSettings, mesh: Mesh
 ) -> Callable:
-    weights = np.asarray([group.weight for group in groups], np.float64)
+    outer_optimizer, learning_rate = settings.build()
+    weights = np.asarray([program.weight for program in programs], np.float64)
     weights = (weights / weights.sum()).astype(np.float32)
 
-    def windows(theta, particles, leaves):
+    def windows(theta, particles, arrays):
         results = [
             engine.window_step(
-                systems.rebuild[i](leaves[i]), group.engine_config, theta, particles[i], AXIS
+                program.system(arrays[i]), program.engine_config, theta, particles[i], AXIS
             )
-            for i, group in enumerate(groups)
+            for i, program in enumerate(programs)
         ]
         return tuple(r[0] for r in results), tuple(r[1] for r in results)
 
@@ -287,8 +300,8 @@ def _outer_step_fn(
         check_vma=False,
     )
 
-    def outer_step(state: MetaState, leaves):
-        particles, estimates = sharded_windows(state.theta, state.particles, leaves)
+    def outer_step(state: MetaState, arrays):
+        particles, estimates = sharded_windows(state.theta, state.particles, arrays)
         grad = _weighted_sum([e.grad for e in estimates], weights)
         meta_loss = _weighted_sum([e.meta_loss for e in estimates], weights)
         updates, outer_state = outer_optimizer.update(grad, state.outer_state, state.theta)
@@ -301,7 +314,7 @@ def _outer_step_fn(
         diagnostics = _weighted_sum([e.diagnostics for e in estimates], weights)
         metrics = OuterMetrics.single_from_model_output(
             meta_loss=meta_loss,
-            estimate_norm=optax.global_norm(grad),
+            estimate_norm=optax.tree.norm(grad),
             masked_fraction=diagnostics["masked_fraction"],
             nonfinite_count=sum(e.diagnostics["nonfinite_count"] for e in estimates),
             loss_diff_std=diagnostics["loss_diff_std"],
@@ -309,7 +322,7 @@ def _outer_step_fn(
             skipped_update=1.0 - finite.astype(jnp.float32),
             outer_lr=jnp.asarray(learning_rate(state.step), jnp.float32),
         )
-        group_losses = {g.name: e.meta_loss for g, e in zip(groups, estimates, strict=True)}
+        group_losses = {p.name: e.meta_loss for p, e in zip(programs, estimates, strict=True)}
         new_state = MetaState(state.step + 1, theta, outer_state, particles)
         return new_state, metrics, group_losses
 

@@ -45,6 +45,7 @@ import numpy as np
 import lopt
 from meta_train import checkpoint, config_flags, engine, held_out, metrics, outer, systems
 from tasks import registry
+from tasks.datasets import DatasetNotFoundError
 
 DEFAULT_WORKDIR = os.path.join("runs", "default")
 
@@ -77,10 +78,15 @@ def engine_config(config: ml_collections.ConfigDict, num_pairs: int) -> engine.E
 def build_groups(
     config: ml_collections.ConfigDict, optimizer: lopt.LearnedOptimizer
 ) -> list[outer.TaskGroup]:
-    """One ``TaskGroup`` per entry of ``config.groups``, in the config's order."""
+    """One ``TaskGroup`` per entry of ``config.groups``, in the config's order (loads the data)."""
     groups = []
     for name, group in config.groups.items():
-        family = registry.get_family(group.family, **group.overrides)
+        try:
+            family = registry.get_family(group.family, **group.overrides)
+        except (TypeError, ValueError) as error:
+            raise config_flags.ConfigError(
+                f"config key 'groups.{name}.overrides': {error}"
+            ) from None
         system = systems.TaskTrainingSystem(family, optimizer, meta_loss=config.meta_loss)
         groups.append(
             outer.TaskGroup(name, system, engine_config(config, group.num_pairs), group.weight)
@@ -200,17 +206,18 @@ def meta_train(
     from tqdm.auto import tqdm
 
     config_flags.validate(config, jax.local_device_count())
-    checkpoint.prepare_workdir(workdir, config, overwrite)
     optimizer = build_optimizer(config)
     groups = build_groups(config, optimizer)
+    checkpoint.prepare_workdir(workdir, config, overwrite)
     mesh = outer.make_mesh(config.num_devices)
-    outer_optimizer, learning_rate = outer.make_outer_optimizer(
+    settings = outer.OuterSettings(
         config.outer.optimizer,
         config.outer.learning_rate,
         config.outer.clip_norm,
         config.outer.schedule,
         config.outer.warmup_steps,
-        config.num_outer_steps,
+        # Only the cosine schedule depends on the run length; elsewhere a longer run is a resume.
+        config.num_outer_steps if config.outer.schedule == "cosine" else 1,
     )
     checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
     theta_key, particles_key = jax.random.split(jax.random.key(config.seed))
@@ -219,15 +226,13 @@ def meta_train(
     # State: resume from the latest checkpoint, or start afresh with staggered particles.
     start_step = checkpointer.latest_step() or 0
     if start_step:
-        abstract = outer.abstract_meta_state(groups, theta, outer_optimizer, mesh)
+        abstract = outer.abstract_meta_state(groups, theta, settings, mesh)
         state, meta = checkpointer.restore(start_step, abstract)
         burn_in_steps = meta["burn_in_steps"]
         _log(f"resuming {workdir} at outer step {start_step}")
     else:
         start = time.perf_counter()
-        state, burn_in_steps = outer.init_meta_state(
-            groups, theta, outer_optimizer, particles_key, mesh
-        )
+        state, burn_in_steps = outer.init_meta_state(groups, theta, settings, particles_key, mesh)
         jax.block_until_ready(state)
         _log(
             f"burn-in: {burn_in_steps} sequential inner steps per group "
@@ -241,11 +246,12 @@ def meta_train(
         writer.write_text(0, "parameter_overview", overview)
         _log(overview)
 
-    outer_step = outer.OuterStep(groups, outer_optimizer, learning_rate, mesh)
+    outer_step = outer.OuterStep(groups, settings, mesh)
     compile_seconds = outer_step.compile(state)
     steps_per_call = outer.inner_steps_per_outer_step(groups)
+    compiled = f"compiled in {compile_seconds:.1f}s" if compile_seconds else "reused (compiled)"
     _log(
-        f"outer step compiled in {compile_seconds:.1f}s on {mesh.size} device(s); "
+        f"outer step {compiled} on {mesh.size} device(s); "
         f"{steps_per_call} inner steps per outer step"
     )
     evals = []
@@ -304,7 +310,11 @@ def meta_train(
                 accumulated = None
                 interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
             evaluate_now = evals and step % config.eval.every == 0
-            if evaluate_now or step % config.checkpoint_every == 0 or step % config.export_every == 0:
+            if (
+                evaluate_now
+                or step % config.checkpoint_every == 0
+                or step % config.export_every == 0
+            ):
                 pause_start = time.perf_counter()
                 jax.block_until_ready(state)
                 outer_seconds = time.perf_counter() - pause_start
@@ -368,7 +378,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"a shipped config ({', '.join(config_flags.config_names())}) or a path to a "
         "Python file with get_config() (default: default)",
     )
-    parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="run directory (default: %(default)s)")
+    parser.add_argument(
+        "--workdir", default=DEFAULT_WORKDIR, help="run directory (default: %(default)s)"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -404,7 +416,11 @@ def main(argv: list[str]) -> int:
             return 0
         config_flags.validate(config, jax.local_device_count())
         summary = meta_train(config, args.workdir, overwrite=args.overwrite)
-    except (config_flags.ConfigError, checkpoint.WorkdirConfigMismatchError) as error:
+    except (
+        config_flags.ConfigError,
+        checkpoint.WorkdirConfigMismatchError,
+        DatasetNotFoundError,
+    ) as error:
         print(f"lopt meta-train: error: {error}", file=sys.stderr)
         return 2
     if summary["interrupted"]:

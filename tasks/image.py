@@ -16,6 +16,7 @@ examples drawn with replacement by ``jax.random.randint``.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -54,13 +55,19 @@ class ClassifierConfig(NamedTuple):
     label_perm: jax.Array
 
 
-def dense_init(key: jax.Array, fan_in: int, fan_out: int, gain: float, scale) -> Params:
-    """``{"w": [fan_in, fan_out], "b": [fan_out]}`` with ``w ~ N(0, scale^2 gain / fan_in)``."""
-    std = scale * math.sqrt(gain / fan_in)
-    return {
-        "w": std * jax.random.normal(key, (fan_in, fan_out), jnp.float32),
-        "b": jnp.zeros((fan_out,), jnp.float32),
-    }
+def standard_normals(key: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:
+    """Float32 ``N(0, 1)`` arrays of the given shapes from a single flat draw.
+
+    One flat draw, sliced and reshaped, compiles far faster on XLA:CPU than one draw per
+    multi-dimensional shape (measured: ~0.7 s for ``(1152,)`` against ~13 s for ``(3, 3, 8, 16)``).
+    """
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [
+        flat[start : start + size].reshape(shape)
+        for start, size, shape in zip(offsets, sizes, shapes, strict=True)
+    ]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -102,6 +109,34 @@ def classification_metrics(
     losses, corrects = jax.lax.map(chunk_sums, (chunked(inputs), chunked(labels), chunked(mask)))
     count = num * math.prod(labels.shape[1:])
     return {"loss": jnp.sum(losses) / count, "accuracy": jnp.sum(corrects) / count}
+
+
+def conv2d_same(inputs: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """'SAME' 2-D convolution as one matmul over image patches (im2col).
+
+    ``inputs [B, H, W, C]``, ``kernel [k, k, C, C_out]`` -> ``[B, ceil(H/s), ceil(W/s), C_out]``,
+    equal to ``lax.conv_general_dilated(..., "SAME")`` in NHWC/HWIO. Patches are strided slices, so
+    the forward pass, its gradient and their vmap over particles are matmuls, slices and pads,
+    which XLA:CPU compiles and runs faster than (grouped) convolutions.
+    """
+    k = kernel.shape[0]
+    _, height, width, channels = inputs.shape
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    pad_h = max((out_h - 1) * stride + k - height, 0)
+    pad_w = max((out_w - 1) * stride + k - width, 0)
+    padded = jnp.pad(
+        inputs, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    )
+    span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+    patches = jnp.concatenate(
+        [
+            padded[:, i : i + span_h : stride, j : j + span_w : stride, :]
+            for i in range(k)
+            for j in range(k)
+        ],
+        axis=-1,
+    )
+    return patches @ kernel.reshape(k * k * channels, -1)
 
 
 class ClassifierTask(Task):
@@ -211,14 +246,19 @@ class ImageMLPFamily(_ClassifierFamily):
         return f"mlp_{self.data.name}_{widths}_{self._suffix}"
 
     def init_params(self, key: jax.Array, config: ClassifierConfig) -> Params:
+        """Weights ``N(0, init_scale^2 gain / fan_in)`` (gain 2 for ReLU/GELU hidden layers, 1 for
+        tanh and the output layer), zero biases."""
         sizes = (math.prod(self.data.input_shape), *self.hidden, self.data.num_classes)
-        keys = jax.random.split(key, len(sizes) - 1)
-        gain = _INIT_GAIN[self.activation]
+        shapes = list(itertools.pairwise(sizes))
+        gains = [_INIT_GAIN[self.activation]] * len(self.hidden) + [1.0]
         params = {}
-        for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
-            # The output layer starts at LeCun scale whatever the activation.
-            layer_gain = gain if i < len(self.hidden) else 1.0
-            params[f"dense_{i}"] = dense_init(k, fan_in, fan_out, layer_gain, config.init_scale)
+        for i, (noise, (fan_in, fan_out), gain) in enumerate(
+            zip(standard_normals(key, shapes), shapes, gains, strict=True)
+        ):
+            params[f"dense_{i}"] = {
+                "w": config.init_scale * math.sqrt(gain / fan_in) * noise,
+                "b": jnp.zeros((fan_out,), jnp.float32),
+            }
         return params
 
     def apply(self, params: Params, inputs: jax.Array) -> jax.Array:
@@ -279,22 +319,26 @@ class ImageConvFamily(_ClassifierFamily):
         return f"conv_{self.data.name}{height}x{width}_c{widths}_{self._suffix}"
 
     def init_params(self, key: jax.Array, config: ClassifierConfig) -> Params:
-        keys = jax.random.split(key, len(self.channels) + 1)
-        gain = _INIT_GAIN[self.activation]
+        """Conv kernels ``N(0, init_scale^2 gain / (k^2 c_in))``, head ``N(0, init_scale^2 / c)``,
+        zero biases."""
         k = self.kernel_size
+        in_channels = (self.data.input_shape[-1], *self.channels[:-1])
+        shapes = [
+            (k, k, c_in, c_out) for c_in, c_out in zip(in_channels, self.channels, strict=True)
+        ]
+        shapes.append((self.channels[-1], self.data.num_classes))
+        noises = standard_normals(key, shapes)
+        gain = _INIT_GAIN[self.activation]
         params = {}
-        in_channels = self.data.input_shape[-1]
-        for i, out_channels in enumerate(self.channels):
-            std = config.init_scale * math.sqrt(gain / (k * k * in_channels))
-            shape = (k, k, in_channels, out_channels)
+        for i, (noise, shape) in enumerate(zip(noises[:-1], shapes[:-1], strict=True)):
             params[f"conv_{i}"] = {
-                "w": std * jax.random.normal(keys[i], shape, jnp.float32),
-                "b": jnp.zeros((out_channels,), jnp.float32),
+                "w": config.init_scale * math.sqrt(gain / (k * k * shape[2])) * noise,
+                "b": jnp.zeros((shape[3],), jnp.float32),
             }
-            in_channels = out_channels
-        params["head"] = dense_init(
-            keys[-1], in_channels, self.data.num_classes, 1.0, config.init_scale
-        )
+        params["head"] = {
+            "w": config.init_scale * math.sqrt(1.0 / self.channels[-1]) * noises[-1],
+            "b": jnp.zeros((self.data.num_classes,), jnp.float32),
+        }
         return params
 
     def apply(self, params: Params, inputs: jax.Array) -> jax.Array:
@@ -302,10 +346,7 @@ class ImageConvFamily(_ClassifierFamily):
         h = inputs
         for i, stride in enumerate(self.layer_strides):
             layer = params[f"conv_{i}"]
-            h = jax.lax.conv_general_dilated(
-                h, layer["w"], (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            h = act(h + layer["b"])
+            h = act(conv2d_same(h, layer["w"], stride) + layer["b"])
         pooled = jnp.mean(h, axis=(1, 2))
         return pooled @ params["head"]["w"] + params["head"]["b"]
 

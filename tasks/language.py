@@ -28,7 +28,7 @@ from flax import struct
 
 from tasks.base import SPLITS, Params, Task, TaskFamily, sample_seed
 from tasks.datasets import resolve_data_dir
-from tasks.image import classification_metrics, cross_entropy
+from tasks.image import classification_metrics, cross_entropy, standard_normals
 
 CELLS = ("lstm", "gru")
 DEFAULT_TEXT_DATASET = "tiny_shakespeare"
@@ -320,22 +320,23 @@ class CharLMFamily(TaskFamily):
         init scale; zero biases except the LSTM forget gate's (1, a common default)."""
         vocab, hidden, embed = self.data.vocab_size, self.hidden, self.embed
         gates = 4 if self.cell == "lstm" else 3
-        embed_key, x_key, h_key, out_key = jax.random.split(key, 4)
+        embed_noise, x_noise, h_noise, out_noise = standard_normals(
+            key,
+            [(vocab, embed), (embed, gates * hidden), (hidden, gates * hidden), (hidden, vocab)],
+        )
         scale = config.init_scale
         bias = jnp.zeros((gates * hidden,), jnp.float32)
         if self.cell == "lstm":
             bias = bias.at[hidden : 2 * hidden].set(1.0)
         return {
-            "embed": scale * jax.random.normal(embed_key, (vocab, embed), jnp.float32),
+            "embed": scale * embed_noise,
             "cell": {
-                "w_x": scale / math.sqrt(embed) * jax.random.normal(x_key, (embed, gates * hidden)),
-                "w_h": scale
-                / math.sqrt(hidden)
-                * jax.random.normal(h_key, (hidden, gates * hidden)),
+                "w_x": scale / math.sqrt(embed) * x_noise,
+                "w_h": scale / math.sqrt(hidden) * h_noise,
                 "b": bias,
             },
             "out": {
-                "w": scale / math.sqrt(hidden) * jax.random.normal(out_key, (hidden, vocab)),
+                "w": scale / math.sqrt(hidden) * out_noise,
                 "b": jnp.zeros((vocab,), jnp.float32),
             },
         }

@@ -1,7 +1,6 @@
 """Datasets through tensorflow-datasets, offline: builders, splits, preprocessing, errors."""
 
 import importlib.util
-import os
 import subprocess
 import sys
 import textwrap
@@ -253,32 +252,27 @@ _PREPARE_AFTER_BARRIER = textwrap.dedent(
 
 
 def test_concurrent_prepare_from_two_processes_builds_once(tmp_path):
-    data_dir = tmp_path / "data"
-    go = tmp_path / "go"
+    data_dir, go = tmp_path / "data", tmp_path / "go"
     readies = [tmp_path / f"ready{index}" for index in range(2)]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", _PREPARE_AFTER_BARRIER, str(data_dir), str(ready), str(go)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=os.environ.copy(),
-        )
-        for ready in readies
-    ]
+    # Output goes to files, not pipes: a child blocked on a full pipe while holding the lock
+    # would stall the other.
+    logs = [(tmp_path / f"out{index}", tmp_path / f"err{index}") for index in range(2)]
+    processes = []
+    for ready, (out, err) in zip(readies, logs, strict=True):
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            command = [sys.executable, "-c", _PREPARE_AFTER_BARRIER, str(data_dir), str(ready)]
+            processes.append(subprocess.Popen([*command, str(go)], stdout=stdout, stderr=stderr))
     # Release both only once both have imported everything, so their prepare calls overlap.
     deadline = time.monotonic() + 120
     while not all(ready.exists() for ready in readies):
         assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
         time.sleep(0.01)
     go.touch()
-    outputs = [process.communicate(timeout=120) for process in processes]
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr
-    paths = {stdout.strip().splitlines()[-1] for stdout, _ in outputs}
+    for process, (_, err) in zip(processes, logs, strict=True):
+        assert process.wait(timeout=120) == 0, err.read_text()
+    paths = {out.read_text().strip().splitlines()[-1] for out, _ in logs}
     assert paths == {str(data_dir / "digits" / "1.0.0")}
-    builds = sum(stderr.count("building dataset digits") for _, stderr in outputs)
-    assert builds == 1
+    assert sum(err.read_text().count("building dataset digits") for _, err in logs) == 1
     assert sorted(path.name for path in (data_dir / "digits").iterdir()) == ["1.0.0"]
     assert sum(_sizes(load_dataset("digits", data_dir=data_dir)).values()) == 1797
 

@@ -45,7 +45,7 @@ def tiny_config(**changes) -> ml_collections.ConfigDict:
     config = config_flags.load_config("hpo_adam")
     for key, text in TINY_OVERRIDES.items():
         config_flags.apply_override(config, key, text)
-    config.groups.wide = ml_collections.ConfigDict(
+    config.groups.second = ml_collections.ConfigDict(
         {"family": "quadratic", "weight": 3.0, "num_pairs": 4, "overrides": {"dim": 4}}
     )
     for key, value in changes.items():
@@ -74,7 +74,8 @@ def test_theta_moves_and_outputs_exist(runs):
     assert summary["burn_in_steps"] == [b for b in summary["burn_in_steps"] if 0 <= b < 12]
     start = train.build_optimizer(tiny_config()).init_meta_params(jax.random.key(0))
     moved = max(
-        np.max(np.abs(a - b)) for a, b in zip(_leaves(summary["theta"]), _leaves(start), strict=True)
+        np.max(np.abs(a - b))
+        for a, b in zip(_leaves(summary["theta"]), _leaves(start), strict=True)
     )
     assert moved > 1e-3  # four Adam steps of lr 0.05 must move theta
     for name in ("config.json", "metrics.jsonl", "curves.png", "export", "tensorboard"):
@@ -95,7 +96,7 @@ def test_same_theta_on_1_2_and_4_devices(runs):
 def test_meta_loss_is_the_weighted_average_of_the_groups(runs):
     _, workdir = runs[4]
     for row in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
-        expected = (row["group/digits/meta_loss"] + 3 * row["group/wide/meta_loss"]) / 4
+        expected = (row["group/digits/meta_loss"] + 3 * row["group/second/meta_loss"]) / 4
         np.testing.assert_allclose(row["meta_loss"], expected, rtol=1e-5)
 
 

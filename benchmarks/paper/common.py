@@ -1,0 +1,157 @@
+"""Shared plumbing of the paper experiments: arguments, the outer loop on the engine, output files.
+
+Every experiment is ``main(argv) -> int`` with ``--quick`` (seconds, for the test suite) and a full
+mode, and writes ``<out>/<name>.json`` and ``<out>/<name>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from meta_train import engine
+from meta_train.system import UnrolledSystem
+
+DEFAULT_OUT = os.path.join("benchmarks", "results", "paper")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every experiment shares."""
+    parse = argparse.ArgumentParser(description=description)
+    parse.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    parse.add_argument("--out", default=DEFAULT_OUT, help="directory for the JSON and PNG")
+    return parse
+
+
+def write_json(out: str, name: str, payload: dict[str, Any]) -> str:
+    """Write ``payload`` to ``<out>/<name>.json`` and return the path."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{name}.json")
+    with open(path, "w") as file:
+        json.dump(payload, file, indent=1, default=_jsonable)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray | jax.Array):
+        return np.asarray(value).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def figure(num_panels: int, width: float = 4.5, height: float = 3.5):
+    """A row of ``num_panels`` matplotlib axes on a headless backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, num_panels, figsize=(width * num_panels, height), squeeze=False)
+    return fig, axes[0]
+
+
+def save_figure(fig, out: str, name: str) -> str:
+    """Save ``fig`` to ``<out>/<name>.png``, close it and return the path."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{name}.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class OuterRun(NamedTuple):
+    """Meta-training trajectories of ``S`` seeds: ``theta [S, steps+1, P]`` (flat, including the
+    start), ``meta_loss [S, steps]``, ``grad [S, steps, P]`` the estimates, ``burn_in [S]`` inner
+    steps of staggering, ``seconds`` wall time of the outer loop after its first (compiling) chunk.
+    """
+
+    theta: np.ndarray
+    meta_loss: np.ndarray
+    grad: np.ndarray
+    burn_in: np.ndarray
+    seconds: float
+
+
+def run_outer(
+    system: UnrolledSystem,
+    config: engine.EngineConfig,
+    theta: Any,
+    outer_optimizer: optax.GradientTransformation,
+    num_steps: int,
+    keys: jax.Array,
+    chunk: int = 100,
+    callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+) -> OuterRun:
+    """Meta-train ``theta`` for ``num_steps`` outer steps from each of the ``S`` seeds ``keys``
+    (``[S]`` keys): ``engine.window_step`` then ``outer_optimizer``, the seeds ``vmap``ped (one
+    compile for all of them), ``chunk`` outer steps ``lax.scan``ned per jitted call.
+
+    ``callback(steps_done, flat_theta [S, P], meta_loss [S])`` runs after each chunk (e.g. a
+    progress line).
+    """
+    flat_theta = ravel_pytree(theta)[0]
+    inits = [engine.init_particles(system, config, theta, key) for key in keys]
+    particles = jax.tree.map(lambda *xs: jnp.stack(xs), *[p for p, _ in inits])
+    seeds = len(inits)
+    broadcast = lambda tree: jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (seeds, *jnp.shape(x))), tree
+    )
+    chunk = max(1, min(chunk, num_steps))
+    run_chunk = _chunk_runner(system, config, outer_optimizer, chunk)
+    carry = (broadcast(theta), broadcast(outer_optimizer.init(theta)), particles)
+    thetas = [np.broadcast_to(np.asarray(flat_theta), (seeds, 1, flat_theta.size))]
+    losses, grads = [], []
+    start, done = None, 0
+    while done < num_steps:
+        carry, (chunk_theta, chunk_loss, chunk_grad) = run_chunk(carry)
+        if start is None:
+            jax.block_until_ready(carry)
+            start = time.perf_counter()
+        take = min(chunk, num_steps - done)
+        thetas.append(np.asarray(chunk_theta)[:, :take])
+        losses.append(np.asarray(chunk_loss)[:, :take])
+        grads.append(np.asarray(chunk_grad)[:, :take])
+        done += take
+        if callback is not None:
+            callback(done, thetas[-1][:, -1], losses[-1][:, -1])
+    return OuterRun(
+        theta=np.concatenate(thetas, axis=1),
+        meta_loss=np.concatenate(losses, axis=1),
+        grad=np.concatenate(grads, axis=1),
+        burn_in=np.asarray([steps for _, steps in inits]),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _chunk_runner(system, config, outer_optimizer, chunk: int) -> Callable:
+    def run_seed(carry):
+        def body(carry, _):
+            theta, outer_state, particles = carry
+            particles, estimate = engine.window_step(system, config, theta, particles)
+            updates, outer_state = outer_optimizer.update(estimate.grad, outer_state, theta)
+            theta = optax.apply_updates(theta, updates)
+            record = (ravel_pytree(theta)[0], estimate.meta_loss, ravel_pytree(estimate.grad)[0])
+            return (theta, outer_state, particles), record
+
+        return jax.lax.scan(body, carry, None, length=chunk)
+
+    return jax.jit(jax.vmap(run_seed))
+
+
+def median_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(median, 25th, 75th percentile)`` over axis 0 of ``[seeds, steps]`` curves."""
+    return tuple(np.nanpercentile(curves, q, axis=0) for q in (50, 25, 75))

@@ -1,0 +1,312 @@
+"""Export: optax transforms, save/load (same and fresh process), composition with optax, flax and
+orbax, atomic saves, and the errors a broken export gives."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.training.train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+from lopt import export
+
+NUM_STEPS = 50
+
+
+def make_params():
+    keys = jax.random.split(jax.random.key(3), 2)
+    return {
+        "w": jax.random.normal(keys[0], (4, 3), jnp.float32),
+        "b": jnp.zeros((3,), jnp.bfloat16),
+        "s": jnp.float32(1.5),
+    }
+
+
+def toy_loss(params, x):
+    pred = jnp.tanh(x @ params["w"] + params["b"].astype(jnp.float32)) * params["s"]
+    return jnp.mean(jnp.square(pred - 0.5))
+
+
+X = jnp.linspace(-1.0, 1.0, 8 * 4).reshape(8, 4)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """An LSTM optimizer with a per-tensor LSTM (state that must survive export and checkpoints),
+    with a theta that differs from its initialisation, saved once."""
+    optimizer = lopt.LSTMOptimizer(hidden_size=4, per_tensor=True, tensor_hidden_size=3)
+    theta = optimizer.init_meta_params(jax.random.key(0))
+    theta = jax.tree.map(lambda x: x * 1.5 + 0.01, theta)
+    path = tmp_path_factory.mktemp("exports") / "lstm"
+    metadata = {"num_steps": NUM_STEPS, "estimator": "es_single", "family": "toy"}
+    lopt.save(path, optimizer, theta, metadata)
+    return path, optimizer, theta, metadata
+
+
+def train_steps(tx, params, state, num_steps):
+    """``num_steps`` jitted steps of ``tx`` on the toy; returns params, state and every update."""
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(toy_loss)(params, X)
+        updates, state = tx.update(grads, state, params, value=loss)
+        return optax.apply_updates(params, updates), state, updates
+
+    history = []
+    for _ in range(num_steps):
+        params, state, updates = step(params, state)
+        history.append(updates)
+    return params, state, history
+
+
+def assert_trees_identical(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_save_then_load_gives_the_same_optimizer_theta_and_bit_identical_updates(exported):
+    path, optimizer, theta, metadata = exported
+    loaded_optimizer, loaded_theta, loaded_metadata = lopt.load_optimizer(path)
+    assert loaded_optimizer == optimizer
+    assert loaded_metadata == metadata
+    assert_trees_identical(loaded_theta, theta)
+    params = make_params()
+    reference = lopt.to_optax(optimizer, theta, NUM_STEPS)
+    loaded = lopt.load(path)  # num_steps comes from the metadata
+    _, _, expected = train_steps(reference, params, reference.init(params), 3)
+    _, _, got = train_steps(loaded, params, loaded.init(params), 3)
+    assert_trees_identical(got, expected)
+
+
+def test_load_in_a_fresh_process_gives_bit_identical_updates(exported, tmp_path):
+    path, optimizer, theta, _ = exported
+    params = make_params()
+    tx = lopt.to_optax(optimizer, theta, NUM_STEPS)
+    _, _, expected = train_steps(tx, params, tx.init(params), 2)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import numpy as np
+        import jax
+        import lopt
+        from test_lopt_export import make_params, train_steps
+        tx = lopt.load({str(path)!r})
+        params = make_params()
+        _, _, history = train_steps(tx, params, tx.init(params), 2)
+        leaves = jax.tree.leaves(history)
+        np.savez({str(tmp_path / "out.npz")!r}, *[np.asarray(x, np.float32) for x in leaves])
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    with np.load(tmp_path / "out.npz") as saved:
+        got = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    want = [np.asarray(x, np.float32) for x in jax.tree.leaves(expected)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_composes_with_optax_chain_flax_train_state_and_orbax_checkpoints(exported, tmp_path):
+    """A clipped learned optimizer inside a flax TrainState, trained with a jitted step; the optax
+    state (with the LSTM's hidden states) is checkpointed with orbax mid-run, and resuming from the
+    checkpoint gives exactly the same params as not stopping."""
+    import orbax.checkpoint as ocp
+
+    path, _, _, _ = exported
+    tx = optax.chain(optax.clip_by_global_norm(1.0), lopt.load(path))
+    state = flax.training.train_state.TrainState.create(
+        apply_fn=toy_loss, params=make_params(), tx=tx
+    )
+
+    @jax.jit
+    def train_step(state):
+        grads = jax.grad(state.apply_fn)(state.params, X)
+        return state.apply_gradients(grads=grads)
+
+    for _ in range(2):
+        state = train_step(state)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "ckpt", state.opt_state)
+    checkpointer.wait_until_finished()
+    restored_opt_state = checkpointer.restore(
+        tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, state.opt_state)
+    )
+    checkpointer.close()
+    lstm_state = restored_opt_state[1]
+    assert isinstance(lstm_state, lopt.LSTMOptState)
+    assert float(jnp.max(jnp.abs(lstm_state.hidden))) > 0
+    resumed = state.replace(opt_state=restored_opt_state)
+    for _ in range(2):
+        state, resumed = train_step(state), train_step(resumed)
+    assert_trees_identical(resumed.params, state.params)
+
+
+def test_to_optax_checks_its_arguments():
+    optimizer = lopt.MLPOptimizer(hidden_sizes=(4,))
+    theta = optimizer.init_meta_params(jax.random.key(0))
+    with pytest.raises(ValueError, match="needs num_steps"):
+        lopt.to_optax(optimizer, theta, None)
+    tx = lopt.to_optax(optimizer, theta, 10)
+    params = {"w": jnp.ones((2,))}
+    with pytest.raises(ValueError, match=r"need the params: call update\(grads, state, params\)"):
+        tx.update(params, tx.init(params))
+    # The loss reaches an optimizer that uses it through optax.chain's extra arguments.
+    with_loss = lopt.MLPOptimizer(hidden_sizes=(4,), use_loss=True)
+    chained = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        lopt.to_optax(with_loss, with_loss.init_meta_params(jax.random.key(0)), 10),
+    )
+    state = chained.init(params)
+    updates, _ = chained.update(params, state, params, value=jnp.float32(2.0))
+    assert bool(jnp.all(jnp.isfinite(updates["w"])))
+    with pytest.raises(ValueError, match="needs the loss"):
+        chained.update(params, state, params)
+    # Hand-designed optimizers have no time features and need no horizon.
+    adam = lopt.LearnableAdam()
+    tx = lopt.to_optax(adam, adam.init_meta_params(jax.random.key(0)), None)
+    updates, _ = tx.update(params, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -1e-3, rtol=1e-5)
+
+
+def test_save_replaces_an_export_atomically_and_leaves_no_debris(tmp_path, monkeypatch):
+    optimizer = lopt.LearnableSGDM()
+    theta = optimizer.init_meta_params(jax.random.key(0))
+    path = tmp_path / "sgdm"
+    lopt.save(path, optimizer, theta, {"version": 1})
+    newer = {**theta, "log_lr": theta["log_lr"] - 1.0}
+    lopt.save(path, optimizer, newer, {"version": 2})
+    _, loaded, metadata = lopt.load_optimizer(path)
+    assert metadata == {"version": 2}
+    assert_trees_identical(loaded, newer)
+    assert sorted(os.listdir(tmp_path)) == ["sgdm"]
+
+    class FailingCheckpointer:
+        """Writes part of theta, then fails, as a full disk or a kill would."""
+
+        def save(self, directory, tree):
+            os.makedirs(directory)
+            with open(os.path.join(directory, "partial"), "w") as f:
+                f.write("half")
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(export, "_checkpointer", FailingCheckpointer)
+    with pytest.raises(OSError, match="No space left"):
+        lopt.save(path, optimizer, theta, {"version": 3})
+    monkeypatch.undo()
+    _, loaded, metadata = lopt.load_optimizer(path)
+    assert metadata == {"version": 2}
+    assert_trees_identical(loaded, newer)
+    assert sorted(os.listdir(tmp_path)) == ["sgdm"]
+
+
+def test_save_refuses_bad_input(tmp_path):
+    optimizer = lopt.LearnableSGDM()
+    theta = optimizer.init_meta_params(jax.random.key(0))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"refusing to replace .*notes"):
+        lopt.save(tmp_path / "notes", optimizer, theta)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="theta does not match"):
+        lopt.save(tmp_path / "x", optimizer, {"log_lr": theta["log_lr"]})
+    with pytest.raises(ValueError, match="metadata must be JSON data"):
+        lopt.save(tmp_path / "x", optimizer, theta, {"fn": print})
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture()
+def broken_copy(exported, tmp_path):
+    """A fresh copy of the export to damage."""
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(exported[0], path)
+    return path
+
+
+def edit_config(path, **changes):
+    config_path = path / export.CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config.update(changes)
+    config_path.write_text(json.dumps(config))
+
+
+def test_error_for_a_path_that_is_not_an_export(tmp_path):
+    with pytest.raises(lopt.NotAnExportError, match=f"no exported optimizer at {tmp_path}/nope"):
+        lopt.load(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(lopt.NotAnExportError, match=f"{tmp_path}/file is a file"):
+        lopt.load(tmp_path / "file")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(lopt.NotAnExportError, match=f"{tmp_path}/dir is not an exported optim"):
+        lopt.load(tmp_path / "dir")
+    assert issubclass(lopt.NotAnExportError, FileNotFoundError)
+
+
+def test_error_for_a_truncated_description(broken_copy):
+    config_path = broken_copy / export.CONFIG_FILE
+    config_path.write_text(config_path.read_text()[:40])
+    with pytest.raises(lopt.CorruptExportError, match=f"{config_path} is corrupt or truncated"):
+        lopt.load(broken_copy)
+
+
+def test_error_for_truncated_theta_data(broken_copy):
+    theta_dir = broken_copy / export.THETA_DIR
+    data_files = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(theta_dir)
+        for name in names
+        if os.sep + "d" + os.sep in os.path.join(root, name)
+    ]
+    assert data_files
+    for name in data_files:
+        with open(name, "r+b") as f:
+            f.truncate(os.path.getsize(name) // 2)
+    with pytest.raises(lopt.CorruptExportError, match=f"cannot read theta from {theta_dir}"):
+        lopt.load(broken_copy)
+
+
+def test_error_for_missing_theta(broken_copy):
+    import shutil
+
+    shutil.rmtree(broken_copy / export.THETA_DIR)
+    with pytest.raises(lopt.CorruptExportError, match=f"{broken_copy} is incomplete"):
+        lopt.load(broken_copy)
+
+
+def test_error_for_theta_that_does_not_match_its_checksum(broken_copy):
+    edit_config(broken_copy, theta_sha256="0" * 64)
+    with pytest.raises(lopt.CorruptExportError, match="does not match the checksum"):
+        lopt.load(broken_copy)
+
+
+def test_error_for_an_unknown_architecture(broken_copy):
+    edit_config(broken_copy, architecture="hypernetwork")
+    with pytest.raises(lopt.UnknownArchitectureError, match=f"{broken_copy}: unknown optimizer"):
+        lopt.load(broken_copy)
+
+
+def test_error_for_a_newer_format_version(broken_copy):
+    edit_config(broken_copy, format_version=export.FORMAT_VERSION + 1, lopt_version="9.0")
+    with pytest.raises(
+        lopt.NewerFormatError, match=f"{broken_copy} has format version 2, written by lopt 9.0"
+    ):
+        lopt.load(broken_copy)
+
+
+def test_error_for_missing_horizon(exported, tmp_path):
+    _, optimizer, theta, _ = exported
+    lopt.save(tmp_path / "no_horizon", optimizer, theta)
+    with pytest.raises(ValueError, match=r"no 'num_steps': pass lopt.load\(path, num_steps=...\)"):
+        lopt.load(tmp_path / "no_horizon")
+    assert lopt.load(tmp_path / "no_horizon", num_steps=10) is not None

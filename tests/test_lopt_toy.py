@@ -1,0 +1,91 @@
+"""Untrained optimizers on a toy regression (a small tanh MLP fitting a sine of a projection):
+the Adam-base MLP optimizer trains like Adam, the plain MLP optimizer takes small, sane steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+
+NUM_STEPS = 150
+
+
+SEEDS = (0, 1)
+
+
+def toy_problem(seed):
+    """``(params, x, y)`` of one seed of the toy (numpy: nothing to compile)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = np.sin(x @ rng.normal(size=(8, 1))).astype(np.float32)
+    params = {
+        "w1": (rng.normal(size=(8, 16)) / np.sqrt(8.0)).astype(np.float32),
+        "b1": np.zeros((16,), np.float32),
+        "w2": (rng.normal(size=(16, 1)) / 4.0).astype(np.float32),
+        "b2": np.zeros((1,), np.float32),
+    }
+    return params, x, y
+
+
+def toy_loss(params, x, y):
+    pred = jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+    return jnp.mean(jnp.square(pred - y))
+
+
+def train(tx, params, x, y):
+    """Losses and per-step updates of ``NUM_STEPS`` steps of ``tx`` (one scan)."""
+
+    def step(carry, _):
+        params, state = carry
+        value, grads = jax.value_and_grad(toy_loss)(params, x, y)
+        updates, state = tx.update(grads, state, params, value=value)
+        return (optax.apply_updates(params, updates), state), (value, updates)
+
+    _, (losses, updates) = jax.lax.scan(step, (params, tx.init(params)), None, NUM_STEPS)
+    return losses, updates
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Adam and untrained learned optimizers on each seed of the toy (vmapped over seeds)."""
+    problems = [toy_problem(seed) for seed in SEEDS]
+    params, x, y = jax.tree.map(lambda *leaves: np.stack(leaves), *problems)
+    transforms = {"adam": optax.adam(1e-3)}
+    for name in ("mlp_adam", "mlp"):
+        optimizer = lopt.get_optimizer(name)
+        theta = optimizer.init_meta_params(jax.random.key(0))
+        transforms[name] = lopt.to_optax(optimizer, theta, NUM_STEPS)
+    results = {}
+    for name, tx in transforms.items():
+        losses, updates = jax.jit(jax.vmap(lambda p, x, y, tx=tx: train(tx, p, x, y)))(params, x, y)
+        losses, updates = jax.tree.map(np.asarray, (losses, updates))
+        for i, seed in enumerate(SEEDS):
+            results[name, seed] = (losses[i], jax.tree.map(lambda u, i=i: u[i], updates))
+    return results
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_untrained_adam_base_variant_trains_like_adam(runs, seed):
+    adam_losses, adam_updates = runs["adam", seed]
+    losses, updates = runs["mlp_adam", seed]
+    assert float(adam_losses[-1]) < 0.7 * float(adam_losses[0])  # the toy does train
+    # The correction starts at about correction_init_scale (1%) of Adam's step.
+    np.testing.assert_allclose(losses[-1], adam_losses[-1], rtol=0.02)
+    for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(adam_updates), strict=True):
+        difference = np.linalg.norm(got[0] - want[0]) / np.linalg.norm(want[0])
+        assert difference < 0.05
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_untrained_mlp_optimizer_takes_small_bounded_steps(runs, seed):
+    """Steps are about step_mult (1e-3) per parameter: normalised features keep the network's
+    output O(1), whatever the gradient scale."""
+    losses, updates = runs["mlp", seed]
+    flat = np.concatenate([u.reshape(NUM_STEPS, -1) for u in jax.tree.leaves(updates)], axis=1)
+    rms_per_step = np.sqrt(np.mean(np.square(flat), axis=1))
+    assert np.all(np.isfinite(losses))
+    assert rms_per_step.min() > 1e-5
+    assert rms_per_step.max() < 1e-2
+    assert np.abs(flat).max() < 2e-2
