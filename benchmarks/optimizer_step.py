@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import lopt
@@ -77,24 +78,24 @@ def compile_seconds(fn: Callable, *args: Any) -> tuple[Any, float]:
 
 
 class Timer:
-    """Seconds per call of a thunk, as the median over rounds of the mean over ``number`` calls."""
+    """Seconds per call of a thunk, wall-clock and process CPU time (all threads), each the median
+    over rounds of the mean over ``number`` calls. CPU time is the steadier of the two on a machine
+    shared with other jobs."""
 
     def __init__(self, thunk: Callable[[], Any], number: int):
         self.thunk = thunk
         self.number = number
-        self.samples: list[float] = []
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
         jax.block_until_ready(thunk())
 
     def measure(self) -> None:
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(self.number):
             out = self.thunk()
         jax.block_until_ready(out)
-        self.samples.append((time.perf_counter() - start) / self.number)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
+        self.cpu.append((time.process_time() - cpu) / self.number)
+        self.wall.append((time.perf_counter() - wall) / self.number)
 
 
 def train_step_thunk(tx, params, x, y) -> tuple[Callable, float]:
@@ -143,7 +144,9 @@ def run(quick: bool, rounds: int) -> dict:
         tx = transforms[name]
         state = tx.init(params)
         update = jax.jit(lambda g, s, p, v, tx=tx: tx.update(g, s, p, value=v))
-        update, compile_times[f"update/{name}"] = compile_seconds(update, grads, state, params, loss)
+        update, compile_times[f"update/{name}"] = compile_seconds(
+            update, grads, state, params, loss
+        )
         timers[f"update/{name}"] = Timer(
             lambda u=update, s=state: u(grads, s, params, loss), number
         )
@@ -163,22 +166,18 @@ def run(quick: bool, rounds: int) -> dict:
         for timer in timers.values():
             timer.measure()
 
-    seconds = {name: timer.median for name, timer in timers.items()}
-    adam_step = seconds["step/adam"]
-    ratios = {
-        f"step/{name}_over_adam": seconds[f"step/{name}"] / adam_step for name in learned
-    }
-    for name in learned:
-        if f"bare/{name}" in seconds:
-            ratios[f"update/{name}_over_bare"] = seconds[f"update/{name}"] / seconds[f"bare/{name}"]
+    seconds = {name: statistics.median(timer.wall) for name, timer in timers.items()}
+    cpu_seconds = {name: statistics.median(timer.cpu) for name, timer in timers.items()}
     return {
         "model": {"input_dim": input_dim, "hidden": list(hidden), "num_params": num_params},
         "batch_size": BATCH_SIZE,
         "rounds": rounds,
         "calls_per_round": number,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "compile_seconds": compile_times,
-        "ratios": ratios,
+        "ratios": ratios_of(seconds, learned),
+        "cpu_ratios": ratios_of(cpu_seconds, learned),
         "machine": {
             "platform": platform.platform(),
             "device": str(jax.devices()[0]),
@@ -188,27 +187,109 @@ def run(quick: bool, rounds: int) -> dict:
     }
 
 
+def ratios_of(seconds: dict[str, float], learned: dict) -> dict[str, float]:
+    """Each learned optimizer's step over Adam's, and each update over its bare network pass."""
+    ratios = {
+        f"step/{name}_over_adam": seconds[f"step/{name}"] / seconds["step/adam"] for name in learned
+    }
+    for name in learned:
+        if f"bare/{name}" in seconds:
+            ratios[f"update/{name}_over_bare"] = seconds[f"update/{name}"] / seconds[f"bare/{name}"]
+    return ratios
+
+
+TOY_SEEDS = (0, 1, 2)
+TOY_STEPS = 200
+
+
+def toy_problem(seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``(params, x, y)``: a 8-16-1 tanh MLP regressing ``sin(x @ w)`` on 64 points."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = np.sin(x @ rng.normal(size=(8, 1))).astype(np.float32)
+    params = {
+        "w1": (rng.normal(size=(8, 16)) / np.sqrt(8.0)).astype(np.float32),
+        "b1": np.zeros((16,), np.float32),
+        "w2": (rng.normal(size=(16, 1)) / 4.0).astype(np.float32),
+        "b2": np.zeros((1,), np.float32),
+    }
+    return params, x, y
+
+
+def toy_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    pred = jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+    return jnp.mean(jnp.square(pred - y))
+
+
+def toy_comparison() -> dict:
+    """Untrained optimizers against Adam (lr 1e-3) on the toy, full batch, ``TOY_STEPS`` steps:
+    per optimizer, the initial and final loss of each seed and the root mean square of the
+    per-parameter step over the run."""
+    transforms = {"adam": optax.adam(1e-3)}
+    for name in ("mlp_adam", "mlp", "mlp_small", "lstm"):
+        optimizer = lopt.get_optimizer(name)
+        theta = optimizer.init_meta_params(jax.random.key(0))
+        transforms[name] = lopt.to_optax(optimizer, theta, TOY_STEPS)
+
+    def train(tx, params, x, y):
+        def step(carry, _):
+            params, state = carry
+            loss, grads = jax.value_and_grad(toy_loss)(params, x, y)
+            updates, state = tx.update(grads, state, params, value=loss)
+            mean_square = sum(jnp.sum(jnp.square(u)) for u in jax.tree.leaves(updates))
+            return (optax.apply_updates(params, updates), state), (loss, mean_square)
+
+        _, (losses, squares) = jax.lax.scan(step, (params, tx.init(params)), None, TOY_STEPS)
+        num_params = sum(p.size for p in jax.tree.leaves(params))
+        return losses[0], losses[-1], jnp.sqrt(jnp.mean(squares) / num_params)
+
+    problems = [toy_problem(seed) for seed in TOY_SEEDS]
+    params, x, y = jax.tree.map(lambda *leaves: np.stack(leaves), *problems)
+    train_all = jax.jit(
+        jax.vmap(lambda p, x, y: {name: train(tx, p, x, y) for name, tx in transforms.items()})
+    )
+    results = jax.tree.map(lambda r: np.asarray(r).tolist(), train_all(params, x, y))
+    return {
+        name: {"initial_loss": first, "final_loss": last, "step_rms": rms}
+        for name, (first, last, rms) in results.items()
+    }
+
+
 def format_table(result: dict) -> str:
-    seconds, ratios, compiles = result["seconds"], result["ratios"], result["compile_seconds"]
+    model = result["model"]
     lines = [
-        f"model: MLP {result['model']['input_dim']}-{'-'.join(map(str, result['model']['hidden']))}"
-        f"-{NUM_CLASSES}, {result['model']['num_params']:,} params, batch {result['batch_size']}; "
+        f"model: MLP {model['input_dim']}-{'-'.join(map(str, model['hidden']))}-{NUM_CLASSES}, "
+        f"{model['num_params']:,} params, batch {result['batch_size']}; "
         f"device {result['machine']['device']}",
-        f"{'measurement':<22}{'ms':>10}{'ratio':>10}{'compile s':>11}",
+        "ratio: a train step over Adam's step, an update over its bare network pass",
+        f"{'measurement':<20}{'wall ms':>10}{'ratio':>8}{'cpu ms':>10}{'ratio':>8}"
+        f"{'compile s':>11}",
     ]
-    for name, value in seconds.items():
+    for name, wall in result["seconds"].items():
         kind, opt = name.split("/")
-        if kind == "step":
-            ratio = ratios.get(f"step/{opt}_over_adam", 1.0)
-            note = "x adam"
-        elif kind == "update" and f"update/{opt}_over_bare" in ratios:
-            ratio, note = ratios[f"update/{opt}_over_bare"], "x bare"
-        else:
-            ratio, note = None, ""
-        ratio_text = f"{ratio:>10.2f}" if ratio is not None else f"{'':>10}"
+        key = {"step": f"step/{opt}_over_adam", "update": f"update/{opt}_over_bare"}.get(kind)
+        wall_ratio = result["ratios"].get(key, float("nan"))
+        cpu_ratio = result["cpu_ratios"].get(key, float("nan"))
+        if name == "step/adam":
+            wall_ratio = cpu_ratio = 1.0
         lines.append(
-            f"{name:<22}{1e3 * value:>10.2f}{ratio_text}{compiles[name]:>11.2f} {note}".rstrip()
+            f"{name:<20}{1e3 * wall:>10.2f}{wall_ratio:>8.2f}"
+            f"{1e3 * result['cpu_seconds'][name]:>10.2f}{cpu_ratio:>8.2f}"
+            f"{result['compile_seconds'][name]:>11.2f}"
         )
+    return "\n".join(lines).replace("     nan", "        ")
+
+
+def format_toy(toy: dict) -> str:
+    lines = [
+        f"untrained optimizers on a toy regression, {TOY_STEPS} steps, seeds {TOY_SEEDS}",
+        f"{'optimizer':<12}{'initial loss':>16}{'final loss':>26}{'step rms':>26}",
+    ]
+    for name, row in toy.items():
+        cells = [" ".join(f"{v:.4f}" for v in row["initial_loss"])]
+        cells.append(" ".join(f"{v:.4f}" for v in row["final_loss"]))
+        cells.append(" ".join(f"{v:.1e}" for v in row["step_rms"]))
+        lines.append(f"{name:<12}{cells[0]:>22}{cells[1]:>22}{cells[2]:>26}")
     return "\n".join(lines)
 
 
@@ -227,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rounds must be >= 1, got {rounds}")
     result = run(args.quick, rounds)
     print(format_table(result))
+    result["toy"] = toy_comparison()
+    print(format_toy(result["toy"]))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -54,8 +54,8 @@ class Inputs(NamedTuple):
       features: ``[num_params, num_features]`` normalised per-parameter features.
       tensor_mean_squares: ``[num_tensors, num_features]`` the per-tensor normalisers.
       context: ``[num_context]`` per-step features (time, optionally loss).
-      momenta: ``[num_params, num_decays]`` updated momenta (new state).
-      second_moment: ``[num_params]`` updated second moment (new state).
+      momenta: ``[size_i, num_decays]`` per tensor, updated momenta (new state).
+      second_moment: ``[size_i]`` per tensor, updated second moment (new state).
       loss_ema: ``[]`` updated loss moving average (new state).
     """
 
@@ -63,8 +63,8 @@ class Inputs(NamedTuple):
     features: jax.Array
     tensor_mean_squares: jax.Array
     context: jax.Array
-    momenta: jax.Array
-    second_moment: jax.Array
+    momenta: tuple[jax.Array, ...]
+    second_moment: tuple[jax.Array, ...]
     loss_ema: jax.Array
 
 
@@ -118,24 +118,44 @@ def scaled_normals(
     return matrices
 
 
-def update_moments(
-    config: FeatureConfig, momenta: jax.Array, second_moment: jax.Array, grads: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """``m[N, D] <- b m + (1 - b) g`` for each decay b, ``v[N] <- r v + (1 - r) g**2``."""
-    decays = jnp.asarray(config.momentum_decays, jnp.float32)
-    momenta = decays * momenta + (1.0 - decays) * grads[:, None]
-    rms_decay = config.rms_decay
-    second_moment = rms_decay * second_moment + (1.0 - rms_decay) * jnp.square(grads)
+def init_moments(
+    layout: flat.FlatLayout, num_decays: int
+) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """Zero momenta ``[size_i, num_decays]`` and second moments ``[size_i]``, one per tensor."""
+    momenta = tuple(jnp.zeros((size, num_decays), jnp.float32) for size in layout.sizes)
+    second_moment = tuple(jnp.zeros((size,), jnp.float32) for size in layout.sizes)
     return momenta, second_moment
 
 
-def time_features(config: FeatureConfig, step: jax.Array, num_steps: jax.Array) -> list[jax.Array]:
-    """``tanh(t / tau - 1)`` per absolute time scale and ``tanh(f / tau - 1)`` per fraction."""
+def update_moments(
+    config: FeatureConfig, momentum: jax.Array, second_moment: jax.Array, grads: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One tensor: ``m[n, D] <- b m + (1 - b) g`` per decay b; ``v[n] <- r v + (1 - r) g**2``."""
+    decays = jnp.asarray(config.momentum_decays, jnp.float32)
+    momentum = decays * momentum + (1.0 - decays) * grads[:, None]
+    rms_decay = config.rms_decay
+    second_moment = rms_decay * second_moment + (1.0 - rms_decay) * jnp.square(grads)
+    return momentum, second_moment
+
+
+def flat_momentum(momenta: tuple[jax.Array, ...], index: int) -> jax.Array:
+    """``[num_params]``: the momentum with decay number ``index`` of every tensor."""
+    return jnp.concatenate([m[:, index] for m in momenta])
+
+
+def time_features(config: FeatureConfig, step: jax.Array, num_steps: jax.Array) -> jax.Array:
+    """``[T]``: ``tanh(t / tau - 1)`` per absolute time scale, then ``tanh(f / tau - 1)`` per
+    fraction scale, with ``f = t / num_steps`` (one vector op, not one op per feature)."""
     t = step.astype(jnp.float32)
     fraction = t / jnp.maximum(num_steps, 1).astype(jnp.float32)
-    absolute = [jnp.tanh(t / tau - 1.0) for tau in config.time_scales]
-    relative = [jnp.tanh(fraction / tau - 1.0) for tau in config.fraction_scales]
-    return absolute + relative
+    numerators = jnp.concatenate(
+        [
+            jnp.full((len(config.time_scales),), t),
+            jnp.full((len(config.fraction_scales),), fraction),
+        ]
+    )
+    scales = jnp.asarray((*config.time_scales, *config.fraction_scales), jnp.float32)
+    return jnp.tanh(numerators / scales - 1.0)
 
 
 def loss_feature(
@@ -165,39 +185,64 @@ def prepare_inputs(
         )
     layout = flat.layout_of(params)
     flat.check_same_structure(layout, grads, "grads")
-    if state.momenta.shape[0] != layout.num_params:
+    state_sizes = tuple(v.shape[0] for v in state.second_moment)
+    if state_sizes != layout.sizes:
         raise ValueError(
-            f"the optimizer state was initialised for {state.momenta.shape[0]} parameters but "
-            f"params have {layout.num_params}: call init with these params"
+            f"the optimizer state was initialised for tensors of sizes {state_sizes} but params "
+            f"have {layout.sizes}: call init with these params"
         )
-    g = flat.flatten(grads)
-    p = flat.flatten(params)
-    momenta, second_moment = update_moments(config, state.momenta, state.second_moment, g)
-    rms = jnp.sqrt(second_moment)
-    raw = jnp.concatenate(
-        [
-            g[:, None],
-            p[:, None],
-            momenta,
-            rms[:, None],
-            (g * jax.lax.rsqrt(second_moment + RMS_EPS))[:, None],
-        ],
-        axis=1,
-    )
-    mean_squares = flat.per_tensor_mean_square(layout, raw)
-    features = flat.per_tensor_scale(layout, raw, jax.lax.rsqrt(mean_squares + NORM_EPS))
+    # Tensor by tensor, on per-tensor state: the mean squares are reduced straight from g, p, m
+    # and v (sqrt(v)**2 = v, (g / sqrt(v))**2 = g**2 / v), so XLA never materialises an
+    # unnormalised [N, F] matrix (nor slices of one): the normalised matrix is written once, by
+    # the final concatenation.
+    blocks, mean_squares, momenta, second_moment = [], [], [], []
+    for grad, param, m_old, v_old in zip(
+        jax.tree.leaves(grads),
+        jax.tree.leaves(params),
+        state.momenta,
+        state.second_moment,
+        strict=True,
+    ):
+        g_i = jnp.ravel(jnp.asarray(grad, jnp.float32))
+        p_i = jnp.ravel(jnp.asarray(param, jnp.float32))
+        m_i, v_i = update_moments(config, m_old, v_old, g_i)
+        momenta.append(m_i)
+        second_moment.append(v_i)
+        size = g_i.shape[0]
+        inv_rms_i = jax.lax.rsqrt(v_i + RMS_EPS)
+        mean_square = jnp.concatenate(
+            [
+                jnp.stack([jnp.mean(jnp.square(g_i)), jnp.mean(jnp.square(p_i))]),
+                jnp.mean(jnp.square(m_i), axis=0),
+                jnp.stack([jnp.mean(v_i), jnp.mean(jnp.square(g_i * inv_rms_i))]),
+            ]
+        )
+        if not size:
+            mean_square = jnp.zeros_like(mean_square)
+        scale = jax.lax.rsqrt(mean_square + NORM_EPS)
+        block = [
+            g_i[:, None],
+            p_i[:, None],
+            m_i,
+            jnp.sqrt(v_i)[:, None],
+            (g_i * inv_rms_i)[:, None],
+        ]
+        blocks.append(jnp.concatenate(block, axis=1) * scale)
+        mean_squares.append(mean_square)
+    features = jnp.concatenate(blocks)
+    mean_squares = jnp.stack(mean_squares)
     context = time_features(config, state.step, state.num_steps)
     loss_ema = state.loss_ema
     if config.use_loss:
         feature, loss_ema = loss_feature(state.step, loss, state.loss_ema)
-        context.append(feature)
+        context = jnp.concatenate([context, feature[None]])
     return Inputs(
         layout,
         features,
         mean_squares,
-        jnp.stack(context) if context else jnp.zeros((0,), jnp.float32),
-        momenta,
-        second_moment,
+        context,
+        tuple(momenta),
+        tuple(second_moment),
         loss_ema,
     )
 

@@ -1,11 +1,10 @@
-"""All parameters as one flat float32 vector, with per-tensor reductions.
+"""All parameters as rows of one matrix.
 
-The per-parameter networks are applied to every parameter at once: the leaves of a params pytree
-are raveled and concatenated into a ``[num_params]`` float32 vector (``flatten``), the network runs
-on a ``[num_params, num_features]`` matrix, and the result is split and cast back to the leaves'
-shapes and dtypes (``unflatten``). The layout is static (shapes and dtypes are known at trace
-time), so the per-tensor loops below unroll into a handful of slices inside one XLA graph; no
-Python runs per step.
+The per-parameter networks are applied to every parameter at once: the leaves of a params pytree,
+raveled in tree order, are the rows of a ``[num_params, num_features]`` matrix; the network's
+``[num_params]`` output is split and cast back to the leaves' shapes and dtypes (``unflatten``).
+The layout is static (shapes and dtypes are known at trace time), so the per-tensor loops below
+unroll into a handful of slices inside one XLA graph; no Python runs per step.
 """
 
 from __future__ import annotations
@@ -65,14 +64,8 @@ def check_same_structure(layout: FlatLayout, tree: Any, name: str) -> None:
         raise ValueError(f"{name} has leaf shapes {shapes}, but params have {layout.shapes}")
 
 
-def flatten(tree: Any) -> jax.Array:
-    """``[num_params]`` float32: the leaves raveled and concatenated in tree order."""
-    leaves = jax.tree.leaves(tree)
-    return jnp.concatenate([jnp.ravel(jnp.asarray(leaf, jnp.float32)) for leaf in leaves])
-
-
 def unflatten(layout: FlatLayout, flat: jax.Array) -> Any:
-    """Inverse of ``flatten``: ``flat[num_params]`` split, reshaped, cast to each leaf's dtype."""
+    """The params-shaped tree of ``flat[num_params]``: split, reshaped, cast to leaf dtypes."""
     leaves = [
         flat[offset : offset + size].reshape(shape).astype(dtype)
         for offset, size, shape, dtype in zip(
@@ -82,32 +75,10 @@ def unflatten(layout: FlatLayout, flat: jax.Array) -> Any:
     return jax.tree.unflatten(layout.treedef, leaves)
 
 
-def per_tensor_mean_square(layout: FlatLayout, x: jax.Array) -> jax.Array:
-    """``[num_tensors, *rest]``: the mean of ``x**2`` over each tensor's rows of ``x[num_params,
-    *rest]`` (zero for an empty tensor)."""
-    means = [
-        jnp.mean(jnp.square(x[offset : offset + size]), axis=0)
-        if size
-        else jnp.zeros(x.shape[1:], x.dtype)
-        for offset, size in zip(layout.offsets, layout.sizes, strict=True)
-    ]
-    return jnp.stack(means)
-
-
 def per_tensor_broadcast(layout: FlatLayout, values: jax.Array) -> jax.Array:
     """``[num_params, *rest]``: row ``i`` of ``values[num_tensors, *rest]`` repeated over tensor
     ``i``'s parameters."""
     rest = values.shape[1:]
     return jnp.concatenate(
         [jnp.broadcast_to(values[i], (size, *rest)) for i, size in enumerate(layout.sizes)]
-    )
-
-
-def per_tensor_scale(layout: FlatLayout, x: jax.Array, scales: jax.Array) -> jax.Array:
-    """``x[num_params, *rest]`` with tensor ``i``'s rows multiplied by ``scales[i]``."""
-    return jnp.concatenate(
-        [
-            x[offset : offset + size] * scales[i]
-            for i, (offset, size) in enumerate(zip(layout.offsets, layout.sizes, strict=True))
-        ]
     )

@@ -44,8 +44,8 @@ class LSTMOptState(NamedTuple):
 
     step: jax.Array
     num_steps: jax.Array
-    momenta: jax.Array
-    second_moment: jax.Array
+    momenta: tuple[jax.Array, ...]
+    second_moment: tuple[jax.Array, ...]
     loss_ema: jax.Array
     hidden: jax.Array
     cell: jax.Array
@@ -164,11 +164,12 @@ class LSTMOptimizer(LearnedOptimizer):
         tensor_state = (
             zeros(layout.num_tensors, self.tensor_hidden_size) if self.per_tensor else None
         )
+        momenta, second_moment = feats.init_moments(layout, len(self.momentum_decays))
         return LSTMOptState(
             step=jnp.zeros((), jnp.int32),
             num_steps=feats.horizon(num_steps),
-            momenta=zeros(layout.num_params, len(self.momentum_decays)),
-            second_moment=zeros(layout.num_params),
+            momenta=momenta,
+            second_moment=second_moment,
             loss_ema=zeros(),
             hidden=zeros(layout.num_params, self.hidden_size),
             cell=zeros(layout.num_params, self.hidden_size),

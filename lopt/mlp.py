@@ -38,30 +38,16 @@ class MLPOptState(NamedTuple):
     Attributes:
       step: ``[]`` int32, updates done so far.
       num_steps: ``[]`` int32, the horizon the time features are relative to.
-      momenta: ``[num_params, num_decays]`` float32 gradient moving averages.
-      second_moment: ``[num_params]`` float32 moving average of squared gradients.
+      momenta: per tensor, ``[size_i, num_decays]`` float32 gradient moving averages.
+      second_moment: per tensor, ``[size_i]`` float32 moving average of squared gradients.
       loss_ema: ``[]`` float32 moving average of the loss (used with ``use_loss``).
     """
 
     step: jax.Array
     num_steps: jax.Array
-    momenta: jax.Array
-    second_moment: jax.Array
+    momenta: tuple[jax.Array, ...]
+    second_moment: tuple[jax.Array, ...]
     loss_ema: jax.Array
-
-
-def init_accumulators(
-    momentum_decays: tuple[float, ...], params: Any, num_steps: jax.Array | int
-) -> MLPOptState:
-    """Zero accumulators for ``params`` (shared by the per-parameter optimizers)."""
-    num_params = flat.layout_of(params).num_params
-    return MLPOptState(
-        step=jnp.zeros((), jnp.int32),
-        num_steps=feats.horizon(num_steps),
-        momenta=jnp.zeros((num_params, len(momentum_decays)), jnp.float32),
-        second_moment=jnp.zeros((num_params,), jnp.float32),
-        loss_ema=jnp.zeros((), jnp.float32),
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +140,16 @@ class MLPOptimizer(LearnedOptimizer):
 
     def init(self, theta: dict, params: Any, num_steps: jax.Array | int) -> MLPOptState:
         del theta
-        return init_accumulators(self.momentum_decays, params, num_steps)
+        momenta, second_moment = feats.init_moments(
+            flat.layout_of(params), len(self.momentum_decays)
+        )
+        return MLPOptState(
+            step=jnp.zeros((), jnp.int32),
+            num_steps=feats.horizon(num_steps),
+            momenta=momenta,
+            second_moment=second_moment,
+            loss_ema=jnp.zeros((), jnp.float32),
+        )
 
     def apply_network(self, theta: dict, features: jax.Array, context: jax.Array) -> jax.Array:
         """``[N, 2]`` network output for ``features[N, num_features]`` and ``context[C]``."""
@@ -181,10 +176,12 @@ class MLPOptimizer(LearnedOptimizer):
         out = self.apply_network(theta, inputs.features, inputs.context)
         step = state.step + 1
         if self.base == "adam":
-            momentum = inputs.momenta[:, self.momentum_decays.index(self.base_beta1)]
+            momentum = feats.flat_momentum(
+                inputs.momenta, self.momentum_decays.index(self.base_beta1)
+            )
             direction = feats.adam_direction(
                 momentum,
-                inputs.second_moment,
+                jnp.concatenate(inputs.second_moment),
                 step,
                 self.base_beta1,
                 self.rms_decay,

@@ -7,6 +7,7 @@ meta-trainer's imports.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -63,7 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: lopt <command> [options]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, _ = COMMANDS[argv[0]]
-    return command(argv[1:])
+    try:
+        return command(argv[1:])
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        # Bad input (config values, paths, datasets, exports) is the user's to fix: say what is
+        # wrong without a traceback, unless asked for one.
+        if os.environ.get("LOPT_DEBUG"):
+            raise
+        print(f"lopt {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def _positive(key: str, value: Any) -> None:
         raise ConfigError(f"config key {key!r} must be positive, got {value!r}")
 
 
-def validate(config: ml_collections.ConfigDict, num_local_devices: int | None = None) -> None:
+def validate(config: ml_collections.ConfigDict, num_available_devices: int | None = None) -> None:
     """Check every choice of a meta-training config; raise ``ConfigError`` naming the key.
 
     It builds the optimizer (cheap) and checks each family override against the options the
@@ -192,10 +192,10 @@ def validate(config: ml_collections.ConfigDict, num_local_devices: int | None = 
     _positive("num_outer_steps", config.num_outer_steps)
     _choose("meta_loss", config.meta_loss, META_LOSSES)
     _at_least("num_devices", config.num_devices, 0)
-    if num_local_devices is not None and config.num_devices > num_local_devices:
+    if num_available_devices is not None and config.num_devices > num_available_devices:
         raise ConfigError(
-            f"config key 'num_devices' is {config.num_devices} but only {num_local_devices} "
-            "local devices exist; use 0 for all of them"
+            f"config key 'num_devices' is {config.num_devices} but only {num_available_devices} "
+            "devices exist; use 0 for all of them"
         )
     for key in ("log_every", "checkpoint_every", "keep_checkpoints", "export_every"):
         _positive(key, config[key])
@@ -235,7 +235,7 @@ def validate(config: ml_collections.ConfigDict, num_local_devices: int | None = 
     if not config.groups:
         raise ConfigError("config key 'groups' is empty: meta-train on at least one task family")
     families = registry.family_names()
-    devices = num_local_devices if not config.num_devices else config.num_devices
+    devices = num_available_devices if not config.num_devices else config.num_devices
     for name, group in config.groups.items():
         _choose(f"groups.{name}.family", group.family, families)
         _positive(f"groups.{name}.weight", group.weight)

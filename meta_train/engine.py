@@ -42,6 +42,7 @@ __all__ = [
     "Estimate",
     "Particles",
     "init_particles",
+    "particles_shape",
     "sample_horizon",
     "unroll_window",
     "window_step",
@@ -144,6 +145,23 @@ def sample_horizon(key: jax.Array, horizon: int | tuple[int, int]) -> jax.Array:
     low, high = horizon
     log_t = jax.random.uniform(key, (), minval=np.log(low), maxval=np.log(high + 1))
     return jnp.clip(jnp.floor(jnp.exp(log_t)), low, high).astype(jnp.int32)
+
+
+def _flatten_theta(theta: Any) -> tuple[jax.Array, Callable]:
+    """``ravel_pytree(theta)`` after checking theta is a non-empty tree of float arrays (a
+    perturbation of an integer leaf would be silently rounded away)."""
+    leaves = jax.tree_util.tree_leaves_with_path(theta)
+    bad = [
+        f"{jax.tree_util.keystr(path)}: {jnp.result_type(leaf)}"
+        for path, leaf in leaves
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+    ]
+    if bad or not leaves:
+        raise ValueError(
+            "theta must be a non-empty pytree of floating-point arrays (cast integer entries to "
+            f"float32); got {bad or 'no leaves'}"
+        )
+    return ravel_pytree(theta)
 
 
 def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -294,22 +312,30 @@ def _pair_window(
 
 
 def unroll_window(
-    system: UnrolledSystem, config: EngineConfig, theta: Any, particles: Particles
+    system: UnrolledSystem,
+    config: EngineConfig,
+    theta: Any,
+    particles: Particles,
+    axis_name: str | None = None,
 ) -> tuple[Particles, WindowOutputs]:
     """Run one window of every pair here (no cross-device sums): per-pair outputs, ``[N, ...]``.
 
     Applies the estimator's window-start noise rule, steps ``K`` times, and computes each pair's
     gradient estimate ``g_j``: the ES formula for ES estimators, ``jax.grad`` of the pair's masked
     mean window loss for TBPTT (state entering the window held fixed; a pair whose gradient is not
-    finite contributes zero and is counted in ``nonfinite``).
+    finite contributes zero and is counted in ``nonfinite``). Under ``shard_map`` pass the mesh
+    ``axis_name``: TBPTT then differentiates a device-varying copy of theta, since the gradient of
+    a replicated input would be summed over devices.
     """
-    flat_theta, unravel = ravel_pytree(theta)
+    flat_theta, unravel = _flatten_theta(theta)
     particles = jax.vmap(functools.partial(_start_window, config))(particles)
-    run = functools.partial(_pair_window, system, config)
+    run = lambda flat, pair: _pair_window(system, config, flat, unravel, pair)
     if config.estimator == "tbptt":
+        if axis_name is not None:
+            flat_theta = jax.lax.pcast(flat_theta, axis_name, to="varying")
 
         def mean_window_loss(flat, pair):
-            pair, sums = run(flat, unravel, pair)
+            pair, sums = run(flat, pair)
             return sums.loss_sum / jnp.maximum(sums.count, 1), (pair, sums)
 
         pair_grad = jax.value_and_grad(mean_window_loss, has_aux=True)
@@ -318,7 +344,7 @@ def unroll_window(
         grad = jnp.where(finite_grad[:, None], grad, 0.0)
         sums = sums._replace(nonfinite=sums.nonfinite + (~finite_grad).astype(jnp.int32))
     else:
-        particles, sums = jax.vmap(run, in_axes=(None, None, 0))(flat_theta, unravel, particles)
+        particles, sums = jax.vmap(run, in_axes=(None, 0))(flat_theta, particles)
         grad = estimators.pair_gradient(sums.weighted, sums.count, config.sigma)
     outputs = WindowOutputs(
         grad=grad,
@@ -344,8 +370,8 @@ def window_step(
     static) or ``shard_map``s it. With ``axis_name`` the particles are one device's shard and the
     returned estimate is the global one (sums ``psum``-ed over the axis).
     """
-    _, unravel = ravel_pytree(theta)
-    particles, outputs = unroll_window(system, config, theta, particles)
+    _, unravel = _flatten_theta(theta)
+    particles, outputs = unroll_window(system, config, theta, particles, axis_name)
     flat_grad, meta_loss, diagnostics = estimators.combine(outputs, config.window, axis_name)
     return particles, Estimate(unravel(flat_grad), meta_loss, diagnostics)
 
@@ -364,7 +390,7 @@ def _burn_in(
     lie below the horizon, so no pair finishes its problem here. Losses are not looked at: a pair
     that goes non-finite is masked, counted and reset at its first window step.
     """
-    flat_theta, unravel = ravel_pytree(theta)
+    flat_theta, unravel = _flatten_theta(theta)
     num_steps = jnp.max(offsets)
 
     def advance(index, pair, offset):
@@ -387,7 +413,7 @@ def _burn_in(
 
 
 def _init(system, config: EngineConfig, theta: Any, key: jax.Array):
-    flat_theta, unravel = ravel_pytree(theta)
+    flat_theta, unravel = _flatten_theta(theta)
     pairs_key, offsets_key = jax.random.split(key)
     pair_keys = jax.random.key_data(jax.random.split(pairs_key, config.num_pairs))
     new_pair = functools.partial(_new_pair, system, config, flat_theta, unravel)
@@ -400,7 +426,12 @@ def _init(system, config: EngineConfig, theta: Any, key: jax.Array):
 
 
 def init_particles(
-    system: UnrolledSystem, config: EngineConfig, theta: Any, key: jax.Array
+    system: UnrolledSystem,
+    config: EngineConfig,
+    theta: Any,
+    key: jax.Array,
+    *,
+    compiler_options: dict[str, Any] | None = None,
 ) -> tuple[Particles, int]:
     """Fresh particles (leading axis ``num_pairs``) and the number of burn-in steps run.
 
@@ -409,11 +440,22 @@ def init_particles(
     steps); the returned int is the number of sequential inner steps of that burn-in,
     ``max(offsets)``, each a step of all ``2 N`` particles. Lockstep: every pair at step 0, 0 steps.
     ``key`` is a new-style key (``jax.random.key``) or legacy ``PRNGKey`` data.
+    ``compiler_options``: XLA options for this jitted initialisation, e.g.
+    ``{"xla_backend_optimization_level": 0}`` compiles a system of cheap steps several times faster.
     """
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    particles, num_steps = _call_jitted(_init, system, _init_program_config(config), theta, key)
+    options = tuple(sorted((compiler_options or {}).items()))
+    program = _init_program_config(config)
+    particles, num_steps = _call_jitted(_init, system, program, options, theta, key)
     return particles, int(num_steps)
+
+
+def particles_shape(system: UnrolledSystem, config: EngineConfig, theta: Any) -> Particles:
+    """The particles' structure with ``jax.ShapeDtypeStruct`` leaves, computing and compiling
+    nothing (e.g. the target to restore a checkpoint into)."""
+    lockstep = dataclasses.replace(config, stagger=False)
+    return jax.eval_shape(lambda th: _init(system, lockstep, th, jax.random.key(0))[0], theta)
 
 
 def _init_program_config(config: EngineConfig) -> EngineConfig:
@@ -427,9 +469,12 @@ def _init_program_config(config: EngineConfig) -> EngineConfig:
     )
 
 
-def _call_jitted(fn: Callable, system: Any, config: EngineConfig, *args: Any) -> Any:
+def _call_jitted(
+    fn: Callable, system: Any, config: EngineConfig, options: tuple, *args: Any
+) -> Any:
     """``jax.jit(fn)(system, config, *args)`` with the system's array leaves as arguments and its
-    other leaves and structure static (so a system's data are buffers, not compiled constants)."""
+    other leaves and structure static (so a system's data are buffers, not compiled constants);
+    ``options``: sorted ``(name, value)`` XLA compiler options."""
     leaves, treedef = jax.tree.flatten(system)
     is_array = [isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves]
     arrays = [leaf for leaf, array in zip(leaves, is_array, strict=True) if array]
@@ -441,11 +486,16 @@ def _call_jitted(fn: Callable, system: Any, config: EngineConfig, *args: Any) ->
             "the system must be a pytree (e.g. a flax.struct.PyTreeNode) whose non-array parts "
             f"are hashable, or a hashable object; got {type(system).__name__}: {error}"
         ) from error
-    return _jitted(fn, treedef, static, config, arrays, *args)
+    return _jitted(options)(fn, treedef, static, config, arrays, *args)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _jitted(fn, treedef, static, config, arrays, *args):
+def _with_system(fn, treedef, static, config, arrays, *args):
     arrays = iter(arrays)
     leaves = [next(arrays) if leaf is None else leaf for leaf in static]
     return fn(jax.tree.unflatten(treedef, leaves), config, *args)
+
+
+@functools.cache
+def _jitted(options: tuple) -> Callable:
+    """One jitted ``_with_system`` per set of compiler options (each keeps its own cache)."""
+    return jax.jit(_with_system, static_argnums=(0, 1, 2, 3), compiler_options=dict(options))

@@ -421,7 +421,7 @@ def _member_results(
                 train_loss=float(np.mean(outputs.metrics["train_loss"][row])),
                 num_diverged=int(diverged[row].sum()),
             )
-            for row, lr in zip(rows, member.grid or (), strict=False)
+            for row, lr in zip(rows, member.grid or (), strict=bool(member.grid))
         )
         results.append(
             RunResult(
@@ -464,9 +464,6 @@ def _add_speedups(task: TaskResult) -> None:
 def _baselines(
     kinds: Sequence[str], grids: Mapping[str, Sequence[float]], momentum: float
 ) -> _Contender:
-    unknown = sorted(set(kinds) - set(BASELINES))
-    if unknown:
-        raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
     descriptions = {"adam": "Adam (tuned)", "sgdm": f"SGD-M {momentum:g} (tuned)"}
     members = tuple(_Member(kind, descriptions[kind], tuple(grids[kind])) for kind in kinds)
     return _Contender(_Baselines(tuple(kinds), momentum), members)
@@ -568,12 +565,15 @@ def evaluate(
     ``optimizer``: an ``optax.GradientTransformation``; a ``lopt`` ``LearnedOptimizer`` with
     ``theta``; an export directory; ``"adam"`` / ``"sgdm"`` (the tuned baseline itself); or
     ``"untrained:<architecture>"``. ``tasks``: a suite name, a list of ``HeldOutTask`` /
-    ``Task`` / ``(name, Task)``, or a ``{name: Task}`` mapping. ``num_steps`` overrides every task's
-    horizon (required for plain ``Task`` objects); each horizon multiplier ``h`` trains
-    ``round(h * num_steps)`` steps and learned optimizers get that horizon at init. Baselines are
-    re-tuned at every horizon. ``untrained_floor`` adds the learned architecture with fresh
-    meta-parameters (seed ``seeds[0]``). ``compiler_options`` go to XLA for every compile
-    (``FAST_COMPILE`` trades slower steps for faster compiles: for short runs).
+    ``Task`` / ``(name, Task)``, or a ``{name: Task}`` mapping (a ``Task`` that is a pytree, e.g. a
+    ``flax.struct.PyTreeNode``, reaches the compiled code as an argument; any other is baked in as
+    constants, fine for small data).
+
+    ``num_steps`` overrides every task's horizon (required for plain ``Task`` objects); each
+    horizon multiplier ``h`` trains ``round(h * num_steps)`` steps, and learned optimizers get that
+    horizon at init. Baselines are re-tuned at every horizon. ``untrained_floor`` adds the learned
+    architecture with fresh meta-parameters (seed ``seeds[0]``). ``compiler_options`` go to XLA
+    for every compile (``FAST_COMPILE`` trades slower steps for faster compiles: for short runs).
     ``settings`` are recorded in the report as given.
     """
     seed_list, keys = _seed_keys(seeds)
@@ -589,6 +589,9 @@ def evaluate(
     missing = [task.name for task in eval_tasks if task.num_steps is None and num_steps is None]
     if missing:
         raise ValueError(f"tasks {missing} have no horizon: pass num_steps=...")
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
     _check_grid("adam_grid", adam_grid)
     _check_grid("sgdm_grid", sgdm_grid)
 
@@ -710,7 +713,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default: <export>/eval_<suite> or runs/eval_<suite>)",
+        help="output directory (default: <export>/eval_<suite>, which re-saving the export "
+        "replaces, or runs/eval_<suite>)",
     )
     return parser
 

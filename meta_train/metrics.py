@@ -41,12 +41,18 @@ class MetricWriter:
 
     ``resume_step``: the step a resumed run restarts from; rows written after it by the interrupted
     run are dropped from the JSONL (and purged from TensorBoard), so the curves show one history.
+    ``active=False`` writes nothing (the processes of a multi-host run other than the first).
+    The parameter overview text also goes to ``parameter_overview.txt``.
     """
 
-    def __init__(self, workdir: str, resume_step: int = 0):
+    def __init__(self, workdir: str, resume_step: int = 0, active: bool = True):
         from tensorboardX import SummaryWriter
 
+        self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, JSONL_FILE)
+        self.active = active
+        if not active:
+            return
         if resume_step and os.path.exists(self.jsonl_path):
             rows = [row for row in read_jsonl(self.jsonl_path) if row["step"] <= resume_step]
             with open(self.jsonl_path, "w") as f:
@@ -59,6 +65,8 @@ class MetricWriter:
         )
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.active:
+            return
         row = {"step": int(step)}
         for name, value in scalars.items():
             value = _as_float(value)
@@ -69,10 +77,15 @@ class MetricWriter:
         self.tensorboard.flush()
 
     def write_text(self, step: int, tag: str, text: str) -> None:
+        if not self.active:
+            return
+        with open(os.path.join(self.workdir, f"{tag}.txt"), "w") as f:
+            f.write(text + "\n")
         self.tensorboard.add_text(tag, f"```\n{text}\n```", int(step))
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.active:
+            self.tensorboard.close()
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -88,10 +101,10 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 CURVE_PANELS = (
-    ("meta-loss", ("meta_loss",)),
-    ("estimate norm", ("estimate_norm",)),
-    ("held-out eval loss", ("eval/",)),
-    ("inner particle-steps / s", ("particle_steps_per_s",)),
+    ("meta-loss", lambda name: name == "meta_loss" or name.endswith("/meta_loss")),
+    ("estimate norm", lambda name: name == "estimate_norm"),
+    ("held-out eval loss", lambda name: name.startswith("eval/") and name.endswith("loss")),
+    ("inner particle-steps / s", lambda name: name == "particle_steps_per_s"),
 )
 
 
@@ -104,15 +117,8 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str:
 
     rows = read_jsonl(jsonl_path)
     figure, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4.2 * len(CURVE_PANELS), 3.4))
-    for axis, (label, prefixes) in zip(axes, CURVE_PANELS, strict=True):
-        names = sorted(
-            {
-                name
-                for row in rows
-                for name in row
-                if any(name == p or (p.endswith("/") and name.startswith(p)) for p in prefixes)
-            }
-        )
+    for axis, (label, selects) in zip(axes, CURVE_PANELS, strict=True):
+        names = sorted({name for row in rows for name in row if selects(name)})
         for name in names:
             points = [(r["step"], r[name]) for r in rows if r.get(name) is not None]
             if points:

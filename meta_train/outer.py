@@ -1,5 +1,5 @@
 """The outer step: one jitted, buffer-donating call that advances every particle of every task group
-by one window on all local devices, combines the groups' estimates, and updates theta.
+by one window on every device of a mesh, combines the groups' estimates, and updates theta.
 
 The particle axis of each group is sharded over a one-axis mesh (``jax.shard_map``, the mechanism
 ``jax.pmap`` is built on); theta, the outer optimizer state and the systems are replicated. The

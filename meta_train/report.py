@@ -43,7 +43,8 @@ class RunResult:
 
     ``curves`` is ``[seeds, steps]``: the minibatch training loss at each step, before that step's
     update. ``metrics`` maps ``<split>_<metric>`` (e.g. ``train_loss``, ``test_accuracy``) to
-    ``[seeds]`` values measured on the whole split after the last step.
+    ``[seeds]`` values measured on the whole split after the last step. The seconds are those of
+    the compiled trainer, which tuned baselines share (count them once per trainer).
     """
 
     label: str
@@ -269,7 +270,8 @@ def smooth(curve: np.ndarray, window: int) -> np.ndarray:
 def plot_curves(task: TaskResult, out_dir: str, subject: str) -> str:
     """A PNG of mean +- std (over seeds) smoothed training-loss curves; returns its path.
 
-    Non-finite values are drawn at the top of the axis, so diverged runs stay visible.
+    Values above twice the largest initial loss, and non-finite ones, are drawn at that ceiling, so
+    diverged runs stay visible without flattening the other curves.
     """
     from matplotlib.figure import Figure  # lazy: matplotlib is slow to import
 
@@ -286,7 +288,7 @@ def plot_curves(task: TaskResult, out_dir: str, subject: str) -> str:
         curves = smooth(run.curves, task.smoothing_window)
         curves = np.where(np.isfinite(curves), np.minimum(curves, ceiling), ceiling)
         mean, std = curves.mean(axis=0), curves.std(axis=0)
-        positive &= bool(np.all(mean - std > 0))
+        positive &= bool(np.all(mean > 0))
         steps = np.arange(curves.shape[1])
         lr = "" if run.learning_rate is None else f", lr={run.learning_rate:.2g}"
         diverged = f", {run.num_diverged}/{run.num_seeds} diverged" if run.num_diverged else ""
@@ -350,8 +352,23 @@ def _settings_lines(settings: dict[str, Any]) -> list[str]:
     lines = []
     if "command" in settings:
         lines += ["Command:", "", "```", settings["command"], "```", ""]
-    lines += [f"- {key}: {value}" for key, value in settings.items() if key != "command"]
+    lines += [f"- {key}: {_setting(value)}" for key, value in settings.items() if key != "command"]
+    lines += [
+        "",
+        "Columns: losses and accuracies after the last step on whole splits, mean ± std over "
+        "seeds; valid = the inner-valid split (what the learning rates are chosen on), test = the "
+        "test split (never used to choose); steps to Adam loss and speed-up on seed-mean training "
+        "curves smoothed by a trailing moving average.",
+    ]
     return lines
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list | tuple) and value and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:.3g}" for v in value) + "]"
+    return str(value)
 
 
 def _curve_dict(curves: np.ndarray, window: int) -> dict[str, list]:

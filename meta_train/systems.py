@@ -112,7 +112,7 @@ class LinearQuadraticSystem(struct.PyTreeNode, UnrolledSystem):
     target: jax.Array  # [d]
     init_mean: jax.Array  # [d]
     init_scale: jax.Array  # []
-    noise_scale: jax.Array  # []
+    noise_scale: float = struct.field(pytree_node=False, default=0.0)
 
     @classmethod
     def create(
@@ -135,7 +135,7 @@ class LinearQuadraticSystem(struct.PyTreeNode, UnrolledSystem):
             target=jax.random.normal(keys[3], (state_dim,)),
             init_mean=jax.random.normal(keys[4], (state_dim,)),
             init_scale=jnp.asarray(init_scale, jnp.float32),
-            noise_scale=jnp.asarray(noise_scale, jnp.float32),
+            noise_scale=float(noise_scale),
         )
 
     def sample_config(self, key: jax.Array) -> jax.Array:
@@ -150,7 +150,8 @@ class LinearQuadraticSystem(struct.PyTreeNode, UnrolledSystem):
     def step(
         self, theta: Any, state: jax.Array, key: jax.Array, config: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        state = self._advance(theta, state, jax.random.normal(key, state.shape))
+        noise = jax.random.normal(key, state.shape) if self.noise_scale else jnp.zeros_like(state)
+        state = self._advance(theta, state, noise)
         return state, 0.5 * jnp.sum((state - self.target) ** 2)
 
     def unroll_loss(self, theta: Any, horizon: int) -> jax.Array:
@@ -182,7 +183,7 @@ class IndependentGradientSystem(struct.PyTreeNode, UnrolledSystem):
 
     curvature: jax.Array  # h: [P]
     target: jax.Array  # [P]
-    noise_scale: jax.Array  # []
+    noise_scale: float = struct.field(pytree_node=False, default=0.0)
 
     @classmethod
     def create(
@@ -191,7 +192,7 @@ class IndependentGradientSystem(struct.PyTreeNode, UnrolledSystem):
         return cls(
             curvature=jnp.asarray(curvature, jnp.float32),
             target=jnp.asarray(target, jnp.float32),
-            noise_scale=jnp.asarray(noise_scale, jnp.float32),
+            noise_scale=float(noise_scale),
         )
 
     def sample_config(self, key: jax.Array) -> jax.Array:
@@ -203,8 +204,9 @@ class IndependentGradientSystem(struct.PyTreeNode, UnrolledSystem):
     def step(
         self, theta: Any, state: jax.Array, key: jax.Array, config: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        noise = self.noise_scale * jax.random.normal(key, self.target.shape)
-        residual = _flat(theta) - self.target - noise
+        residual = _flat(theta) - self.target
+        if self.noise_scale:  # static: a noise-free system draws nothing
+            residual = residual - self.noise_scale * jax.random.normal(key, self.target.shape)
         return state + 1.0, 0.5 * jnp.sum(self.curvature * residual**2)
 
     def gradient(self, theta: Any) -> jax.Array:

@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 import lopt
 from meta_train import checkpoint, config_flags, engine, held_out, metrics, outer, systems
@@ -192,23 +193,68 @@ def _format_comparison(table: dict[str, dict[str, float]]) -> str:
 # --- The run.
 
 
+def _restore_or_init(
+    groups: list[outer.TaskGroup],
+    theta: Any,
+    settings: outer.OuterSettings,
+    mesh: Any,
+    checkpointer: checkpoint.Checkpointer,
+    particles_key: jax.Array,
+) -> tuple[outer.MetaState, int, list[int]]:
+    """``(state, start_step, burn_in_steps)``: the latest checkpoint's state, or a fresh one whose
+    staggered particles are burnt in under the initial theta."""
+    start_step = checkpointer.latest_step() or 0
+    if start_step:
+        abstract = outer.abstract_meta_state(groups, theta, settings, mesh)
+        state, meta = checkpointer.restore(start_step, abstract)
+        _log(f"resuming at outer step {start_step}")
+        return state, start_step, meta["burn_in_steps"]
+    start = time.perf_counter()
+    state, burn_in_steps = outer.init_meta_state(groups, theta, settings, particles_key, mesh)
+    jax.block_until_ready(state)
+    _log(
+        f"burn-in: {burn_in_steps} sequential inner steps per group "
+        f"({time.perf_counter() - start:.1f}s, compile included)"
+    )
+    return state, 0, burn_in_steps
+
+
+def _due(step: int, every: int) -> bool:
+    return step % every == 0
+
+
+def _mean_meta_loss(rows: list[dict], first: bool) -> float | None:
+    """Mean logged meta-loss over the first (or last) tenth of the run's log rows."""
+    values = [row["meta_loss"] for row in rows if row.get("meta_loss") is not None]
+    if not values:
+        return None
+    count = max(1, len(values) // 10)
+    return float(np.mean(values[:count] if first else values[-count:]))
+
+
 def meta_train(
     config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
 ) -> dict[str, Any]:
     """Meta-train as ``config`` says, in ``workdir`` (resuming the run there, if any).
 
     Returns a summary: ``step``, ``theta`` (host arrays), ``interrupted`` (the signal's name or
-    ``None``), ``burn_in_steps``, ``compile_seconds``, ``particle_steps_per_s``,
-    ``meta_loss_first`` / ``meta_loss_last`` (the first and last logged meta-loss of the whole
-    run), ``eval`` (the last held-out figures) and ``comparison`` (when it ran).
+    ``None``), ``burn_in_steps``, ``compile_seconds``, ``particle_steps_per_s`` (last log
+    interval), ``meta_loss_start`` / ``meta_loss_end`` (mean logged meta-loss over the first and
+    last tenth of the whole run), ``eval`` (the last held-out figures) and ``comparison`` (the
+    held-out comparison with Adam, when it ran).
     """
     from clu import parameter_overview
     from tqdm.auto import tqdm
 
-    config_flags.validate(config, jax.local_device_count())
+    # Everything that can be wrong with the config fails here, before any compile.
+    config_flags.validate(config, jax.device_count())
     optimizer = build_optimizer(config)
     groups = build_groups(config, optimizer)
-    checkpoint.prepare_workdir(workdir, config, overwrite)
+    chief = jax.process_index() == 0  # the process that writes logs, exports and reports
+    if chief:
+        checkpoint.prepare_workdir(workdir, config, overwrite)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("lopt meta-train: workdir ready")
     mesh = outer.make_mesh(config.num_devices)
     settings = outer.OuterSettings(
         config.outer.optimizer,
@@ -222,38 +268,20 @@ def meta_train(
     checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
     theta_key, particles_key = jax.random.split(jax.random.key(config.seed))
     theta = optimizer.init_meta_params(theta_key)
+    state, start_step, burn_in_steps = _restore_or_init(
+        groups, theta, settings, mesh, checkpointer, particles_key
+    )
 
-    # State: resume from the latest checkpoint, or start afresh with staggered particles.
-    start_step = checkpointer.latest_step() or 0
-    if start_step:
-        abstract = outer.abstract_meta_state(groups, theta, settings, mesh)
-        state, meta = checkpointer.restore(start_step, abstract)
-        burn_in_steps = meta["burn_in_steps"]
-        _log(f"resuming {workdir} at outer step {start_step}")
-    else:
-        start = time.perf_counter()
-        state, burn_in_steps = outer.init_meta_state(groups, theta, settings, particles_key, mesh)
-        jax.block_until_ready(state)
-        _log(
-            f"burn-in: {burn_in_steps} sequential inner steps per group "
-            f"({time.perf_counter() - start:.1f}s, compile included)"
-        )
-    writer = metrics.MetricWriter(workdir, resume_step=start_step)
+    writer = metrics.MetricWriter(workdir, resume_step=start_step, active=chief)
     if not start_step:
         overview = parameter_overview.get_parameter_overview(jax.device_get(state.theta))
-        with open(os.path.join(workdir, "parameter_overview.txt"), "w") as f:
-            f.write(overview + "\n")
         writer.write_text(0, "parameter_overview", overview)
         _log(overview)
-
     outer_step = outer.OuterStep(groups, settings, mesh)
     compile_seconds = outer_step.compile(state)
     steps_per_call = outer.inner_steps_per_outer_step(groups)
     compiled = f"compiled in {compile_seconds:.1f}s" if compile_seconds else "reused (compiled)"
-    _log(
-        f"outer step {compiled} on {mesh.size} device(s); "
-        f"{steps_per_call} inner steps per outer step"
-    )
+    _log(f"outer step {compiled} on {mesh.size} device(s); {steps_per_call} inner steps each")
     evals = []
     if config.eval.num_tasks:
         evals = held_out.make_held_out_evals(
@@ -264,21 +292,20 @@ def meta_train(
         last_eval = held_out.run_held_out_evals(evals, state.theta)
         writer.write_scalars(0, last_eval)
 
-    def meta(step: int) -> dict[str, Any]:
-        return {
-            "step": step,
-            "burn_in_steps": burn_in_steps,
-            "num_devices": mesh.size,
-            "config": config_flags.canonical(config),
-        }
-
-    def export(step: int) -> None:
-        lopt.save(
-            os.path.join(workdir, "export"),
-            optimizer,
-            jax.device_get(state.theta),
-            export_metadata(config, step, groups),
-        )
+    def save(step: int, write_checkpoint: bool = True, write_export: bool = True) -> None:
+        if write_checkpoint:
+            meta = {"step": step, "burn_in_steps": burn_in_steps, "num_devices": mesh.size}
+            checkpointer.save(step, state, meta | {"config": config_flags.canonical(config)})
+        # lopt.save's orbax checkpointer waits for every process, so in a multi-process run only
+        # the checkpoints are written (the export can be made from one afterwards).
+        if write_export and chief and jax.process_count() == 1:
+            theta = jax.device_get(state.theta)
+            lopt.save(
+                os.path.join(workdir, "export"),
+                optimizer,
+                theta,
+                export_metadata(config, step, groups),
+            )
 
     # The loop. Work is dispatched asynchronously; reading the metrics at a log step syncs. The
     # throughput counts outer-step time only: evaluations, checkpoints and exports are paused out.
@@ -287,7 +314,7 @@ def meta_train(
     bar = tqdm(
         total=config.num_outer_steps,
         initial=start_step,
-        disable=not config.progress,
+        disable=not (config.progress and chief),
         unit="step",
         file=sys.stderr,
     )
@@ -298,7 +325,7 @@ def meta_train(
             step += 1
             interval_steps += 1
             bar.update()
-            if step % config.log_every == 0 or step == config.num_outer_steps or stop.signum:
+            if _due(step, config.log_every) or step == config.num_outer_steps or stop.signum:
                 scalars = {k: float(v) for k, v in accumulated.compute().items()}
                 elapsed = time.perf_counter() - interval_start - paused
                 throughput = steps_per_call * interval_steps / elapsed
@@ -309,33 +336,27 @@ def meta_train(
                 bar.set_postfix(meta_loss=f"{scalars['meta_loss']:.4g}")
                 accumulated = None
                 interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
-            evaluate_now = evals and step % config.eval.every == 0
-            if (
-                evaluate_now
-                or step % config.checkpoint_every == 0
-                or step % config.export_every == 0
-            ):
+            evaluate_now = evals and _due(step, config.eval.every)
+            checkpoint_now = _due(step, config.checkpoint_every)
+            export_now = _due(step, config.export_every)
+            if evaluate_now or checkpoint_now or export_now:
                 pause_start = time.perf_counter()
                 jax.block_until_ready(state)
                 outer_seconds = time.perf_counter() - pause_start
                 if evaluate_now:
                     last_eval = held_out.run_held_out_evals(evals, state.theta)
                     writer.write_scalars(step, last_eval)
-                if step % config.checkpoint_every == 0:
-                    checkpointer.save(step, state, meta(step))
-                if step % config.export_every == 0:
-                    export(step)
+                save(step, checkpoint_now, export_now)
                 paused += time.perf_counter() - pause_start - outer_seconds
         bar.close()
-        checkpointer.save(step, state, meta(step))
-        export(step)
+        save(step)
     checkpointer.close()
     writer.close()
     interrupted = signal.Signals(stop.signum).name if stop.signum else None
     if interrupted:
         _log(f"{interrupted}: saved the checkpoint and export of outer step {step}")
 
-    rows = [r for r in metrics.read_jsonl(writer.jsonl_path) if r.get("meta_loss") is not None]
+    rows = metrics.read_jsonl(writer.jsonl_path) if chief else []
     summary = {
         "step": step,
         "theta": jax.device_get(state.theta),
@@ -343,11 +364,11 @@ def meta_train(
         "burn_in_steps": burn_in_steps,
         "compile_seconds": compile_seconds,
         "particle_steps_per_s": throughput,
-        "meta_loss_first": rows[0]["meta_loss"] if rows else None,
-        "meta_loss_last": rows[-1]["meta_loss"] if rows else None,
+        "meta_loss_start": _mean_meta_loss(rows, first=True),
+        "meta_loss_end": _mean_meta_loss(rows, first=False),
         "eval": last_eval,
     }
-    if not interrupted:
+    if chief and not interrupted:
         metrics.plot_curves(
             writer.jsonl_path,
             os.path.join(workdir, metrics.CURVES_FILE),
@@ -356,10 +377,12 @@ def meta_train(
         if config.comparison.num_tasks:
             summary["comparison"] = _compare_with_adam(config, optimizer, state.theta, workdir)
             _log(_format_comparison(summary["comparison"]))
-    _log(
-        f"meta-loss {summary['meta_loss_first']} (first log) -> {summary['meta_loss_last']} "
-        f"(last log) over {step} outer steps; outputs in {workdir}"
-    )
+    if summary["meta_loss_start"] is not None:
+        _log(
+            f"meta-loss {summary['meta_loss_start']:.4f} (first tenth of the run) -> "
+            f"{summary['meta_loss_end']:.4f} (last tenth) after {step} outer steps; "
+            f"outputs in {workdir}"
+        )
     return summary
 
 
@@ -414,7 +437,7 @@ def main(argv: list[str]) -> int:
         if args.print_config:
             print(config)
             return 0
-        config_flags.validate(config, jax.local_device_count())
+        config_flags.validate(config, jax.device_count())
         summary = meta_train(config, args.workdir, overwrite=args.overwrite)
     except (
         config_flags.ConfigError,

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow_datasets as tfds
 from flax import struct
 
 from tasks.base import SPLITS, Params, Task, TaskFamily, sample_seed
@@ -67,11 +68,17 @@ class TextData(struct.PyTreeNode):
 
 def markov_chain(vocab_size: int, branching: int, seed: int) -> np.ndarray:
     """A random sparse transition matrix ``[vocab_size, vocab_size]``: each row has ``branching``
-    non-zero entries (distinct successors) with Dirichlet(1) probabilities."""
+    non-zero entries (distinct successors) with Dirichlet(1) probabilities.
+
+    Every symbol ``s`` has ``s + 1 (mod vocab_size)`` among its successors, so the chain is
+    irreducible: it has one stationary distribution and its text uses every symbol.
+    """
     rng = np.random.default_rng(seed)
     transition = np.zeros((vocab_size, vocab_size))
     for state in range(vocab_size):
-        successors = rng.choice(vocab_size, size=branching, replace=False)
+        ring_next = (state + 1) % vocab_size
+        others = np.delete(np.arange(vocab_size), ring_next)
+        successors = [ring_next, *rng.choice(others, size=branching - 1, replace=False)]
         transition[state, successors] = rng.dirichlet(np.ones(branching))
     return transition
 
@@ -134,8 +141,6 @@ def markov_text(
 
 def text_dataset_prepared(name: str = DEFAULT_TEXT_DATASET, data_dir: str | None = None) -> bool:
     """Whether the TFDS dataset ``name`` is prepared in ``data_dir`` (no network access)."""
-    import tensorflow_datasets as tfds
-
     return tfds.builder(name, data_dir=str(resolve_data_dir(data_dir))).is_prepared()
 
 
@@ -240,8 +245,8 @@ class LMTask(Task):
         stream = self.family.data.split(split)
         window = self.family.seq_len + 1
         key = jax.random.fold_in(key, self.config.data_seed)
-        starts = jax.random.randint(key, (self.family.batch_size,), 0, stream.shape[0] - window)
-        tokens = stream[starts[:, None] + jnp.arange(window)]
+        starts = jax.random.randint(key, (self.family.batch_size,), 0, stream.shape[0] - window + 1)
+        tokens = stream.at[starts[:, None] + jnp.arange(window)].get(mode="promise_in_bounds")
         logits = self.family.apply(params, tokens[:, :-1])
         return jnp.mean(cross_entropy(logits, tokens[:, 1:]))
 
@@ -371,6 +376,12 @@ def lm_family(
     """A character-LM family; ``vocab_size``, ``branching`` and ``text_seed`` shape the synthetic
     language and are ignored for a TFDS text source."""
     data = load_text(source, data_dir, vocab_size=vocab_size, branching=branching, seed=text_seed)
+    shortest = min(data.split(split).shape[0] for split in SPLITS)
+    if shortest < seq_len + 1:
+        raise ValueError(
+            f"seq_len={seq_len} needs every split of {data.name!r} to hold at least "
+            f"{seq_len + 1} tokens; the shortest has {shortest}. Use a shorter seq_len."
+        )
     return CharLMFamily(
         data=data,
         cell=cell,

@@ -29,7 +29,9 @@ SIGMA = 0.3
 def run_windows(system, config, theta, num_windows, seed=1):
     """``(history, outputs)``: the particles before each window (and after the last) and each
     window's per-pair outputs, as numpy trees."""
-    particles, _ = engine.init_particles(system, config, theta, jax.random.key(seed))
+    particles, _ = engine.init_particles(
+        system, config, theta, jax.random.key(seed), compiler_options=FAST_COMPILE
+    )
     history, outputs = [jax.device_get(particles)], []
     for _ in range(num_windows):
         particles, out = UNROLL(system, config, theta, particles)
@@ -74,13 +76,17 @@ def reset_runs(counter_system):
 def test_staggered_particles_really_advanced(counter_system):
     config = reset_config("es_single")
     particles, burn_in = engine.init_particles(
-        counter_system, config, RESET_THETA, jax.random.key(3)
+        counter_system, config, RESET_THETA, jax.random.key(3), compiler_options=FAST_COMPILE
     )
     step, horizon = np.asarray(particles.step), np.asarray(particles.horizon)
     assert np.all((step >= 0) & (step < horizon))
     assert len(np.unique(step)) == 7  # every offset in [0, 7) is taken
     assert len(np.unique(horizon)) == 5  # horizons sampled in [3, 7]
     assert burn_in == step.max()
+    shapes = engine.particles_shape(counter_system, config, RESET_THETA)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), particles
+    )
     # The state counts the steps each twin really ran.
     np.testing.assert_array_equal(np.asarray(particles.state), np.stack([step, step], 1))
 
@@ -173,7 +179,9 @@ def test_nonfinite_losses_masked_counted_and_reset(estimator):
     problem (fine, new noise). The estimate stays finite and only holds the finite steps."""
     system, theta, num_pairs = ExplodingSystem(), jnp.asarray([0.5, -1.0]), 4
     config = engine.EngineConfig(num_pairs, 3, SIGMA, 10, stagger=False, estimator=estimator)
-    particles, burn_in = engine.init_particles(system, config, theta, jax.random.key(0))
+    particles, burn_in = engine.init_particles(
+        system, config, theta, jax.random.key(0), compiler_options=FAST_COMPILE
+    )
     assert burn_in == 0 and np.all(np.asarray(particles.step) == 0)  # lockstep
     after, estimate = WINDOW_STEP(system, config, theta, particles)
     diagnostics = jax.device_get(estimate.diagnostics)
@@ -198,13 +206,17 @@ def test_nonfinite_losses_masked_counted_and_reset(estimator):
     )
 
 
-def test_shard_map_matches_one_device():
-    """Pairs split over 4 forced CPU devices give the one-device estimate (psum of the sums)."""
+@pytest.mark.parametrize("estimator", ["es_single", "tbptt"])
+def test_shard_map_matches_one_device(estimator):
+    """Pairs split over 4 forced CPU devices give the one-device estimate (psum of the sums).
+    TBPTT checks that the gradient of the replicated theta is not summed over devices twice."""
     assert jax.device_count() >= 4
     system = systems.LinearQuadraticSystem.create(jax.random.key(0))
     theta = {"b": jnp.asarray(-0.2), "w": jnp.asarray([0.3])}
-    config = engine.EngineConfig(16, 2, SIGMA, (2, 6), stagger=False)
-    particles, _ = engine.init_particles(system, config, theta, jax.random.key(1))
+    config = engine.EngineConfig(16, 2, SIGMA, (2, 6), stagger=False, estimator=estimator)
+    particles, _ = engine.init_particles(
+        system, config, theta, jax.random.key(1), compiler_options=FAST_COMPILE
+    )
     expected_particles, expected = WINDOW_STEP(system, config, theta, particles)
 
     mesh = jax.make_mesh((4,), ("pairs",), axis_types=(jax.sharding.AxisType.Explicit,))
@@ -215,7 +227,8 @@ def test_shard_map_matches_one_device():
             mesh=mesh,
             in_specs=(P(), P(), P("pairs")),
             out_specs=(P("pairs"), P()),
-        )
+        ),
+        compiler_options=FAST_COMPILE,
     )
     got_particles, got = step(system, theta, sharded)
     for name in ("b", "w"):
@@ -254,7 +267,9 @@ def test_influence_balancing_es_single_long_run_gradient():
     truth = dynamics.steady_state_gradient(0.5)
     assert truth == pytest.approx(24.0)
     config = engine.EngineConfig(256, 1, 0.1, 10**6, stagger=False)
-    particles, _ = engine.init_particles(system, config, theta, jax.random.key(2))
+    particles, _ = engine.init_particles(
+        system, config, theta, jax.random.key(2), compiler_options=FAST_COMPILE
+    )
     for _ in range(120):  # the chain settles to float precision well within 120 steps
         particles, outputs = UNROLL(system, config, theta, particles)
     grads = np.asarray(outputs.grad)[:, 0]
@@ -315,7 +330,9 @@ def test_hyperparameter_optimisation_gradient_sign(quadratic_family):
     system = systems.TaskTrainingSystem(quadratic_family, optimizer, "train")
     theta = optimizer.init_meta_params(None)
     config = engine.EngineConfig(256, 5, 0.1, 20, stagger=False)
-    particles, _ = engine.init_particles(system, config, theta, jax.random.key(0))
+    particles, _ = engine.init_particles(
+        system, config, theta, jax.random.key(0), compiler_options=FAST_COMPILE
+    )
     _, outputs = UNROLL(system, config, theta, particles)
     grads = np.asarray(outputs.grad)[:, 0]
     assert grads.mean() < -4 * grads.std(ddof=1) / math.sqrt(len(grads))
@@ -337,6 +354,11 @@ def test_bad_inputs_give_clear_errors():
     assert engine.EngineConfig(4, 2, 0.1, [5, 9]).horizon == (5, 9)  # lists from configs
     with pytest.raises(ValueError, match="meta_loss"):
         systems.TaskTrainingSystem(quadratic.quadratic_family(dim=2), LearnableSGD(), "valid")
+    config = engine.EngineConfig(2, 2, 0.1, 5, stagger=False)
+    with pytest.raises(ValueError, match=r"floating-point.*\['steps'\]: int32"):
+        engine.init_particles(
+            ExplodingSystem(), config, {"steps": jnp.ones(2, jnp.int32)}, jax.random.key(0)
+        )
 
 
 class BadSystem(struct.PyTreeNode, UnrolledSystem):

@@ -27,11 +27,8 @@ SIGMA = 0.3
 
 # Tiny programs that run for milliseconds: compile without backend optimisation (most of the
 # compile time).
-UNROLL = jax.jit(
-    engine.unroll_window,
-    static_argnums=(1,),
-    compiler_options={"xla_backend_optimization_level": 0},
-)
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+UNROLL = jax.jit(engine.unroll_window, static_argnums=(1,), compiler_options=FAST_COMPILE)
 
 
 def mean_and_se(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +38,9 @@ def mean_and_se(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def run_windows(system, config, theta, num_windows, seed=1):
     """Per-pair estimates ``[num_windows, N, P]`` and the particles before each window."""
-    particles, _ = engine.init_particles(system, config, theta, jax.random.key(seed))
+    particles, _ = engine.init_particles(
+        system, config, theta, jax.random.key(seed), compiler_options=FAST_COMPILE
+    )
     history, grads = [], []
     for _ in range(num_windows):
         history.append(particles)

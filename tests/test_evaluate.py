@@ -131,6 +131,7 @@ def test_grid_selects_on_inner_valid_not_train_or_test():
         seeds=2,
         baselines=("adam",),
         progress=False,
+        compiler_options=evaluation.FAST_COMPILE,
     )
     run = report.tasks[0].runs["adam"]
     final_w = np.array([numpy_adam_final_w(lr, 10) for lr in grid])
@@ -162,6 +163,7 @@ def test_diverging_runs_are_reported_not_dropped():
         sgdm_momentum=0.0,
         name="sgd_lr1",
         progress=False,
+        compiler_options=evaluation.FAST_COMPILE,
     )
     result = report.tasks[0]
     subject, tuned = result.runs["sgd_lr1"], result.runs["sgdm"]
@@ -245,6 +247,7 @@ def test_learned_optimizer_gets_each_horizon_and_report_files_parse(tmp_path):
         seeds=2,
         baselines=("adam",),
         progress=False,
+        compiler_options=evaluation.FAST_COMPILE,
     )
     assert [(t.task, t.num_steps, t.horizon) for t in report.tasks] == [
         ("bowl", 10, 1.0),
@@ -293,6 +296,8 @@ def test_bad_inputs_fail_with_clear_messages(capsys):
         evaluation.evaluate(42, [Bowl()], num_steps=5)
     with pytest.raises(ValueError, match="no tasks"):
         evaluation.evaluate("adam", [], num_steps=5)
+    with pytest.raises(ValueError, match="unknown baselines"):
+        evaluation.evaluate("adam", [Bowl()], num_steps=5, baselines=("rmsprop",))
     with pytest.raises(ValueError, match="learning rates"):
         evaluation.evaluate("adam", [Bowl()], num_steps=5, adam_grid=(0.1, -1.0))
     with pytest.raises(SystemExit) as exit_info:

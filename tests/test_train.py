@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import lopt
 from meta_train import checkpoint, config_flags, metrics, train
 
 NUM_STEPS = 4
@@ -71,15 +72,22 @@ def _leaves(tree):
 def test_theta_moves_and_outputs_exist(runs):
     summary, workdir = runs[4]
     assert summary["step"] == NUM_STEPS and summary["interrupted"] is None
-    assert summary["burn_in_steps"] == [b for b in summary["burn_in_steps"] if 0 <= b < 12]
-    start = train.build_optimizer(tiny_config()).init_meta_params(jax.random.key(0))
+    assert all(0 < steps < 12 for steps in summary["burn_in_steps"])  # staggered within T = 12
+    theta_key = jax.random.split(jax.random.key(0))[0]  # as meta_train derives it from the seed
+    start = train.build_optimizer(tiny_config()).init_meta_params(theta_key)
     moved = max(
         np.max(np.abs(a - b))
         for a, b in zip(_leaves(summary["theta"]), _leaves(start), strict=True)
     )
     assert moved > 1e-3  # four Adam steps of lr 0.05 must move theta
-    for name in ("config.json", "metrics.jsonl", "curves.png", "export", "tensorboard"):
+    for name in ("config.json", "metrics.jsonl", "curves.png", "parameter_overview.txt"):
         assert os.path.exists(os.path.join(workdir, name)), name
+    with open(os.path.join(workdir, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    _, exported, metadata = lopt.load_optimizer(os.path.join(workdir, "export"))
+    for got, want in zip(_leaves(exported), _leaves(summary["theta"]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert metadata["meta_training_steps"] == NUM_STEPS and metadata["estimator"] == "es_single"
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert [r["step"] for r in rows] == list(range(1, NUM_STEPS + 1))
@@ -173,7 +181,7 @@ def test_override_parsing_keeps_types():
         [("seed", "3")],
     )
     for name in config_flags.config_names():
-        config_flags.validate(config_flags.load_config(name), num_local_devices=1)
+        config_flags.validate(config_flags.load_config(name), num_available_devices=1)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):

@@ -23,6 +23,8 @@ from meta_train import engine
 from meta_train.system import UnrolledSystem
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "paper")
+# XLA:CPU compiles about 4x faster at backend optimisation level 0 and runs slower: for --quick.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -95,13 +97,14 @@ def run_outer(
     keys: jax.Array,
     chunk: int = 100,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> OuterRun:
     """Meta-train ``theta`` for ``num_steps`` outer steps from each of the ``S`` seeds ``keys``
     (``[S]`` keys): ``engine.window_step`` then ``outer_optimizer``, the seeds ``vmap``ped (one
     compile for all of them), ``chunk`` outer steps ``lax.scan``ned per jitted call.
 
     ``callback(steps_done, flat_theta [S, P], meta_loss [S])`` runs after each chunk (e.g. a
-    progress line).
+    progress line). ``compiler_options`` go to XLA (``FAST_COMPILE`` for smoke runs).
     """
     flat_theta = ravel_pytree(theta)[0]
     inits = [engine.init_particles(system, config, theta, key) for key in keys]
@@ -111,7 +114,7 @@ def run_outer(
         lambda x: jnp.broadcast_to(x, (seeds, *jnp.shape(x))), tree
     )
     chunk = max(1, min(chunk, num_steps))
-    run_chunk = _chunk_runner(system, config, outer_optimizer, chunk)
+    run_chunk = chunk_runner(system, config, outer_optimizer, chunk, compiler_options)
     carry = (broadcast(theta), broadcast(outer_optimizer.init(theta)), particles)
     thetas = [np.broadcast_to(np.asarray(flat_theta), (seeds, 1, flat_theta.size))]
     losses, grads = [], []
@@ -137,7 +140,16 @@ def run_outer(
     )
 
 
-def _chunk_runner(system, config, outer_optimizer, chunk: int) -> Callable:
+def chunk_runner(
+    system: UnrolledSystem,
+    config: engine.EngineConfig,
+    outer_optimizer: optax.GradientTransformation,
+    chunk: int,
+    compiler_options: dict[str, Any] | None = None,
+) -> Callable:
+    """A jitted ``carry -> (carry, (flat_theta, meta_loss, flat_grad))`` running ``chunk`` outer
+    steps of every seed; ``carry = (theta, outer_state, particles)`` with a leading seed axis."""
+
     def run_seed(carry):
         def body(carry, _):
             theta, outer_state, particles = carry
@@ -149,7 +161,7 @@ def _chunk_runner(system, config, outer_optimizer, chunk: int) -> Callable:
 
         return jax.lax.scan(body, carry, None, length=chunk)
 
-    return jax.jit(jax.vmap(run_seed))
+    return jax.jit(jax.vmap(run_seed), compiler_options=compiler_options)
 
 
 def median_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

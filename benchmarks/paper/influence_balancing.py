@@ -36,7 +36,13 @@ QUICK_RUNS = (("PES N=4", "pes", 4), ("ES-Single N=4", "es_single", 4))
 
 
 def run(
-    estimator: str, num_pairs: int, num_steps: int, num_seeds: int, lr: float, sigma: float
+    estimator: str,
+    num_pairs: int,
+    num_steps: int,
+    num_seeds: int,
+    lr: float,
+    sigma: float,
+    compiler_options: dict | None = None,
 ) -> common.OuterRun:
     """Meta-train theta from 0.5 with seeds ``0..num_seeds-1``; ``theta`` is ``[S, steps+1, 1]``."""
     system = systems.InfluenceBalancingSystem()
@@ -56,6 +62,7 @@ def run(
         num_steps,
         jax.random.split(jax.random.key(0), num_seeds),
         chunk=min(num_steps, 1000),
+        compiler_options=compiler_options,
     )
 
 
@@ -69,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     runs, num_steps, num_seeds = FULL_RUNS, args.steps, args.seeds
     if args.quick:
         runs, num_steps, num_seeds = QUICK_RUNS, 20, 2
+    options = common.FAST_COMPILE if args.quick else None
     optimum = systems.InfluenceBalancingSystem().dynamics.optimum()
     print(f"influence balancing: theta* = {optimum:.4f}, theta_0 = 0.5, {num_steps} outer steps")
     results = {}
     for label, estimator, num_pairs in runs:
         start = time.perf_counter()
-        thetas = run(estimator, num_pairs, num_steps, num_seeds, args.lr, args.sigma).theta[..., 0]
+        thetas = run(
+            estimator, num_pairs, num_steps, num_seeds, args.lr, args.sigma, options
+        ).theta[..., 0]
         final = thetas[:, -1]
         results[label] = {
             "estimator": estimator,

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         family = registry.get_family("mlp_digits", hidden=(8,), batch_size=32)
         held_out = {"tiny_digits": family.task(family.default_config())}
         eval_steps, eval_seeds, adam_grid = 4, 1, (1e-3,)
+    options = common.FAST_COMPILE if args.quick else None
     optimizer = lopt.get_optimizer("mlp", base="adam")
     system = systems.TaskTrainingSystem(family, optimizer, meta_loss="train")
     theta0 = optimizer.init_meta_params(jax.random.key(0))
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             outer_steps,
             jax.random.split(jax.random.key(11), seeds),
             chunk=min(outer_steps, 50),
+            compiler_options=options,
         )
         results[label] = {"run": run, "seconds_total": time.perf_counter() - start}
         tail = run.meta_loss[:, -max(1, outer_steps // 10) :]
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     # Held-out evaluation: each final theta, the untrained theta, and Adam tuned over a grid.
     evaluations = {}
     _, unravel = ravel_pytree(theta0)
-    candidates = {"untrained": [theta0]}
+    # The untrained optimizer is the floor; --quick skips it (one compile fewer).
+    candidates = {} if args.quick else {"untrained": [theta0]}
     for label, result in results.items():
         candidates[label] = [unravel(t) for t in result["run"].theta[:, -1]]
     for label, thetas in candidates.items():
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 untrained_floor=False,
                 progress=False,
                 name=label,
+                compiler_options=options,
             )
             per_seed.append(report.to_dict())
         evaluations[label] = per_seed

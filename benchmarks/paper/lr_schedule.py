@@ -43,7 +43,12 @@ def make_system(quick: bool) -> tuple[systems.TaskTrainingSystem, lopt.Learnable
     return systems.TaskTrainingSystem(family, optimizer, meta_loss="train"), optimizer
 
 
-def make_objective(system: systems.TaskTrainingSystem, horizon: int, num_seeds: int):
+def make_objective(
+    system: systems.TaskTrainingSystem,
+    horizon: int,
+    num_seeds: int,
+    compiler_options: dict | None = None,
+):
     """``objective(thetas) -> [B]``: the mean training loss of whole ``horizon``-step runs,
     averaged over ``num_seeds`` seeds, for each theta of the batch ``thetas`` (dict of ``[B]``
     arrays); a run with a non-finite loss counts as inf. One jitted function, so batches of one
@@ -62,7 +67,7 @@ def make_objective(system: systems.TaskTrainingSystem, horizon: int, num_seeds: 
 
     keys = jax.random.split(jax.random.key(1234), num_seeds)
     per_seed = jax.vmap(jax.vmap(one_run, in_axes=(None, 0)), in_axes=(0, None))
-    jitted = jax.jit(per_seed)
+    jitted = jax.jit(per_seed, compiler_options=compiler_options)
 
     def objective(thetas: dict) -> np.ndarray:
         losses = np.asarray(jitted(thetas, keys))
@@ -79,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument("--seeds", type=int, default=1)
     parse.add_argument("--sigma", type=float, default=0.1)
     parse.add_argument("--outer-lr", type=float, default=0.03)
+    parse.add_argument(
+        "--clip", type=float, default=0.0, help="clip estimates to this global norm (0: off)"
+    )
     args = parse.parse_args(argv)
     quick = args.quick
     horizon, pairs, inner_steps, num_seeds = args.horizon, args.pairs, args.inner_steps, args.seeds
@@ -94,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     mesh = np.stack(np.meshgrid(log_lrs, powers, indexing="ij"), -1).reshape(-1, 2)
     grid_thetas = {"log_lr": jnp.asarray(mesh[:, 0]), "decay_power": jnp.asarray(mesh[:, 1])}
-    objective_of = make_objective(system, horizon, grid_seeds)
+    options = common.FAST_COMPILE if quick else None
+    objective_of = make_objective(system, horizon, grid_seeds, options)
     grid = objective_of(grid_thetas).reshape(len(log_lrs), -1)
     best = np.unravel_index(np.argmin(grid), grid.shape)
     best_theta = (float(log_lrs[best[0]]), float(powers[best[1]]))
@@ -103,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         f"lr = {np.exp(best_theta[0]):.3g}, power = {best_theta[1]:.2f}, objective {grid.min():.4f}"
     )
 
+    outer_optimizer = optax.adam(args.outer_lr)
+    if args.clip > 0:
+        outer_optimizer = optax.chain(optax.clip_by_global_norm(args.clip), outer_optimizer)
     results = {}
     for estimator, window in runs:
         label = f"{LABELS[estimator]} K={window}"
@@ -119,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             system,
             config,
             theta0,
-            optax.adam(args.outer_lr),
+            outer_optimizer,
             num_steps,
             jax.random.split(jax.random.key(7), num_seeds),
             chunk=min(num_steps, 500),
+            compiler_options=options,
         )
         tail = run.theta[:, -max(1, num_steps // 10) :]
         final = tail.mean(axis=1)  # [seeds, 2]: mean over the last 10% of outer steps
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "horizon": horizon,
         "num_pairs": pairs,
         "sigma": args.sigma,
-        "outer": f"adam({args.outer_lr})",
+        "outer": f"adam({args.outer_lr})" + (f" after clip({args.clip})" if args.clip > 0 else ""),
         "inner_steps_per_particle": inner_steps,
         "num_seeds": num_seeds,
         "theta_0": {"log_lr": float(np.log(1e-3)), "decay_power": 0.5},

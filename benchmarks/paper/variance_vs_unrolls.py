@@ -18,6 +18,7 @@ to about ``P / 2`` and PES is *lower* than ES-Single, as the paper notes.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -64,7 +65,14 @@ def make_systems() -> dict[str, tuple[object, jax.Array, object]]:
 
 
 def problem_estimates(
-    system, theta: jax.Array, estimator: str, horizon: int, window: int, samples: int, seed: int
+    system,
+    theta: jax.Array,
+    estimator: str,
+    horizon: int,
+    window: int,
+    samples: int,
+    seed: int,
+    compiler_options: dict | None = None,
 ) -> np.ndarray:
     """``[samples, P]``: each pair's estimate of the whole problem's gradient (mean of its
     ``horizon / window`` per-window estimates)."""
@@ -79,7 +87,7 @@ def problem_estimates(
     particles, _ = engine.init_particles(system, config, theta, jax.random.key(seed))
     num_windows = horizon // window
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def estimates(particles):
         def body(particles, _):
             particles, outputs = engine.unroll_window(system, config, theta, particles)
@@ -120,7 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             for num_windows in windows_counts:
                 start = time.perf_counter()
                 est = problem_estimates(
-                    system, theta, estimator, horizon, horizon // num_windows, samples, seed=1
+                    system,
+                    theta,
+                    estimator,
+                    horizon,
+                    horizon // num_windows,
+                    samples,
+                    seed=1,
+                    compiler_options=common.FAST_COMPILE if args.quick else None,
                 )
                 mean = est.mean(axis=0)
                 variance = float(np.sum(est.var(axis=0, ddof=1)))

@@ -12,7 +12,7 @@ import lopt
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_outer_steps = 600
+    config.num_outer_steps = 500
     # 0: every local device. The particle pairs of each group are split evenly across them.
     config.num_devices = 0
     # What the estimator differentiates: the inner training loss ("train"), the same batch
@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.groups.digits = ml_collections.ConfigDict()
     config.groups.digits.family = "mlp_digits"
     config.groups.digits.weight = 1.0
-    config.groups.digits.num_pairs = 8
+    config.groups.digits.num_pairs = 16
     config.groups.digits.overrides = ml_collections.ConfigDict()
 
     config.outer = ml_collections.ConfigDict()
@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Periodic held-out evaluation: the current optimizer trains a few tasks of a held-out suite.
     config.eval = ml_collections.ConfigDict()
-    config.eval.every = 200
+    config.eval.every = 100
     config.eval.suite = "default"
     config.eval.num_tasks = 2
     config.eval.num_steps = 200  # 0: each task's own horizon

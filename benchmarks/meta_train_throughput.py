@@ -1,0 +1,358 @@
+"""Meta-training throughput on the reference configuration, against a hand-written ES baseline and
+against plain Adam training of the same particles.
+
+Reference run: per-parameter MLP optimizer (two hidden layers of 32), inner task MLP 64-32-32-10
+ReLU on digits with batch 128 (family ``mlp_digits``), 32 antithetic pairs (64 inner trainings),
+K = 10, T = 200, sigma = 0.01, outer Adam 3e-4. Measured in one process, interleaved round by
+round so machine load hits every variant alike:
+
+* ``engine``: ``meta_train.outer.OuterStep`` (ES-Single, staggered particles, sharded over a mesh
+  of 1 and of 2 devices): the meta-trainer's own outer step;
+* ``evosax``: evosax's ``NoiseReuseES`` (ask / tell) around a vmapped, ``lax.scan``ned inner loop of
+  the same optimizer on the same task (lockstep particles, twins sharing init and minibatches, one
+  jitted buffer-donating call per outer step): what a competent JAX user would write;
+* ``adam``: the same 64 inner trainings stepped with ``optax.adam`` and no estimator (vmapped,
+  scanned K steps per call, sharded like the engine): the ceiling for the engine's own overhead.
+
+It prints compile times, inner particle-steps per second (median over rounds), their ratios, and
+peak memory, and writes ``benchmarks/results/meta_train_throughput[_<mode>].json``.
+
+    python benchmarks/meta_train_throughput.py                 # reference configuration
+    python benchmarks/meta_train_throughput.py --quick         # tiny, about a minute on 2 cores
+    python benchmarks/meta_train_throughput.py --accelerator   # 4096 inner trainings (GPU / TPU)
+
+On a CPU it forces two host devices (``XLA_FLAGS``) before jax starts, so the 2-device runs share
+the same cores as the 1-device runs: they measure how well sharding uses the cores, not more
+hardware. evosax is a benchmark-only dependency (``pip install evosax``); without it the evosax
+row is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, NamedTuple
+
+if "--help" not in sys.argv and "-h" not in sys.argv:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import lopt
+from meta_train import engine, outer, systems
+from tasks import registry
+
+
+class Setting(NamedTuple):
+    num_pairs: int
+    window: int
+    horizon: int
+    sigma: float
+    outer_learning_rate: float
+    hidden_sizes: tuple[int, ...]
+    steps_per_round: int
+    rounds: int
+
+
+SETTINGS = {
+    "reference": Setting(32, 10, 200, 0.01, 3e-4, (32, 32), 10, 5),
+    "quick": Setting(2, 5, 20, 0.01, 3e-4, (8,), 2, 1),
+    "accelerator": Setting(2048, 10, 200, 0.01, 3e-4, (32, 32), 10, 5),
+}
+
+
+def _block(tree: Any) -> Any:
+    return jax.block_until_ready(tree)
+
+
+def _rss_peak_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _device_peak_mb() -> float | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+class Variant:
+    """One way of running the 2N inner trainings: ``setup()`` compiles, ``run(n)`` times n steps."""
+
+    name: str
+    inner_steps_per_call: int
+    compile_seconds: float = 0.0
+    extra: dict[str, float]
+
+    def run(self, num_calls: int) -> float:
+        """Seconds for ``num_calls`` outer steps (dispatch and completion)."""
+        start = time.perf_counter()
+        for _ in range(num_calls):
+            self.step()
+        _block(self.state)
+        return time.perf_counter() - start
+
+
+class EngineVariant(Variant):
+    """The meta-trainer's outer step on a mesh of ``num_devices``."""
+
+    def __init__(self, setting: Setting, family, optimizer, num_devices: int):
+        self.name = f"engine ({num_devices} dev)"
+        config = engine.EngineConfig(
+            num_pairs=setting.num_pairs,
+            window=setting.window,
+            sigma=setting.sigma,
+            horizon=setting.horizon,
+        )
+        system = systems.TaskTrainingSystem(family, optimizer)
+        self.groups = [outer.TaskGroup("digits", system, config, 1.0)]
+        self.settings = outer.OuterSettings("adam", setting.outer_learning_rate)
+        self.mesh = outer.make_mesh(num_devices)
+        self.theta = optimizer.init_meta_params(jax.random.key(0))
+        self.inner_steps_per_call = outer.inner_steps_per_outer_step(self.groups)
+
+    def setup(self) -> None:
+        start = time.perf_counter()
+        self.state, burn_in = outer.init_meta_state(
+            self.groups, self.theta, self.settings, jax.random.key(1), self.mesh
+        )
+        _block(self.state)
+        self.extra = {"burn_in_seconds": time.perf_counter() - start, "burn_in_steps": burn_in[0]}
+        self.outer_step = outer.OuterStep(self.groups, self.settings, self.mesh)
+        self.compile_seconds = self.outer_step.compile(self.state)
+        self.step()
+        _block(self.state)
+
+    def step(self) -> None:
+        self.state, _, _ = self.outer_step(self.state)
+
+
+def _pair_keys(key: jax.Array, num_pairs: int) -> jax.Array:
+    """Keys shared by the two twins of each pair: ``[2 N]``, pair j at j and N + j."""
+    keys = jax.random.split(key, num_pairs)
+    return jnp.concatenate([keys, keys])
+
+
+class EvosaxVariant(Variant):
+    """evosax NoiseReuseES around a vmapped, scanned inner loop (one device, lockstep)."""
+
+    def __init__(self, setting: Setting, family, optimizer):
+        from evosax.algorithms import NoiseReuseES
+
+        self.name = "evosax NRES (1 dev)"
+        self.extra = {}
+        self.inner_steps_per_call = 2 * setting.num_pairs * setting.window
+        theta = optimizer.init_meta_params(jax.random.key(0))
+        es = NoiseReuseES(
+            population_size=2 * setting.num_pairs,
+            solution=theta,
+            optimizer=optax.adam(setting.outer_learning_rate),
+            std_schedule=optax.constant_schedule(setting.sigma),
+        )
+        params = es.default_params.replace(T=setting.horizon, K=setting.window)
+        num_pairs, window = setting.num_pairs, setting.window
+
+        def fresh_inner(theta, key):
+            config_key, init_key = jax.random.split(key)
+            config = family.sample(config_key)
+            task_params = family.task(config).init(init_key)
+            return config, task_params, optimizer.init(theta, task_params, setting.horizon)
+
+        def unroll(theta, inner, key):
+            config, task_params, opt_state = inner
+            task = family.task(config)
+
+            def body(carry, step_key):
+                task_params, opt_state = carry
+                loss, grads = jax.value_and_grad(task.loss)(task_params, step_key)
+                updates, opt_state = optimizer.update(theta, opt_state, grads, task_params, loss)
+                return (optax.apply_updates(task_params, updates), opt_state), loss
+
+            carry, losses = jax.lax.scan(
+                body, (task_params, opt_state), jax.random.split(key, window)
+            )
+            return (config, *carry), jnp.mean(losses)
+
+        def outer_step(carry):
+            es_state, inner, key = carry
+            key, ask_key, tell_key, reset_key, data_key = jax.random.split(key, 5)
+            population, es_state = es.ask(ask_key, es_state, params)
+            fresh = jax.vmap(fresh_inner)(population, _pair_keys(reset_key, num_pairs))
+            restart = es_state.inner_step_counter == 0
+            inner = jax.tree.map(lambda f, o: jnp.where(restart, f, o), fresh, inner)
+            inner, fitness = jax.vmap(unroll)(population, inner, _pair_keys(data_key, num_pairs))
+            es_state, _ = es.tell(tell_key, population, fitness, es_state, params)
+            return es_state, inner, key
+
+        key = jax.random.key(2)
+        es_state = es.init(key, theta, params)
+        population, _ = es.ask(key, es_state, params)
+        inner = jax.vmap(fresh_inner)(population, _pair_keys(key, num_pairs))
+        self.state = (es_state, inner, key)
+        self.jitted = jax.jit(outer_step, donate_argnums=0)
+
+    def setup(self) -> None:
+        start = time.perf_counter()
+        self.compiled = self.jitted.lower(self.state).compile()
+        self.compile_seconds = time.perf_counter() - start
+        self.step()
+        _block(self.state)
+
+    def step(self) -> None:
+        self.state = self.compiled(self.state)
+
+
+class AdamVariant(Variant):
+    """The same 2N inner trainings with ``optax.adam(1e-3)`` and no estimator, sharded like the
+    engine."""
+
+    def __init__(self, setting: Setting, family, num_devices: int):
+        self.name = f"adam, no ES ({num_devices} dev)"
+        self.extra = {}
+        num_particles, window = 2 * setting.num_pairs, setting.window
+        self.inner_steps_per_call = num_particles * window
+        adam = optax.adam(1e-3)
+
+        def init(key):
+            config_key, init_key = jax.random.split(key)
+            config = family.sample(config_key)
+            task_params = family.task(config).init(init_key)
+            return config, task_params, adam.init(task_params), key
+
+        def unroll(particle):
+            config, task_params, opt_state, key = particle
+            task = family.task(config)
+            key, data_key = jax.random.split(key)
+
+            def body(carry, step_key):
+                task_params, opt_state = carry
+                grads = jax.grad(task.loss)(task_params, step_key)
+                updates, opt_state = adam.update(grads, opt_state, task_params)
+                return (optax.apply_updates(task_params, updates), opt_state), None
+
+            carry, _ = jax.lax.scan(
+                body, (task_params, opt_state), jax.random.split(data_key, window)
+            )
+            return (config, *carry, key)
+
+        mesh = outer.make_mesh(num_devices)
+        sharded = jax.shard_map(
+            jax.vmap(unroll), mesh=mesh, in_specs=P(outer.AXIS), out_specs=P(outer.AXIS)
+        )
+        particles = jax.vmap(init)(jax.random.split(jax.random.key(3), num_particles))
+        self.state = jax.device_put(particles, NamedSharding(mesh, P(outer.AXIS)))
+        self.jitted = jax.jit(sharded, donate_argnums=0)
+
+    def setup(self) -> None:
+        start = time.perf_counter()
+        self.compiled = self.jitted.lower(self.state).compile()
+        self.compile_seconds = time.perf_counter() - start
+        self.step()
+        _block(self.state)
+
+    def step(self) -> None:
+        self.state = self.compiled(self.state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="tiny setting, about a minute")
+    mode.add_argument("--accelerator", action="store_true", help="2048 pairs (4096 trainings)")
+    parser.add_argument("--devices", default="1,2", help="mesh sizes to run (default: 1,2)")
+    parser.add_argument("--no-evosax", action="store_true", help="skip the evosax baseline")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args(argv)
+    mode_name = "quick" if args.quick else "accelerator" if args.accelerator else "reference"
+    setting = SETTINGS[mode_name]
+    device_counts = [int(n) for n in args.devices.split(",") if int(n) <= jax.device_count()]
+
+    family = registry.get_family("mlp_digits")
+    optimizer = lopt.get_optimizer("mlp", hidden_sizes=setting.hidden_sizes)
+    variants: list[Variant] = [EngineVariant(setting, family, optimizer, n) for n in device_counts]
+    variants += [AdamVariant(setting, family, n) for n in device_counts]
+    if not args.no_evosax:
+        try:
+            variants.append(EvosaxVariant(setting, family, optimizer))
+        except ImportError:
+            print("evosax is not installed (pip install evosax): skipping its baseline")
+
+    print(
+        f"{mode_name}: {setting.num_pairs} pairs ({2 * setting.num_pairs} inner trainings), "
+        f"K={setting.window}, T={setting.horizon}, sigma={setting.sigma}, MLP optimizer "
+        f"{setting.hidden_sizes}; {jax.device_count()} {jax.devices()[0].platform} device(s)"
+    )
+    memory = {}
+    for variant in variants:
+        variant.setup()
+        memory[variant.name] = {"rss_peak_mb": _rss_peak_mb(), "device_peak_mb": _device_peak_mb()}
+        print(f"  compiled {variant.name} in {variant.compile_seconds:.1f}s {variant.extra or ''}")
+
+    throughputs = {variant.name: [] for variant in variants}
+    for _ in range(setting.rounds):
+        for variant in variants:
+            seconds = variant.run(setting.steps_per_round)
+            rate = variant.inner_steps_per_call * setting.steps_per_round / seconds
+            throughputs[variant.name].append(rate)
+
+    results = {}
+    medians = {name: statistics.median(rates) for name, rates in throughputs.items()}
+    evosax_rate = next((rate for name, rate in medians.items() if "evosax" in name), None)
+    header = f"{'variant':<24}{'compile s':>10}{'particle-steps/s':>18}"
+    print(f"\n{header}{'vs evosax':>11}{'vs adam':>9}")
+    for variant in variants:
+        rate = medians[variant.name]
+        devices = variant.name.split("(")[-1]
+        adam_rate = next(
+            (r for name, r in medians.items() if name.startswith("adam") and devices in name),
+            None,
+        )
+        results[variant.name] = {
+            "compile_seconds": variant.compile_seconds,
+            "particle_steps_per_s": rate,
+            "per_round": throughputs[variant.name],
+            **memory[variant.name],
+            **variant.extra,
+        }
+        ratio_es = f"{rate / evosax_rate:.2f}x" if evosax_rate else "-"
+        ratio_adam = f"{rate / adam_rate:.2f}x" if adam_rate else "-"
+        print(
+            f"{variant.name:<24}{variant.compile_seconds:>10.1f}{rate:>18.0f}"
+            f"{ratio_es:>11}{ratio_adam:>9}"
+        )
+    print(f"peak RSS {_rss_peak_mb():.0f} MB; device peak {_device_peak_mb() or 'n/a'} MB")
+
+    record = {
+        "mode": mode_name,
+        "setting": setting._asdict(),
+        "steps_timed": setting.steps_per_round * setting.rounds,
+        "devices": [str(d) for d in jax.devices()],
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "results": results,
+    }
+    suffix = "" if mode_name == "reference" else f"_{mode_name}"
+    path = args.out or os.path.join(
+        os.path.dirname(__file__), "results", f"meta_train_throughput{suffix}.json"
+    )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2, default=float)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
