@@ -108,13 +108,17 @@ class Variant:
 class EngineVariant(Variant):
     """The meta-trainer's outer step on a mesh of ``num_devices``."""
 
-    def __init__(self, setting: Setting, family, optimizer, num_devices: int):
-        self.name = f"engine ({num_devices} dev)"
+    def __init__(
+        self, setting: Setting, family, optimizer, num_devices: int, pairs_per_chunk: int | None
+    ):
+        chunks = "all pairs at once" if pairs_per_chunk is None else f"chunks of {pairs_per_chunk}"
+        self.name = f"engine, {chunks} ({num_devices} dev)"
         config = engine.EngineConfig(
             num_pairs=setting.num_pairs,
             window=setting.window,
             sigma=setting.sigma,
             horizon=setting.horizon,
+            pairs_per_chunk=pairs_per_chunk,
         )
         system = systems.TaskTrainingSystem(family, optimizer)
         self.groups = [outer.TaskGroup("digits", system, config, 1.0)]
@@ -273,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--accelerator", action="store_true", help="2048 pairs (4096 trainings)")
     parser.add_argument("--devices", default="1,2", help="mesh sizes to run (default: 1,2)")
     parser.add_argument("--no-evosax", action="store_true", help="skip the evosax baseline")
+    parser.add_argument(
+        "--pairs-per-chunk",
+        default="all,1",
+        type=lambda text: [None if c == "all" else int(c) for c in text.split(",")],
+        help="engine variants to run: pairs vectorised together ('all' or an int; default all,1)",
+    )
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args(argv)
     mode_name = "quick" if args.quick else "accelerator" if args.accelerator else "reference"
@@ -281,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
 
     family = registry.get_family("mlp_digits")
     optimizer = lopt.get_optimizer("mlp", hidden_sizes=setting.hidden_sizes)
-    variants: list[Variant] = [EngineVariant(setting, family, optimizer, n) for n in device_counts]
+    variants: list[Variant] = [
+        EngineVariant(setting, family, optimizer, n, chunk)
+        for chunk in args.pairs_per_chunk
+        for n in device_counts
+    ]
     variants += [AdamVariant(setting, family, n) for n in device_counts]
     if not args.no_evosax:
         try:
@@ -310,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     medians = {name: statistics.median(rates) for name, rates in throughputs.items()}
     evosax_rate = next((rate for name, rate in medians.items() if "evosax" in name), None)
-    header = f"{'variant':<24}{'compile s':>10}{'particle-steps/s':>18}"
+    header = f"{'variant':<36}{'compile s':>10}{'particle-steps/s':>18}"
     print(f"\n{header}{'vs evosax':>11}{'vs adam':>9}")
     for variant in variants:
         rate = medians[variant.name]
@@ -329,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio_es = f"{rate / evosax_rate:.2f}x" if evosax_rate else "-"
         ratio_adam = f"{rate / adam_rate:.2f}x" if adam_rate else "-"
         print(
-            f"{variant.name:<24}{variant.compile_seconds:>10.1f}{rate:>18.0f}"
+            f"{variant.name:<36}{variant.compile_seconds:>10.1f}{rate:>18.0f}"
             f"{ratio_es:>11}{ratio_adam:>9}"
         )
     print(f"peak RSS {_rss_peak_mb():.0f} MB; device peak {_device_peak_mb() or 'n/a'} MB")

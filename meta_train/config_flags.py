@@ -26,7 +26,7 @@ OUTER_OPTIMIZERS = ("adam", "sgd", "sgdm")
 OUTER_SCHEDULES = ("constant", "cosine")
 # Keys whose value may change on an existing workdir: they change how long the run goes or how it
 # reports, not the trajectory of theta (num_outer_steps only with a constant outer schedule).
-RESUMABLE_KEYS = ("num_outer_steps", "progress")
+RESUMABLE_KEYS = ("num_outer_steps", "progress", "pairs_per_chunk")
 # Dicts whose keys are free (forwarded as keyword arguments), so an override may add a key.
 OPEN_DICTS = ("overrides",)
 
@@ -197,6 +197,7 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
             f"config key 'num_devices' is {config.num_devices} but only {num_available_devices} "
             "devices exist; use 0 for all of them"
         )
+    _at_least("pairs_per_chunk", config.pairs_per_chunk, -1)
     for key in ("log_every", "checkpoint_every", "keep_checkpoints", "export_every"):
         _positive(key, config[key])
 
@@ -235,11 +236,14 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
     if not config.groups:
         raise ConfigError("config key 'groups' is empty: meta-train on at least one task family")
     families = registry.family_names()
-    devices = num_available_devices if not config.num_devices else config.num_devices
     for name, group in config.groups.items():
         _choose(f"groups.{name}.family", group.family, families)
         _positive(f"groups.{name}.weight", group.weight)
         _positive(f"groups.{name}.num_pairs", group.num_pairs)
+    devices = config.num_devices
+    if num_available_devices is not None and not devices:
+        devices = num_devices_to_use(config, num_available_devices)
+    for name, group in config.groups.items():
         if devices and group.num_pairs % devices:
             raise ConfigError(
                 f"config key 'groups.{name}.num_pairs' ({group.num_pairs}) must be a multiple of "
@@ -268,6 +272,29 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
 def canonical(config: ml_collections.ConfigDict) -> dict:
     """The config as plain JSON data (tuples become lists), for storing and comparing."""
     return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def num_devices_to_use(config: Any, num_available_devices: int) -> int:
+    """``config.num_devices``, or with 0 the most of the available devices that split every
+    group's pairs evenly."""
+    if config.num_devices:
+        return config.num_devices
+    pair_counts = [group.num_pairs for group in config.groups.values()]
+    return max(
+        n
+        for n in range(1, num_available_devices + 1)
+        if all(count % n == 0 for count in pair_counts)
+    )
+
+
+def pairs_per_chunk(config: Any, platform: str) -> int | None:
+    """The engine's ``pairs_per_chunk`` for ``config.pairs_per_chunk`` on ``platform`` (0:
+    automatic, -1: all pairs at once)."""
+    if config.pairs_per_chunk == -1:
+        return None
+    if config.pairs_per_chunk == 0:
+        return 1 if platform == "cpu" else None
+    return config.pairs_per_chunk
 
 
 def differences(stored: dict, current: dict) -> list[str]:

@@ -73,6 +73,7 @@ def engine_config(config: ml_collections.ConfigDict, num_pairs: int) -> engine.E
         stagger=estimator.stagger,
         estimator=estimator.name,
         resample_every=estimator.resample_every,
+        pairs_per_chunk=config_flags.pairs_per_chunk(config, jax.default_backend()),
     )
 
 
@@ -255,7 +256,7 @@ def meta_train(
         checkpoint.prepare_workdir(workdir, config, overwrite)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("lopt meta-train: workdir ready")
-    mesh = outer.make_mesh(config.num_devices)
+    mesh = outer.make_mesh(config_flags.num_devices_to_use(config, jax.device_count()))
     settings = outer.OuterSettings(
         config.outer.optimizer,
         config.outer.learning_rate,

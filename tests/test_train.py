@@ -156,6 +156,7 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(runs, tmp_path,
         ("--config.groups.digits.overrides.widht=3", ["groups.digits.overrides", "widht"]),
         ("--config.progress=maybe", ["progress", "boolean"]),
         ("--config.estimator=3", ["estimator", "group"]),
+        ("--config.pairs_per_chunk=-2", ["pairs_per_chunk", "at least -1"]),
     ],
 )
 def test_bad_config_fails_before_anything_runs(override, named, tmp_path, capsys):
@@ -165,6 +166,31 @@ def test_bad_config_fails_before_anything_runs(override, named, tmp_path, capsys
     for word in named:
         assert word in message, (word, message)
     assert not workdir.exists()  # refused before the workdir, the data or any compile
+
+
+def test_automatic_device_count_and_chunking():
+    config = tiny_config(num_devices=0)
+    config.groups.second.num_pairs = 6
+    # The most devices of the 4 that split both groups' pairs (4 and 6) evenly.
+    assert config_flags.num_devices_to_use(config, 4) == 2
+    assert config_flags.num_devices_to_use(tiny_config(num_devices=0), 4) == 4
+    assert config_flags.num_devices_to_use(tiny_config(num_devices=1), 4) == 1
+    config_flags.validate(config, num_available_devices=4)
+    chunks = {
+        (setting, platform): config_flags.pairs_per_chunk(
+            tiny_config(pairs_per_chunk=setting), platform
+        )
+        for setting in (0, -1, 3)
+        for platform in ("cpu", "gpu")
+    }
+    assert chunks == {
+        (0, "cpu"): 1,
+        (0, "gpu"): None,
+        (-1, "cpu"): None,
+        (-1, "gpu"): None,
+        (3, "cpu"): 3,
+        (3, "gpu"): 3,
+    }
 
 
 def test_override_parsing_keeps_types():

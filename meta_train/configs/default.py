@@ -13,8 +13,13 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_outer_steps = 500
-    # 0: every local device. The particle pairs of each group are split evenly across them.
+    # 0: as many local devices as split every group's pairs evenly. On a CPU, `lopt meta-train`
+    # makes one XLA device per core (unless XLA_FLAGS sets a count), so the pairs use every core.
     config.num_devices = 0
+    # Pairs vectorised together on a device; chunks run one after another. 0: automatic, one pair
+    # at a time on a CPU (its working set stays in cache), all at once on an accelerator;
+    # -1: all at once. Results do not depend on it.
+    config.pairs_per_chunk = 0
     # What the estimator differentiates: the inner training loss ("train"), the same batch
     # re-evaluated after the step ("reeval"), or a fresh batch of the outer-valid split.
     config.meta_loss = "train"
