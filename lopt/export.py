@@ -129,7 +129,13 @@ def _check_theta(optimizer: LearnedOptimizer, theta: MetaParams) -> None:
 def _checkpointer():
     import orbax.checkpoint as ocp  # lazy: orbax is slow to import and only needed here
 
-    return ocp.StandardCheckpointer()
+    # An export is written by one process, also in a multi-process run: by default orbax would
+    # wait at barriers for every process to save too.
+    this_process = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(
+        primary_host=this_process, active_processes={this_process}
+    )
+    return ocp.StandardCheckpointer(multiprocessing_options=options)
 
 
 def save(
@@ -142,7 +148,8 @@ def save(
     replacing an earlier export there atomically (write aside, then rename)."""
     path = os.path.abspath(os.fspath(path))
     _check_theta(optimizer, theta)
-    theta = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), theta)
+    # Host numpy arrays: orbax refuses to save process-local jax.Arrays in a multi-process run.
+    theta = jax.tree.map(lambda x: np.asarray(x, jnp.result_type(x)), theta)
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

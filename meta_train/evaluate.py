@@ -713,8 +713,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default: <export>/eval_<suite>, which re-saving the export "
-        "replaces, or runs/eval_<suite>)",
+        help="output directory (default: eval_<suite> beside the export, e.g. "
+        "runs/default/eval_default, or runs/eval_<suite>)",
     )
     return parser
 
@@ -743,7 +743,9 @@ def main(argv: list[str]) -> int:
         parser.error(
             f"--suite {args.suite!r} is unknown; known suites: {', '.join(registry.suite_names())}"
         )
-    out = args.out or os.path.join(args.optimizer if is_export else "runs", f"eval_{args.suite}")
+    # Beside the export, not in it: re-saving an export replaces its whole directory.
+    beside = os.path.dirname(os.path.abspath(args.optimizer)) if is_export else "runs"
+    out = args.out or os.path.join(beside, f"eval_{args.suite}")
     report = evaluate(
         args.optimizer,
         registry.get_suite(args.suite),

@@ -22,10 +22,10 @@ Workdir layout::
 
 Several hosts: run the same command with the same config and workdir (a shared file system) in
 every process, with ``--distributed``, which calls ``jax.distributed.initialize()`` before anything
-else touches jax (coordinator address, process count and id from the cluster's environment, or the
-arguments of ``jax.distributed.initialize``). The mesh then holds every process's devices, the
-particles are split over all of them, and the engine's ``psum`` spans the hosts; every process
-computes the same theta.
+else touches jax (``--coordinator-address``, ``--num-processes`` and ``--process-id``, or detected
+from the cluster's environment). The mesh then holds every process's devices, the particles are
+split over all of them, and the engine's ``psum`` spans the hosts; every process computes the same
+theta, and process 0 writes the logs and the export.
 """
 
 from __future__ import annotations
@@ -297,9 +297,7 @@ def meta_train(
         if write_checkpoint:
             meta = {"step": step, "burn_in_steps": burn_in_steps, "num_devices": mesh.size}
             checkpointer.save(step, state, meta | {"config": config_flags.canonical(config)})
-        # lopt.save's orbax checkpointer waits for every process, so in a multi-process run only
-        # the checkpoints are written (the export can be made from one afterwards).
-        if write_export and chief and jax.process_count() == 1:
+        if write_export and chief:
             theta = jax.device_get(state.theta)
             lopt.save(
                 os.path.join(workdir, "export"),
@@ -413,9 +411,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--distributed",
         action="store_true",
-        help="call jax.distributed.initialize() first (multi-process runs; settings from the "
-        "environment, e.g. on SLURM or Cloud TPU)",
+        help="call jax.distributed.initialize() first (multi-process runs; settings below, else "
+        "detected from the cluster's environment, e.g. SLURM or Cloud TPU)",
     )
+    parser.add_argument("--coordinator-address", help="with --distributed: host:port of process 0")
+    parser.add_argument("--num-processes", type=int, help="with --distributed")
+    parser.add_argument("--process-id", type=int, help="with --distributed")
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     return parser
 
@@ -430,7 +431,9 @@ def main(argv: list[str]) -> int:
         parser.error(str(error))
     args = parser.parse_args(rest)
     if args.distributed:
-        jax.distributed.initialize()
+        # Cross-process collectives between CPU devices need gloo; accelerators ignore this.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     try:
         config = config_flags.load_config(args.config)
         for key, text in overrides:

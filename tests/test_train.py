@@ -9,6 +9,7 @@ inner problem.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -240,3 +241,39 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert (workdir / "export" / "optimizer.json").exists()
     exported = json.loads((workdir / "export" / "optimizer.json").read_text())
     assert exported["metadata"]["meta_training_steps"] == max(steps)
+
+
+def test_two_processes_match_two_devices(runs, tmp_path):
+    """`lopt meta-train --distributed` in two local CPU processes (one device each, gloo
+    collectives) ends with the theta of one process with two devices, and process 0 exports it."""
+    config_file = tmp_path / "tiny.py"
+    config_file.write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_train import tiny_config\n\n"
+        "def get_config():\n    return tiny_config(num_devices=2)\n"
+    )
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
+    )
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "meta_train.cli", "meta-train", "--config", str(config_file)]
+    command += ["--workdir", str(workdir), "--distributed", "--num-processes=2"]
+    command += [f"--coordinator-address=localhost:{port}"]
+    processes = [
+        subprocess.Popen(
+            [*command, f"--process-id={index}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    _, exported, _ = lopt.load_optimizer(workdir / "export")
+    for got, want in zip(_leaves(exported), _leaves(runs[2][0]["theta"]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

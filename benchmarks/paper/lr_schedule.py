@@ -83,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument("--inner-steps", type=int, default=3000, help="per twin and pair")
     parse.add_argument("--seeds", type=int, default=1)
     parse.add_argument("--sigma", type=float, default=0.1)
-    parse.add_argument("--outer-lr", type=float, default=0.03)
     parse.add_argument(
-        "--clip", type=float, default=0.0, help="clip estimates to this global norm (0: off)"
+        "--outer-lr",
+        type=float,
+        default=0.03,
+        help="outer Adam lr at K=10; a run with window K uses lr * K / 10, so every run may move "
+        "theta alike per inner step (Adam's step size hardly depends on the gradient's scale)",
+    )
+    parse.add_argument(
+        "--clip", type=float, default=1.0, help="clip estimates to this global norm (0: off)"
     )
     args = parse.parse_args(argv)
     quick = args.quick
@@ -112,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         f"lr = {np.exp(best_theta[0]):.3g}, power = {best_theta[1]:.2f}, objective {grid.min():.4f}"
     )
 
-    outer_optimizer = optax.adam(args.outer_lr)
-    if args.clip > 0:
-        outer_optimizer = optax.chain(optax.clip_by_global_norm(args.clip), outer_optimizer)
     results = {}
     for estimator, window in runs:
+        outer_optimizer = optax.adam(args.outer_lr * window / 10)
+        if args.clip > 0:
+            outer_optimizer = optax.chain(optax.clip_by_global_norm(args.clip), outer_optimizer)
         label = f"{LABELS[estimator]} K={window}"
         config = engine.EngineConfig(
             num_pairs=pairs,
@@ -147,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "estimator": estimator,
             "window": window,
             "outer_steps": num_steps,
+            "outer_learning_rate": args.outer_lr * window / 10,
             "trajectory_log_lr": run.theta[..., 1],
             "trajectory_decay_power": run.theta[..., 0],
             "meta_loss": run.meta_loss,
@@ -170,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         "horizon": horizon,
         "num_pairs": pairs,
         "sigma": args.sigma,
-        "outer": f"adam({args.outer_lr})" + (f" after clip({args.clip})" if args.clip > 0 else ""),
+        "outer": f"adam({args.outer_lr} * K / 10)"
+        + (f" after clip({args.clip})" if args.clip > 0 else ""),
         "inner_steps_per_particle": inner_steps,
         "num_seeds": num_seeds,
         "theta_0": {"log_lr": float(np.log(1e-3)), "decay_power": 0.5},
