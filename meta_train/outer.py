@@ -18,8 +18,6 @@ skipped update) rather than poisoning theta.
 from __future__ import annotations
 
 import collections
-import dataclasses
-import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -195,22 +193,10 @@ def abstract_meta_state(
     mesh: Mesh,
 ) -> MetaState:
     """The ``MetaState``'s structure as ``jax.ShapeDtypeStruct`` leaves with their shardings, to
-    restore a checkpoint into; nothing is computed or compiled.
-
-    The engine offers no shape-only initialiser (``init_particles`` returns its burn-in count as a
-    Python int, which ``jax.eval_shape`` cannot trace), so this traces its lockstep initialiser.
-    """
-    particles = []
-    for group in groups:
-        lockstep = dataclasses.replace(group.engine_config, stagger=False)
-        init = functools.partial(engine._init, config=lockstep)
-        shapes, _ = jax.eval_shape(
-            lambda system, theta, key, init=init: init(system, theta=theta, key=key),
-            group.system,
-            theta,
-            jax.random.key(0),
-        )
-        particles.append(shapes)
+    restore a checkpoint into; nothing is computed or compiled."""
+    particles = [
+        engine.particles_shape(group.system, group.engine_config, theta) for group in groups
+    ]
     step = jax.ShapeDtypeStruct((), jnp.int32)
     outer_state = jax.eval_shape(settings.build()[0].init, theta)
     state = MetaState(step, jax.eval_shape(lambda t: t, theta), outer_state, tuple(particles))
