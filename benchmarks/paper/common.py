@@ -44,6 +44,14 @@ def write_json(out: str, name: str, payload: dict[str, Any]) -> str:
     return path
 
 
+def thin(curves: Any, max_points: int = 500) -> tuple[np.ndarray, int]:
+    """``(curves[..., ::every], every)``: per-step curves subsampled along their last axis to at
+    most about ``max_points`` points, to keep the JSON small (the figures use the full curves)."""
+    curves = np.asarray(curves)
+    every = max(1, -(-curves.shape[-1] // max_points))
+    return curves[..., ::every], every
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray | jax.Array):
         return np.asarray(value).tolist()

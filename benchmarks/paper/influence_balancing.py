@@ -79,17 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     options = common.FAST_COMPILE if args.quick else None
     optimum = systems.InfluenceBalancingSystem().dynamics.optimum()
     print(f"influence balancing: theta* = {optimum:.4f}, theta_0 = 0.5, {num_steps} outer steps")
-    results = {}
+    results, trajectories = {}, {}
     for label, estimator, num_pairs in runs:
         start = time.perf_counter()
         thetas = run(
             estimator, num_pairs, num_steps, num_seeds, args.lr, args.sigma, options
         ).theta[..., 0]
         final = thetas[:, -1]
+        trajectories[label] = thetas
         results[label] = {
             "estimator": estimator,
             "num_pairs": num_pairs,
-            "theta": thetas,
+            "theta_every": common.thin(thetas)[1],
+            "theta": common.thin(thetas)[0],
             "final_theta": final,
             "median_final_theta": float(np.median(final)),
             "median_abs_error": float(np.median(np.abs(final - optimum))),
@@ -114,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     print("wrote", common.write_json(args.out, NAME, payload))
     fig, (axis,) = common.figure(1, width=6.5, height=4.5)
     steps = np.arange(num_steps + 1)
-    for label, result in results.items():
-        median, low, high = common.median_band(result["theta"])
+    for label, thetas in trajectories.items():
+        median, low, high = common.median_band(thetas)
         (line,) = axis.plot(steps, median, label=label)
         axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     axis.axhline(optimum, color="k", linestyle="--", label="theta* = -1/6")

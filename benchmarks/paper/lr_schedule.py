@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         f"lr = {np.exp(best_theta[0]):.3g}, power = {best_theta[1]:.2f}, objective {grid.min():.4f}"
     )
 
-    results = {}
+    results, trajectories = {}, {}
     for estimator, window in runs:
         outer_optimizer = optax.adam(args.outer_lr * window / 10)
         if args.clip > 0:
@@ -149,14 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         final_thetas = {"log_lr": jnp.asarray(final[:, 1]), "decay_power": jnp.asarray(final[:, 0])}
         objective = objective_of(final_thetas)
         result_std = tail[..., 1].std(axis=1)
+        trajectories[label] = run.theta[0]  # seed 0, [steps + 1, (decay_power, log_lr)]
         results[label] = {
             "estimator": estimator,
             "window": window,
             "outer_steps": num_steps,
             "outer_learning_rate": args.outer_lr * window / 10,
-            "trajectory_log_lr": run.theta[..., 1],
-            "trajectory_decay_power": run.theta[..., 0],
-            "meta_loss": run.meta_loss,
+            "trajectory_every": common.thin(run.theta[..., 1])[1],
+            "trajectory_log_lr": common.thin(run.theta[..., 1])[0],
+            "trajectory_decay_power": common.thin(run.theta[..., 0])[0],
+            "meta_loss": common.thin(run.meta_loss)[0],
             "final_log_lr": final[:, 1],
             "final_decay_power": final[:, 0],
             "final_objective": objective,
@@ -198,14 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         contour = landscape.contourf(powers, np.log10(np.exp(log_lrs)), shown, levels=20)
         fig.colorbar(contour, ax=landscape, label="log10 grid objective")
     landscape.plot(best_theta[1], np.log10(np.exp(best_theta[0])), "r*", ms=14, label="grid best")
-    for label, result in results.items():
+    for label, trajectory in trajectories.items():
         (line,) = landscape.plot(
-            result["trajectory_decay_power"][0],
-            np.log10(np.exp(result["trajectory_log_lr"][0])),
-            lw=1,
-            label=label,
+            trajectory[:, 0], np.log10(np.exp(trajectory[:, 1])), lw=1, label=label
         )
-        curves.plot(np.exp(result["trajectory_log_lr"][0]), color=line.get_color(), label=label)
+        curves.plot(np.exp(trajectory[:, 1]), color=line.get_color(), label=label)
     landscape.set(xlabel="decay power", ylabel="log10 initial lr")
     landscape.legend(fontsize=6)
     curves.set(xlabel="outer step", ylabel="initial lr (seed 0)", yscale="log")
