@@ -87,12 +87,38 @@ def check_positive(name: str, values: Sequence[float]) -> None:
         raise ValueError(f"{name} must be positive, got {values}")
 
 
+def check_config(config: FeatureConfig) -> None:
+    """Raise ``ValueError`` naming the first out-of-range feature hyperparameter."""
+    check_decays("momentum_decays", config.momentum_decays)
+    check_decays("rms_decay", (config.rms_decay,))
+    check_positive("time_scales", config.time_scales)
+    check_positive("fraction_scales", config.fraction_scales)
+
+
 def num_param_features(config: FeatureConfig) -> int:
     return len(config.momentum_decays) + NUM_EXTRA_PARAM_FEATURES
 
 
 def num_context_features(config: FeatureConfig) -> int:
     return len(config.time_scales) + len(config.fraction_scales) + int(config.use_loss)
+
+
+class FeatureFields:
+    """Mixin for optimizer dataclasses that have the fields of ``FeatureConfig``.
+
+    It declares no fields itself, so the dataclass keeps its own field order (constructor and
+    ``hyperparameters()``).
+    """
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        """The hyperparameters the features depend on."""
+        return FeatureConfig(*(getattr(self, name) for name in FeatureConfig._fields))
+
+    @property
+    def num_features(self) -> int:
+        """Columns of the per-parameter feature matrix."""
+        return num_param_features(self.feature_config)
 
 
 def horizon(num_steps: jax.Array | int) -> jax.Array:

@@ -77,7 +77,7 @@ def lstm_cell(
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMOptimizer(LearnedOptimizer):
+class LSTMOptimizer(feats.FeatureFields, LearnedOptimizer):
     """Coordinate-wise LSTM optimizer; the fields are its hyperparameters.
 
     Attributes:
@@ -107,24 +107,7 @@ class LSTMOptimizer(LearnedOptimizer):
             value = getattr(self, name)
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
-        feats.check_decays("momentum_decays", self.momentum_decays)
-        feats.check_decays("rms_decay", (self.rms_decay,))
-        feats.check_positive("time_scales", self.time_scales)
-        feats.check_positive("fraction_scales", self.fraction_scales)
-
-    @property
-    def feature_config(self) -> feats.FeatureConfig:
-        return feats.FeatureConfig(
-            self.momentum_decays,
-            self.rms_decay,
-            self.time_scales,
-            self.fraction_scales,
-            self.use_loss,
-        )
-
-    @property
-    def num_features(self) -> int:
-        return feats.num_param_features(self.feature_config)
+        feats.check_config(self.feature_config)
 
     @functools.partial(jax.jit, static_argnums=0)
     def init_meta_params(self, key: jax.Array) -> dict:

@@ -51,7 +51,7 @@ class MLPOptState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPOptimizer(LearnedOptimizer):
+class MLPOptimizer(feats.FeatureFields, LearnedOptimizer):
     """Per-parameter MLP optimizer; the fields are its hyperparameters.
 
     Attributes:
@@ -89,10 +89,7 @@ class MLPOptimizer(LearnedOptimizer):
         feats.freeze_sequences(self)
         if any(int(h) != h or h < 1 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive integers, got {self.hidden_sizes}")
-        feats.check_decays("momentum_decays", self.momentum_decays)
-        feats.check_decays("rms_decay", (self.rms_decay,))
-        feats.check_positive("time_scales", self.time_scales)
-        feats.check_positive("fraction_scales", self.fraction_scales)
+        feats.check_config(self.feature_config)
         if self.base not in BASES:
             raise ValueError(f"base must be one of {BASES}, got {self.base!r}")
         if self.base == "adam":
@@ -102,21 +99,6 @@ class MLPOptimizer(LearnedOptimizer):
                     f"add it to momentum_decays={self.momentum_decays}"
                 )
             feats.check_positive("base_learning_rate", (self.base_learning_rate,))
-
-    @property
-    def feature_config(self) -> feats.FeatureConfig:
-        return feats.FeatureConfig(
-            self.momentum_decays,
-            self.rms_decay,
-            self.time_scales,
-            self.fraction_scales,
-            self.use_loss,
-        )
-
-    @property
-    def num_features(self) -> int:
-        """Columns of the per-parameter feature matrix."""
-        return feats.num_param_features(self.feature_config)
 
     @functools.partial(jax.jit, static_argnums=0)
     def init_meta_params(self, key: jax.Array) -> dict:

@@ -355,6 +355,19 @@ class ImageConvFamily(_ClassifierFamily):
         return pooled @ params["head"]["w"] + params["head"]["b"]
 
 
+def _load_data(
+    dataset: str, image_size: int | None, grayscale: bool, split_seed: int, data_dir: str | None
+) -> datasets.Dataset:
+    """``datasets.load_dataset`` with the data options of ``mlp_family`` and ``conv_family``."""
+    return datasets.load_dataset(
+        dataset,
+        data_dir=data_dir,
+        split_seed=split_seed,
+        image_size=image_size,
+        grayscale=grayscale,
+    )
+
+
 def mlp_family(
     dataset: str = "digits",
     hidden: tuple[int, ...] = (32, 32),
@@ -368,13 +381,7 @@ def mlp_family(
     permute_labels: bool = True,
 ) -> ImageMLPFamily:
     """An MLP family on a built-in or prepared TFDS dataset (``image_size`` downsamples)."""
-    data = datasets.load_dataset(
-        dataset,
-        data_dir=data_dir,
-        split_seed=split_seed,
-        image_size=image_size,
-        grayscale=grayscale,
-    )
+    data = _load_data(dataset, image_size, grayscale, split_seed, data_dir)
     return ImageMLPFamily(
         data=data,
         hidden=tuple(hidden),
@@ -400,13 +407,7 @@ def conv_family(
     permute_labels: bool = True,
 ) -> ImageConvFamily:
     """A conv-net family on a built-in or prepared TFDS image dataset."""
-    data = datasets.load_dataset(
-        dataset,
-        data_dir=data_dir,
-        split_seed=split_seed,
-        image_size=image_size,
-        grayscale=grayscale,
-    )
+    data = _load_data(dataset, image_size, grayscale, split_seed, data_dir)
     return ImageConvFamily(
         data=data,
         channels=tuple(channels),

@@ -206,6 +206,21 @@ def test_nonfinite_losses_masked_counted_and_reset(estimator):
     )
 
 
+def sharded_window_step(system, config, theta, particles):
+    """``engine.window_step`` under shard_map, the pairs split over 4 devices, theta replicated."""
+    mesh = jax.make_mesh((4,), ("pairs",), axis_types=(jax.sharding.AxisType.Explicit,))
+    step = jax.jit(
+        jax.shard_map(
+            lambda s, th, p: engine.window_step(s, config, th, p, axis_name="pairs"),
+            mesh=mesh,
+            in_specs=(P(), P(), P("pairs")),
+            out_specs=(P("pairs"), P()),
+        ),
+        compiler_options=FAST_COMPILE,
+    )
+    return step(system, theta, jax.device_put(particles, NamedSharding(mesh, P("pairs"))))
+
+
 @pytest.mark.parametrize("estimator", ["es_single", "tbptt"])
 def test_shard_map_matches_one_device(estimator):
     """Pairs split over 4 forced CPU devices give the one-device estimate (psum of the sums).
@@ -218,19 +233,7 @@ def test_shard_map_matches_one_device(estimator):
         system, config, theta, jax.random.key(1), compiler_options=FAST_COMPILE
     )
     expected_particles, expected = WINDOW_STEP(system, config, theta, particles)
-
-    mesh = jax.make_mesh((4,), ("pairs",), axis_types=(jax.sharding.AxisType.Explicit,))
-    sharded = jax.device_put(particles, NamedSharding(mesh, P("pairs")))
-    step = jax.jit(
-        jax.shard_map(
-            lambda s, th, p: engine.window_step(s, config, th, p, axis_name="pairs"),
-            mesh=mesh,
-            in_specs=(P(), P(), P("pairs")),
-            out_specs=(P("pairs"), P()),
-        ),
-        compiler_options=FAST_COMPILE,
-    )
-    got_particles, got = step(system, theta, sharded)
+    got_particles, got = sharded_window_step(system, config, theta, particles)
     for name in ("b", "w"):
         np.testing.assert_allclose(got.grad[name], expected.grad[name], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.meta_loss, expected.meta_loss, rtol=1e-6)
@@ -260,18 +263,7 @@ def test_chunks_of_one_pair_under_shard_map(counter_system):
     )
     lockstep = dataclasses.replace(config, pairs_per_chunk=None)
     expected_particles, expected = WINDOW_STEP(counter_system, lockstep, RESET_THETA, particles)
-    mesh = jax.make_mesh((4,), ("pairs",), axis_types=(jax.sharding.AxisType.Explicit,))
-    step = jax.jit(
-        jax.shard_map(
-            lambda s, th, p: engine.window_step(s, config, th, p, axis_name="pairs"),
-            mesh=mesh,
-            in_specs=(P(), P(), P("pairs")),
-            out_specs=(P("pairs"), P()),
-        ),
-        compiler_options=FAST_COMPILE,
-    )
-    sharded = jax.device_put(particles, NamedSharding(mesh, P("pairs")))
-    got_particles, got = step(counter_system, RESET_THETA, sharded)
+    got_particles, got = sharded_window_step(counter_system, config, RESET_THETA, particles)
     assert int(jnp.sum(got_particles.step == 0)) > 0  # some pair reset in this window
     np.testing.assert_allclose(got.grad, expected.grad, rtol=1e-5, atol=1e-6)
     jax.tree.map(assert_same_up_to_roundoff, got_particles, expected_particles)
