@@ -30,10 +30,11 @@ at least one step has run under it, so PES with M = 1 never throws away an unuse
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ESTIMATORS = ("es_single", "pes", "tes", "full_es", "tbptt", "gpes")
 # Estimators whose noise is redrawn at window starts: (accumulate into xi?)
@@ -122,31 +123,72 @@ def pair_gradient(weighted_sum: jax.Array, count: jax.Array, sigma: float) -> ja
     return weighted_sum / denominator[..., None]
 
 
+def local_totals(outputs: WindowOutputs, window: int) -> dict[str, jax.Array]:
+    """The sums over this device's pairs that the estimate is built from (see ``finish``)."""
+    total = lambda x: jnp.sum(x, axis=0)
+    return {
+        "num_pairs": total(jnp.ones(outputs.count.shape, jnp.float32)),
+        "grad": total(outputs.grad),
+        "count": total(outputs.count),
+        "loss_sum": total(outputs.loss_sum),
+        "loss_diff": total(outputs.loss_diff),
+        "loss_diff_squares": total(outputs.loss_diff**2),
+        "masked": total(window - outputs.count),
+        "nonfinite": total(outputs.nonfinite),
+        "resets": total(outputs.resets),
+    }
+
+
+def psum_as_one(tree: Any, axis_name: str) -> Any:
+    """``lax.psum(tree, axis_name)`` as a single all-reduce of one float32 vector.
+
+    One collective per outer step, not one per leaf and dtype: on a CPU whose cores are split into
+    devices, several independent collectives can each hold a thread of the shared pool while
+    waiting for their peers, and starve those peers. Integer leaves (counts) are exact in float32
+    up to 2**24.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    flat = jnp.concatenate([jnp.ravel(leaf).astype(jnp.float32) for leaf in leaves])
+    flat = jax.lax.psum(flat, axis_name)
+    sizes = np.cumsum([np.size(leaf) for leaf in leaves])[:-1]
+    pieces = jnp.split(flat, sizes)
+    summed = [
+        piece.reshape(jnp.shape(leaf)).astype(jnp.result_type(leaf))
+        for piece, leaf in zip(pieces, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, summed)
+
+
+def finish(
+    totals: dict[str, jax.Array], window: int
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """``(flat_grad [P], meta_loss, diagnostics)`` from the sums over all pairs:
+    ``g = sum_j g_j / N``."""
+    num_pairs, count = totals["num_pairs"], totals["count"]
+    grad = totals["grad"] / num_pairs
+    meta_loss = jnp.where(
+        count > 0, totals["loss_sum"] / jnp.maximum(count, 1).astype(jnp.float32), jnp.nan
+    )
+    mean_diff = totals["loss_diff"] / num_pairs
+    diff_variance = totals["loss_diff_squares"] / num_pairs - mean_diff**2
+    diagnostics = {
+        "loss_diff_std": jnp.sqrt(jnp.maximum(diff_variance, 0.0)),
+        "masked_fraction": totals["masked"].astype(jnp.float32) / (num_pairs * window),
+        "nonfinite_count": totals["nonfinite"],
+        "num_resets": totals["resets"],
+    }
+    return grad, meta_loss, diagnostics
+
+
 def combine(
     outputs: WindowOutputs, window: int, axis_name: str | None = None
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """``(flat_grad [P], meta_loss, diagnostics)`` from per-pair outputs: ``g = sum_j g_j / N``.
 
-    With ``axis_name`` the outputs are one device's pairs and every sum (including ``N``) is
-    ``lax.psum``-ed over that axis, so each device returns the global values.
+    With ``axis_name`` the outputs are one device's pairs and the sums (including ``N``) are
+    ``psum``-ed over that axis in one collective, so each device returns the global values.
     """
-
-    def total(x: jax.Array) -> jax.Array:
-        summed = jnp.sum(x, axis=0)
-        return summed if axis_name is None else jax.lax.psum(summed, axis_name)
-
-    num_pairs = total(jnp.ones(outputs.count.shape, jnp.float32))
-    grad = total(outputs.grad) / num_pairs
-    count = total(outputs.count)
-    meta_loss = jnp.where(
-        count > 0, total(outputs.loss_sum) / jnp.maximum(count, 1).astype(jnp.float32), jnp.nan
-    )
-    mean_diff = total(outputs.loss_diff) / num_pairs
-    diff_std = jnp.sqrt(total((outputs.loss_diff - mean_diff) ** 2) / num_pairs)
-    diagnostics = {
-        "loss_diff_std": diff_std,
-        "masked_fraction": total(window - outputs.count).astype(jnp.float32) / (num_pairs * window),
-        "nonfinite_count": total(outputs.nonfinite),
-        "num_resets": total(outputs.resets),
-    }
-    return grad, meta_loss, diagnostics
+    totals = local_totals(outputs, window)
+    if axis_name is not None:
+        totals = psum_as_one(totals, axis_name)
+    return finish(totals, window)

@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from meta_train import engine
+from meta_train import engine, estimators
 from meta_train.metrics import OuterMetrics
 from meta_train.system import UnrolledSystem
 
@@ -270,13 +271,24 @@ def _outer_step_fn(
     weights = (weights / weights.sum()).astype(np.float32)
 
     def windows(theta, particles, arrays):
-        results = [
-            engine.window_step(
-                program.system(arrays[i]), program.engine_config, theta, particles[i], AXIS
+        _, unravel = ravel_pytree(theta)
+        stepped, totals = [], []
+        for i, program in enumerate(programs):
+            config = program.engine_config
+            pairs, outputs = engine.unroll_window(
+                program.system(arrays[i]), config, theta, particles[i], AXIS
             )
-            for i, program in enumerate(programs)
-        ]
-        return tuple(r[0] for r in results), tuple(r[1] for r in results)
+            stepped.append(pairs)
+            totals.append(estimators.local_totals(outputs, config.window))
+        # Every group's sums in one collective (see estimators.psum_as_one).
+        totals = estimators.psum_as_one(totals, AXIS)
+        estimates = []
+        for program, group_totals in zip(programs, totals, strict=True):
+            flat_grad, meta_loss, diagnostics = estimators.finish(
+                group_totals, program.engine_config.window
+            )
+            estimates.append(engine.Estimate(unravel(flat_grad), meta_loss, diagnostics))
+        return tuple(stepped), tuple(estimates)
 
     sharded_windows = jax.shard_map(
         windows,

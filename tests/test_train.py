@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import lopt
-from meta_train import checkpoint, config_flags, metrics, train
+from meta_train import checkpoint, config_flags, metrics, outer, train
 
 NUM_STEPS = 4
 TINY_OVERRIDES = {
@@ -277,3 +277,19 @@ def test_two_processes_match_two_devices(runs, tmp_path):
     _, exported, _ = lopt.load_optimizer(workdir / "export")
     for got, want in zip(_leaves(exported), _leaves(runs[2][0]["theta"]), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_outer_step_has_one_collective():
+    """All groups' sums cross devices in one all-reduce: several independent collectives can each
+    block a thread of XLA:CPU's shared pool waiting for peers that then get no thread."""
+    config = tiny_config(num_devices=4)
+    optimizer = train.build_optimizer(config)
+    groups = train.build_groups(config, optimizer)
+    mesh = outer.make_mesh(4)
+    settings = outer.OuterSettings("adam", 0.05)
+    theta = optimizer.init_meta_params(jax.random.key(0))
+    state = outer.abstract_meta_state(groups, theta, settings, mesh)
+    outer_step = outer.OuterStep(groups, settings, mesh)
+    outer_step.compile(state)
+    hlo = outer_step.compiled.as_text()
+    assert hlo.count(" all-reduce(") == 1, [line for line in hlo.splitlines() if "all-" in line]
