@@ -256,7 +256,15 @@ class OuterStep:
     def __call__(self, state: MetaState) -> tuple[MetaState, OuterMetrics, dict[str, jax.Array]]:
         if self.compiled is None:
             self.compile(state)
-        return self.compiled(state, self.arrays)
+        outputs = self.compiled(state, self.arrays)
+        mesh = self.program[2]
+        if mesh.size > 1 and mesh.devices.flat[0].platform == "cpu":
+            # XLA:CPU runs all of a host's devices on one thread pool, and a collective holds a
+            # thread while it waits for its peers. With one device per core, steps left to overlap
+            # (asynchronous dispatch) were seen to starve a peer until the collective timed out
+            # and aborted the process (2 of 3 runs of the main job), so each step finishes first.
+            jax.block_until_ready(outputs)
+        return outputs
 
 
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
