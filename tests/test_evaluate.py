@@ -316,7 +316,7 @@ def test_tiny_suite_runs_from_an_export_through_the_cli(tmp_path, capsys):
     argv = ["--optimizer", str(export), "--suite", "tiny", "--seeds", "2", "--horizons", "1"]
     assert evaluation.main([*argv, "--fast-compile", "--no-progress", "--no-plots"]) == 0
 
-    out_dir = export / "eval_tiny"  # the default: next to the export
+    out_dir = export.parent / "eval_tiny"  # the default: beside the export, not inside it
     saved = json.loads((out_dir / "report.json").read_text())
     assert [task["task"] for task in saved["tasks"]] == [
         entry.name for entry in registry.suite_entries("tiny")
