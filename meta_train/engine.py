@@ -290,11 +290,18 @@ def _pair_step(
 
     if config.pairs_per_chunk != 1:
         return _select(reset, renewed(), continued()), losses, finite, reset
+
     # One pair at a time, a real branch skips building a fresh problem on the (T - 1) / T of
     # steps that do not reset. Under shard_map both branches must vary across devices alike:
     # select(reset, x, x) makes every leaf vary like `reset`, and XLA folds it away.
-    same_vma = lambda branch: lambda: (lambda out: _select(reset, out, out))(branch())
-    new_pair = jax.lax.cond(reset, same_vma(renewed), same_vma(continued))
+    def varying_like_reset(branch: Callable[[], Particles]) -> Callable[[], Particles]:
+        def run() -> Particles:
+            out = branch()
+            return _select(reset, out, out)
+
+        return run
+
+    new_pair = jax.lax.cond(reset, varying_like_reset(renewed), varying_like_reset(continued))
     return new_pair, losses, finite, reset
 
 
