@@ -149,7 +149,21 @@ def _pair_keys(key: jax.Array, num_pairs: int) -> jax.Array:
     return jnp.concatenate([keys, keys])
 
 
-class EvosaxVariant(Variant):
+class JittedVariant(Variant):
+    """A variant whose outer step is ``self.jitted(state) -> state`` (buffer-donating)."""
+
+    def setup(self) -> None:
+        start = time.perf_counter()
+        self.compiled = self.jitted.lower(self.state).compile()
+        self.compile_seconds = time.perf_counter() - start
+        self.step()
+        _block(self.state)
+
+    def step(self) -> None:
+        self.state = self.compiled(self.state)
+
+
+class EvosaxVariant(JittedVariant):
     """evosax NoiseReuseES around a vmapped, scanned inner loop (one device, lockstep)."""
 
     def __init__(self, setting: Setting, family, optimizer):
@@ -207,18 +221,8 @@ class EvosaxVariant(Variant):
         self.state = (es_state, inner, key)
         self.jitted = jax.jit(outer_step, donate_argnums=0)
 
-    def setup(self) -> None:
-        start = time.perf_counter()
-        self.compiled = self.jitted.lower(self.state).compile()
-        self.compile_seconds = time.perf_counter() - start
-        self.step()
-        _block(self.state)
 
-    def step(self) -> None:
-        self.state = self.compiled(self.state)
-
-
-class AdamVariant(Variant):
+class AdamVariant(JittedVariant):
     """The same 2N inner trainings with ``optax.adam(1e-3)`` and no estimator, sharded like the
     engine."""
 
@@ -258,16 +262,6 @@ class AdamVariant(Variant):
         particles = jax.vmap(init)(jax.random.split(jax.random.key(3), num_particles))
         self.state = jax.device_put(particles, NamedSharding(mesh, P(outer.AXIS)))
         self.jitted = jax.jit(sharded, donate_argnums=0)
-
-    def setup(self) -> None:
-        start = time.perf_counter()
-        self.compiled = self.jitted.lower(self.state).compile()
-        self.compile_seconds = time.perf_counter() - start
-        self.step()
-        _block(self.state)
-
-    def step(self) -> None:
-        self.state = self.compiled(self.state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,30 @@
+"""The meta-training throughput benchmark's quick mode runs and writes its figures."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+
+
+def test_meta_train_throughput_quick(tmp_path):
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from benchmarks import meta_train_throughput
+
+    out = tmp_path / "throughput.json"
+    argv = ["--quick", "--devices", "1,2", "--pairs-per-chunk", "1", "--no-evosax"]
+    assert meta_train_throughput.main([*argv, "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    expected = {
+        "engine, chunks of 1 (1 dev)",
+        "engine, chunks of 1 (2 dev)",
+        "adam, no ES (1 dev)",
+        "adam, no ES (2 dev)",
+    }
+    assert set(results) == expected
+    for figures in results.values():
+        assert figures["particle_steps_per_s"] > 0 and figures["compile_seconds"] > 0
+        assert len(figures["per_round"]) == 1
