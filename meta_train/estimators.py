@@ -142,9 +142,8 @@ def local_totals(outputs: WindowOutputs, window: int) -> dict[str, jax.Array]:
 def psum_as_one(tree: Any, axis_name: str) -> Any:
     """``lax.psum(tree, axis_name)`` as a single all-reduce of one float32 vector.
 
-    One collective per outer step, not one per leaf and dtype: on a CPU whose cores are split into
-    devices, several independent collectives can each hold a thread of the shared pool while
-    waiting for their peers, and starve those peers. Integer leaves (counts) are exact in float32
+    One collective per outer step, not one per leaf and dtype: every collective is a rendezvous of
+    all devices (a network round trip across hosts). Integer leaves (counts) are exact in float32
     up to 2**24.
     """
     leaves, treedef = jax.tree.flatten(tree)

@@ -280,8 +280,7 @@ def test_two_processes_match_two_devices(runs, tmp_path):
 
 
 def test_outer_step_has_one_collective():
-    """All groups' sums cross devices in one all-reduce: several independent collectives can each
-    block a thread of XLA:CPU's shared pool waiting for peers that then get no thread."""
+    """All groups' sums cross devices in one all-reduce (one rendezvous per outer step)."""
     config = tiny_config(num_devices=4)
     optimizer = train.build_optimizer(config)
     groups = train.build_groups(config, optimizer)
