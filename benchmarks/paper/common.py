@@ -35,6 +35,16 @@ def parser(description: str) -> argparse.ArgumentParser:
     return parse
 
 
+def add_scale_arguments(
+    parse: argparse.ArgumentParser, *, pairs: int, seeds: int, sigma: float, outer_lr: float
+) -> None:
+    """The scale options every engine experiment takes; defaults are the reported runs'."""
+    parse.add_argument("--pairs", type=int, default=pairs, help="N antithetic pairs")
+    parse.add_argument("--seeds", type=int, default=seeds, help="meta-training seeds")
+    parse.add_argument("--sigma", type=float, default=sigma, help="perturbation scale")
+    parse.add_argument("--outer-lr", type=float, default=outer_lr, help="outer Adam lr")
+
+
 def write_json(out: str, name: str, payload: dict[str, Any]) -> str:
     """Write ``payload`` to ``<out>/<name>.json`` and return the path."""
     os.makedirs(out, exist_ok=True)

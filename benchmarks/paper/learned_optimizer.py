@@ -42,11 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parse = common.parser(__doc__.splitlines()[0])
     parse.add_argument("--horizon", type=int, default=1000, help="T")
     parse.add_argument("--window", type=int, default=10, help="K")
-    parse.add_argument("--pairs", type=int, default=4, help="N antithetic pairs")
-    parse.add_argument("--outer-steps", type=int, default=200)
-    parse.add_argument("--seeds", type=int, default=3)
-    parse.add_argument("--sigma", type=float, default=0.01)
-    parse.add_argument("--outer-lr", type=float, default=3e-3)
+    parse.add_argument("--outer-steps", type=int, default=1000)
+    common.add_scale_arguments(parse, pairs=4, seeds=3, sigma=0.01, outer_lr=3e-3)
     parse.add_argument("--eval-seeds", type=int, default=3)
     args = parse.parse_args(argv)
     horizon, window, pairs, outer_steps, seeds = (

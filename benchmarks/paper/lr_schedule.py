@@ -79,17 +79,10 @@ def make_objective(
 def main(argv: list[str] | None = None) -> int:
     parse = common.parser(__doc__.splitlines()[0])
     parse.add_argument("--horizon", type=int, default=1000, help="T")
-    parse.add_argument("--pairs", type=int, default=8, help="N antithetic pairs")
-    parse.add_argument("--inner-steps", type=int, default=3000, help="per twin and pair")
-    parse.add_argument("--seeds", type=int, default=1)
-    parse.add_argument("--sigma", type=float, default=0.1)
-    parse.add_argument(
-        "--outer-lr",
-        type=float,
-        default=0.03,
-        help="outer Adam lr at K=10; a run with window K uses lr * K / 10, so every run may move "
-        "theta alike per inner step (Adam's step size hardly depends on the gradient's scale)",
-    )
+    parse.add_argument("--inner-steps", type=int, default=6000, help="per twin and pair")
+    # --outer-lr is the lr at K = 10; a run with window K uses lr * K / 10, so every run may move
+    # theta alike per inner step (Adam's step size hardly depends on the gradient's scale).
+    common.add_scale_arguments(parse, pairs=8, seeds=3, sigma=0.1, outer_lr=0.03)
     parse.add_argument(
         "--clip", type=float, default=1.0, help="clip estimates to this global norm (0: off)"
     )

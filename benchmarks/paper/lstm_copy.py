@@ -177,13 +177,10 @@ def train_with_curriculum(
 
 def main(argv: list[str] | None = None) -> int:
     parse = common.parser(__doc__.splitlines()[0])
-    parse.add_argument("--steps", type=int, default=6000, help="outer steps (= time steps)")
-    parse.add_argument("--pairs", type=int, default=32, help="N antithetic pairs")
+    parse.add_argument("--steps", type=int, default=30000, help="outer steps (= time steps)")
     parse.add_argument("--hidden", type=int, default=8)
-    parse.add_argument("--sigma", type=float, default=0.1)
-    parse.add_argument("--outer-lr", type=float, default=0.01)
     parse.add_argument("--check", type=int, default=200, help="outer steps between checks")
-    parse.add_argument("--seeds", type=int, default=2)
+    common.add_scale_arguments(parse, pairs=32, seeds=3, sigma=0.1, outer_lr=0.01)
     args = parse.parse_args(argv)
     steps, pairs, check, num_seeds = args.steps, args.pairs, args.check, args.seeds
     estimators = tuple(LABELS)
