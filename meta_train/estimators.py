@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.flatten_util import ravel_pytree
 
 ESTIMATORS = ("es_single", "pes", "tes", "full_es", "tbptt", "gpes")
 # Estimators whose noise is redrawn at window starts: (accumulate into xi?)
@@ -123,7 +123,7 @@ def pair_gradient(weighted_sum: jax.Array, count: jax.Array, sigma: float) -> ja
     return weighted_sum / denominator[..., None]
 
 
-def local_totals(outputs: WindowOutputs, window: int) -> dict[str, jax.Array]:
+def local_totals(outputs: WindowOutputs) -> dict[str, jax.Array]:
     """The sums over this device's pairs that the estimate is built from (see ``finish``)."""
     total = lambda x: jnp.sum(x, axis=0)
     return {
@@ -133,29 +133,20 @@ def local_totals(outputs: WindowOutputs, window: int) -> dict[str, jax.Array]:
         "loss_sum": total(outputs.loss_sum),
         "loss_diff": total(outputs.loss_diff),
         "loss_diff_squares": total(outputs.loss_diff**2),
-        "masked": total(window - outputs.count),
         "nonfinite": total(outputs.nonfinite),
         "resets": total(outputs.resets),
     }
 
 
 def psum_as_one(tree: Any, axis_name: str) -> Any:
-    """``lax.psum(tree, axis_name)`` as a single all-reduce of one float32 vector.
+    """``lax.psum(tree, axis_name)`` as a single all-reduce of one vector (``ravel_pytree``).
 
     One collective per outer step, not one per leaf and dtype: every collective is a rendezvous of
-    all devices (a network round trip across hosts). Integer leaves (counts) are exact in float32
-    up to 2**24.
+    all devices (a network round trip across hosts). Integer leaves (counts) ride in float32,
+    exact up to 2**24.
     """
-    leaves, treedef = jax.tree.flatten(tree)
-    flat = jnp.concatenate([jnp.ravel(leaf).astype(jnp.float32) for leaf in leaves])
-    flat = jax.lax.psum(flat, axis_name)
-    sizes = np.cumsum([np.size(leaf) for leaf in leaves])[:-1]
-    pieces = jnp.split(flat, sizes)
-    summed = [
-        piece.reshape(jnp.shape(leaf)).astype(jnp.result_type(leaf))
-        for piece, leaf in zip(pieces, leaves, strict=True)
-    ]
-    return jax.tree.unflatten(treedef, summed)
+    flat, unravel = ravel_pytree(tree)
+    return unravel(jax.lax.psum(flat, axis_name))
 
 
 def finish(
@@ -172,7 +163,7 @@ def finish(
     diff_variance = totals["loss_diff_squares"] / num_pairs - mean_diff**2
     diagnostics = {
         "loss_diff_std": jnp.sqrt(jnp.maximum(diff_variance, 0.0)),
-        "masked_fraction": totals["masked"].astype(jnp.float32) / (num_pairs * window),
+        "masked_fraction": 1.0 - count.astype(jnp.float32) / (num_pairs * window),
         "nonfinite_count": totals["nonfinite"],
         "num_resets": totals["resets"],
     }
@@ -187,7 +178,7 @@ def combine(
     With ``axis_name`` the outputs are one device's pairs and the sums (including ``N``) are
     ``psum``-ed over that axis in one collective, so each device returns the global values.
     """
-    totals = local_totals(outputs, window)
+    totals = local_totals(outputs)
     if axis_name is not None:
         totals = psum_as_one(totals, axis_name)
     return finish(totals, window)

@@ -282,12 +282,11 @@ def _outer_step_fn(
         _, unravel = ravel_pytree(theta)
         stepped, totals = [], []
         for i, program in enumerate(programs):
-            config = program.engine_config
             pairs, outputs = engine.unroll_window(
-                program.system(arrays[i]), config, theta, particles[i], AXIS
+                program.system(arrays[i]), program.engine_config, theta, particles[i], AXIS
             )
             stepped.append(pairs)
-            totals.append(estimators.local_totals(outputs, config.window))
+            totals.append(estimators.local_totals(outputs))
         # Every group's sums in one collective, not one per group and sum.
         totals = estimators.psum_as_one(totals, AXIS)
         estimates = []
