@@ -241,7 +241,7 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
         _positive(f"groups.{name}.weight", group.weight)
         _positive(f"groups.{name}.num_pairs", group.num_pairs)
     devices = config.num_devices
-    if num_available_devices is not None and not devices:
+    if num_available_devices is not None:
         devices = num_devices_to_use(config, num_available_devices)
     for name, group in config.groups.items():
         if devices and group.num_pairs % devices:

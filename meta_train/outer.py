@@ -235,6 +235,11 @@ class OuterStep:
         self.program = (tuple(programs), settings, mesh)
         self.arrays = put(list(arrays), NamedSharding(mesh, P()))
         self.compiled = None
+        # XLA:CPU runs all of a host's devices on one thread pool, and a collective holds a thread
+        # while it waits for its peers. With one device per core and steps left to overlap
+        # (asynchronous dispatch), 4 of 6 long runs of the main job aborted when an all-reduce
+        # peer did not arrive within XLA's 40 s; finishing each step first, 0 of 6.
+        self.finish_each_step = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
     def compile(self, state: MetaState) -> float:
         """Compile for ``state``'s shapes and shardings; return the seconds it took (0 when this
@@ -257,12 +262,7 @@ class OuterStep:
         if self.compiled is None:
             self.compile(state)
         outputs = self.compiled(state, self.arrays)
-        mesh = self.program[2]
-        if mesh.size > 1 and mesh.devices.flat[0].platform == "cpu":
-            # XLA:CPU runs all of a host's devices on one thread pool, and a collective holds a
-            # thread while it waits for its peers. With one device per core and steps left to
-            # overlap (asynchronous dispatch), 4 of 6 long runs of the main job aborted when an
-            # all-reduce peer did not arrive within XLA's 40 s; finishing each step first, 0 of 6.
+        if self.finish_each_step:
             jax.block_until_ready(outputs)
         return outputs
 
