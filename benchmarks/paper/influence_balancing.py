@@ -86,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             estimator, num_pairs, num_steps, num_seeds, args.lr, args.sigma, options
         ).theta[..., 0]
         final = thetas[:, -1]
+        thinned, every = common.thin(thetas)
         trajectories[label] = thetas
         results[label] = {
             "estimator": estimator,
             "num_pairs": num_pairs,
-            "theta_every": common.thin(thetas)[1],
-            "theta": common.thin(thetas)[0],
+            "theta_every": every,
+            "theta": thinned,
             "final_theta": final,
             "median_final_theta": float(np.median(final)),
             "median_abs_error": float(np.median(np.abs(final - optimum))),

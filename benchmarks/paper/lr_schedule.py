@@ -142,15 +142,17 @@ def main(argv: list[str] | None = None) -> int:
         final_thetas = {"log_lr": jnp.asarray(final[:, 1]), "decay_power": jnp.asarray(final[:, 0])}
         objective = objective_of(final_thetas)
         result_std = tail[..., 1].std(axis=1)
-        trajectories[label] = run.theta[0]  # seed 0, [steps + 1, (decay_power, log_lr)]
+        trajectories[label] = run.theta[0]
+        thinned, every = common.thin(np.moveaxis(run.theta, -1, 0))
+        thinned = np.moveaxis(thinned, 0, -1)  # seed 0, [steps + 1, (decay_power, log_lr)]
         results[label] = {
             "estimator": estimator,
             "window": window,
             "outer_steps": num_steps,
             "outer_learning_rate": args.outer_lr * window / 10,
-            "trajectory_every": common.thin(run.theta[..., 1])[1],
-            "trajectory_log_lr": common.thin(run.theta[..., 1])[0],
-            "trajectory_decay_power": common.thin(run.theta[..., 0])[0],
+            "trajectory_every": every,
+            "trajectory_log_lr": thinned[..., 1],
+            "trajectory_decay_power": thinned[..., 0],
             "meta_loss": common.thin(run.meta_loss)[0],
             "final_log_lr": final[:, 1],
             "final_decay_power": final[:, 0],
