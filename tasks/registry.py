@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from tasks import dynamical, image, language, quadratic
+from tasks import augment, dynamical, image, language, quadratic
 from tasks.base import SAMPLED_SEED_END, DynamicConfig, TaskFamily
 
 DEFAULT_FAMILY = "mlp_digits"
@@ -215,7 +215,10 @@ def get_family(name: str, **overrides: Any) -> TaskFamily:
 
 def held_out_config(family: TaskFamily, index: int) -> DynamicConfig:
     """The family's default dynamic configuration with seeds ``SAMPLED_SEED_END + index``, which
-    ``family.sample`` never draws (every registered family's config has these two seeds)."""
+    ``family.sample`` never draws (every registered family's config has these two seeds). A
+    reparameterized family gets its base's held-out configuration with unit scales."""
+    if isinstance(family, augment.ReparameterizedFamily):
+        return family.default_config()._replace(base=held_out_config(family.base, index))
     seed = jnp.asarray(SAMPLED_SEED_END + index, jnp.uint32)
     return family.default_config()._replace(init_seed=seed, data_seed=seed)
 
