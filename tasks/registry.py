@@ -19,13 +19,18 @@ them without loading any data.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import inspect
-from collections.abc import Callable
+import os
+import sys
+import types
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from tasks import augment, dynamical, image, language, quadratic
+from tasks import augment, dynamical, image, language, quadratic, synthetic
 from tasks.base import SAMPLED_SEED_END, DynamicConfig, TaskFamily
 
 DEFAULT_FAMILY = "mlp_digits"
@@ -80,6 +85,24 @@ FAMILIES: dict[str, FamilySpec] = {
             "batch_size": 128,
         },
         "MLP on any prepared TFDS image dataset (default Fashion-MNIST at 8x8)",
+    ),
+    "mlp_gmm": FamilySpec(
+        synthetic.gmm_family,
+        {
+            "dim": 16,
+            "num_classes": 4,
+            "components": 2,
+            "separation": 3.0,
+            "hidden": (32, 32),
+            "activation": "relu",
+            "batch_size": 128,
+        },
+        "MLP on Gaussian-mixture classification generated in jit (mixture drawn per data seed)",
+    ),
+    "mlp_tabular": FamilySpec(
+        image.mlp_family,
+        {"dataset": "breast_cancer", "hidden": (32, 32), "activation": "relu", "batch_size": 128},
+        "MLP on a scikit-learn tabular set (breast_cancer 30-d/2 classes, wine 13-d/3 classes)",
     ),
     "conv_digits": FamilySpec(
         image.conv_family,
@@ -166,8 +189,10 @@ SUITES: dict[str, tuple[SuiteEntry, ...]] = {
 }
 
 
-class UnknownNameError(KeyError):
-    """A family or suite name that is not registered."""
+class UnknownNameError(KeyError, ValueError):
+    """A family or suite name that is not registered: a ``ValueError`` like
+    ``lopt.registry.UnknownArchitectureError``, so one ``except ValueError`` (and the CLI's exit
+    status 2) covers every unknown name; still a ``KeyError`` for existing callers."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -220,7 +245,13 @@ def held_out_config(family: TaskFamily, index: int) -> DynamicConfig:
     if isinstance(family, augment.ReparameterizedFamily):
         return family.default_config()._replace(base=held_out_config(family.base, index))
     seed = jnp.asarray(SAMPLED_SEED_END + index, jnp.uint32)
-    return family.default_config()._replace(init_seed=seed, data_seed=seed)
+    config = family.default_config()
+    if not all(hasattr(config, key) for key in ("_replace", "init_seed", "data_seed")):
+        raise TypeError(
+            f"family {family.name!r} has no held-out configurations: its dynamic config must be a "
+            "NamedTuple with init_seed and data_seed fields (tasks.from_flax families have them)"
+        )
+    return config._replace(init_seed=seed, data_seed=seed)
 
 
 def suite_entries(name: str) -> tuple[SuiteEntry, ...]:
@@ -296,3 +327,211 @@ def _dynamical_listing() -> list[str]:
         f"influence_balancing  {fields}  optimum theta* = {system.optimum():.4f} "
         "(tasks.dynamical.InfluenceBalancing; Tallec & Ollivier 2017)"
     ]
+
+
+# --- Extension points: a user's own families and suites, reachable from `lopt ... --import`.
+
+
+class UserModuleError(ImportError):
+    """A module named by ``--import`` (``import_tasks``) that cannot be imported."""
+
+
+def _same_definition(old: Any, new: Any) -> bool:
+    """Whether two registrations come from the same source (one module imported twice)."""
+    if old == new:
+        return True
+    where = lambda value: (getattr(value, "__module__", None), getattr(value, "__qualname__", None))
+    return where(old) == where(new) and where(new)[1] is not None
+
+
+def _check_new_name(kind: str, name: Any, registered: dict) -> None:
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+        raise ValueError(f"a {kind} name must be a non-empty string without spaces, got {name!r}")
+    if name in registered:
+        raise ValueError(
+            f"{kind} {name!r} is already registered; choose another name, or pass replace=True "
+            "to register over it"
+        )
+
+
+def register_family(
+    name: str,
+    build: Callable[..., TaskFamily] | None = None,
+    defaults: dict[str, Any] | None = None,
+    description: str = "",
+    *,
+    replace: bool = False,
+) -> Any:
+    """Register ``build(**options) -> TaskFamily`` as task family ``name``.
+
+    ``get_family(name, **overrides)`` then calls ``build(**{**defaults, **overrides})``; the
+    meta-training config (``groups.<group>.family=name``), suites and ``lopt tasks list`` accept
+    it. ``build`` takes keyword options (every one without a default must be in ``defaults``) and
+    should load its data only when called. Used bare or as a decorator::
+
+        @tasks.register_family("sine", defaults={"hidden": 32})
+        def sine(hidden: int, batch_size: int = 32) -> tasks.TaskFamily: ...
+
+    Registering the same function again (its module imported twice) is a no-op; another one under
+    a taken name is a ``ValueError`` unless ``replace``. Returns ``build``.
+    """
+    if build is None:
+        return lambda build: register_family(name, build, defaults, description, replace=replace)
+    if not callable(build):
+        raise TypeError(f"build for task family {name!r} must be callable, got {build!r}")
+    defaults = dict(defaults or {})
+    if name in FAMILIES and _same_definition(FAMILIES[name].build, build):
+        replace = True
+    if not replace:
+        _check_new_name("task family", name, FAMILIES)
+    parameters = inspect.signature(build).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(defaults) - set(parameters))
+        if unknown:
+            raise TypeError(
+                f"defaults {unknown} of task family {name!r} are not parameters of "
+                f"{build.__qualname__}; it takes: {', '.join(parameters)}"
+            )
+    missing = [
+        key
+        for key, p in parameters.items()
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and key not in defaults
+    ]
+    if missing:
+        raise TypeError(
+            f"task family {name!r}: {build.__qualname__} needs {', '.join(missing)}; give each a "
+            "default in the function or in defaults={...}"
+        )
+    summary = description or (inspect.getdoc(build) or "").split("\n")[0]
+    # The function's own defaults too, so `lopt tasks list` shows every option's value.
+    defaults = {
+        key: p.default
+        for key, p in parameters.items()
+        if p.default is not p.empty and p.kind is not p.POSITIONAL_ONLY
+    } | defaults
+    FAMILIES[name] = FamilySpec(build, defaults, summary or f"user family ({build.__module__})")
+    return build
+
+
+def suite_entry(
+    family: str,
+    *,
+    name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    num_steps: int = _DEFAULT_STEPS,
+    shift: str = "user task",
+) -> SuiteEntry:
+    """A held-out task of registered ``family`` (its options replaced by ``overrides``) trained
+    for ``num_steps``; ``name`` defaults to the family's name. Its seeds are chosen by
+    ``get_suite`` (never sampled in meta-training)."""
+    return SuiteEntry(name or family, family, dict(overrides or {}), num_steps, shift)
+
+
+def register_suite(
+    name: str, entries: Sequence[SuiteEntry | str], *, replace: bool = False
+) -> tuple[SuiteEntry, ...]:
+    """Register held-out suite ``name`` for ``lopt evaluate --suite`` and the config's ``eval`` /
+    ``comparison`` sections.
+
+    ``entries``: ``suite_entry(...)`` items, or family names (``suite_entry(family)``: default
+    options, ``_DEFAULT_STEPS`` steps). Each family must already be registered and each override
+    must be one of its options; task names must differ. The same entries registered again are a
+    no-op; others under a taken name are a ``ValueError`` unless ``replace``.
+    """
+    entries = tuple(
+        suite_entry(entry) if isinstance(entry, str) else SuiteEntry(*entry) for entry in entries
+    )
+    if not entries:
+        raise ValueError(f"suite {name!r} has no entries")
+    if not replace and SUITES.get(name) != entries:
+        _check_new_name("suite", name, SUITES)
+    names = [entry.name for entry in entries]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"suite {name!r} names several tasks {repeated}; give each a name=")
+    for entry in entries:
+        unknown = sorted(set(entry.overrides) - set(family_options(entry.family)))
+        if unknown:
+            raise TypeError(
+                f"suite {name!r}, task {entry.name!r}: family {entry.family!r} has no option "
+                f"{', '.join(unknown)}; its options: {', '.join(family_options(entry.family))}"
+            )
+        if isinstance(entry.num_steps, bool) or not (
+            isinstance(entry.num_steps, int) and entry.num_steps > 0
+        ):
+            raise ValueError(
+                f"suite {name!r}, task {entry.name!r}: num_steps must be a positive int, got "
+                f"{entry.num_steps!r}"
+            )
+    SUITES[name] = entries
+    return entries
+
+
+def held_out_tasks(
+    family: str | TaskFamily, num_steps: int, count: int = 1, **overrides: Any
+) -> list[HeldOutTask]:
+    """``count`` held-out tasks of ``family`` (a registered name, built with ``overrides``, or a
+    family) trained for ``num_steps``: its default configuration with seeds that
+    ``family.sample`` never draws (``held_out_config``), e.g. for
+    ``meta_train.evaluate.evaluate(export, tasks.held_out_tasks("sine", 200, 3))``."""
+    if isinstance(family, str):
+        family = get_family(family, **overrides)
+    elif overrides:
+        raise TypeError("overrides apply to a family given by name, not to a built family")
+    return [
+        HeldOutTask(f"{family.name}_heldout{i}", family, held_out_config(family, i), num_steps)
+        for i in range(count)
+    ]
+
+
+def _import_path(path: str) -> types.ModuleType:
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise UserModuleError(f"--import {path}: no such file")
+    # A private module name, so a user's file called e.g. tasks.py cannot shadow this package.
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = "lopt_user_" + "".join(c if c.isalnum() else "_" for c in stem)
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == path:
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UserModuleError(f"--import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: dataclasses and pickling look it up
+    # Its neighbours importable after everything else, so it can split its code over files.
+    if os.path.dirname(path) not in sys.path:
+        sys.path.append(os.path.dirname(path))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def import_tasks(reference: str) -> types.ModuleType:
+    """Import a user's module that registers families and suites (``lopt ... --import``).
+
+    ``reference``: a module name importable from the current directory or ``sys.path``
+    (``my_tasks``, ``mypkg.tasks``), or a path to a ``.py`` file. Any failure, including an error
+    raised by the module itself, becomes one ``UserModuleError`` naming the module and the cause.
+    """
+    try:
+        if reference.endswith(".py") or os.sep in reference:
+            return _import_path(reference)
+        # The `lopt` script does not put the current directory on sys.path; `python -m` does.
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        return importlib.import_module(reference)
+    except UserModuleError:
+        raise
+    except Exception as error:
+        lines = str(error).splitlines()
+        detail = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        hint = "set LOPT_DEBUG=1 for the traceback"
+        if isinstance(error, ModuleNotFoundError) and error.name == reference.split(".")[0]:
+            hint = "give a module in the current directory or on sys.path, or a path to a .py file"
+        raise UserModuleError(f"--import {reference}: {detail} ({hint})") from error

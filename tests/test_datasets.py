@@ -341,4 +341,4 @@ def test_tfrecord_dataset_without_tensorflow_says_to_install_it(tmp_path):
 
 
 def test_builtin_names():
-    assert BUILTIN_DATASETS == ("digits", "mnist1d")
+    assert BUILTIN_DATASETS == ("digits", "mnist1d", "breast_cancer", "wine")

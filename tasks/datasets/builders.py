@@ -1,9 +1,10 @@
 """TFDS builders for the built-in datasets, generated offline from data already on the machine.
 
-Both builders are plain ``GeneratorBasedBuilder`` s: ``download_and_prepare`` never downloads
+All builders are plain ``GeneratorBasedBuilder`` s: ``download_and_prepare`` never downloads
 anything (the data come from installed packages) and, with ``file_format="array_record"``, needs
-no TensorFlow. Importing this module registers ``digits`` and ``mnist1d`` with TFDS, so
-``tfds.builder("digits", data_dir=...)`` finds them too.
+no TensorFlow. Importing this module registers ``digits``, ``mnist1d``, ``breast_cancer`` and
+``wine`` with TFDS, so ``tfds.builder("digits", data_dir=...)`` finds them too. (scikit-learn's
+iris is left out: TFDS has a downloading builder of that name.)
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ def _classification_info(
     description: str,
     homepage: str,
     citation: str,
+    num_classes: int = 10,
 ) -> tfds.core.DatasetInfo:
-    """Info of a built-in dataset: ``{input_key, "label"}`` examples of 10 classes."""
+    """Info of a built-in dataset: ``{input_key, "label"}`` examples of ``num_classes`` classes."""
     return tfds.core.DatasetInfo(
         builder=builder,
         description=f"{description} {_LOCAL_ONLY}",
         features=tfds.features.FeaturesDict(
-            {input_key: input_feature, "label": tfds.features.ClassLabel(num_classes=10)}
+            {input_key: input_feature, "label": tfds.features.ClassLabel(num_classes=num_classes)}
         ),
         supervised_keys=(input_key, "label"),
         # Keep the generated order on disk; the loader draws its own seeded splits.
@@ -140,7 +142,72 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
             yield index, {"signal": signal.astype(np.float32), "label": int(label)}
 
 
+class _SklearnTabular(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A tabular classification set bundled with scikit-learn: float32 ``features [d]``, one
+    ``train`` split of every row (the loader carves the test split from it). Subclasses name the
+    ``sklearn.datasets`` loader and the shape."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Initial release: the sklearn.datasets loader's rows as float32 features."
+    }
+    LOADER: ClassVar[str]
+    NUM_FEATURES: ClassVar[int]
+    NUM_CLASSES: ClassVar[int]
+    DESCRIPTION: ClassVar[str]
+    CITATION: ClassVar[str]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _classification_info(
+            self,
+            "features",
+            tfds.features.Tensor(shape=(self.NUM_FEATURES,), dtype=np.float32),
+            description=self.DESCRIPTION,
+            homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
+            citation=self.CITATION,
+            num_classes=self.NUM_CLASSES,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
+        del dl_manager  # Everything comes from scikit-learn's wheel.
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self) -> Iterator[tuple[int, dict]]:
+        import sklearn.datasets
+
+        data = getattr(sklearn.datasets, self.LOADER)()
+        for index, (row, label) in enumerate(zip(data.data, data.target, strict=True)):
+            yield index, {"features": row.astype(np.float32), "label": int(label)}
+
+
+class BreastCancer(_SklearnTabular):
+    """Wisconsin diagnostic breast cancer: 569 rows, 30 features, 2 classes."""
+
+    name = "breast_cancer"
+    LOADER = "load_breast_cancer"
+    NUM_FEATURES = 30
+    NUM_CLASSES = 2
+    DESCRIPTION = "Breast Cancer Wisconsin (Diagnostic), as bundled in scikit-learn."
+    CITATION = (
+        "Street, W. N., Wolberg, W. H. and Mangasarian, O. L. (1993). Nuclear feature "
+        "extraction for breast tumor diagnosis. Biomedical Image Processing and Biomedical "
+        "Visualization."
+    )
+
+
+class Wine(_SklearnTabular):
+    """Wine recognition: 178 rows, 13 chemical features, 3 cultivars."""
+
+    name = "wine"
+    LOADER = "load_wine"
+    NUM_FEATURES = 13
+    NUM_CLASSES = 3
+    DESCRIPTION = "UCI wine recognition (three cultivars), as bundled in scikit-learn."
+    CITATION = "Aeberhard, S. and Forina, M. (1991). Wine. UCI Machine Learning Repository."
+
+
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
-    Digits.name: Digits,
-    Mnist1d.name: Mnist1d,
+    builder.name: builder for builder in (Digits, Mnist1d, BreastCancer, Wine)
 }
+# Datasets of feature vectors whose features have unrelated units: standardised per feature.
+TABULAR_DATASETS = (BreastCancer.name, Wine.name)

@@ -13,6 +13,7 @@ from flax import struct
 
 from tasks.base import SPLITS
 from tasks.datasets import preprocessing
+from tasks.datasets.builders import TABULAR_DATASETS
 from tasks.datasets.storage import RawSplits, read_splits, resolve_data_dir
 
 
@@ -100,11 +101,12 @@ def load_dataset(
 ) -> Dataset:
     """Loads classification dataset ``name`` from the TFDS data dir onto the default device.
 
-    Built-in datasets (``digits``, ``mnist1d``) are prepared on first use; any other dataset
+    Built-in datasets (``BUILTIN_DATASETS``) are prepared on first use; any other dataset
     must already be in ``data_dir`` (default ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``)
     or ``DatasetNotFoundError`` is raised at once. Splits follow
     ``preprocessing.split_indices`` (test: the stored test split, else a fixed 20% held out;
-    inner_valid and outer_valid: 10% each of the rest, chosen by ``split_seed``). Images can be
+    inner_valid and outer_valid: 10% each of the rest, chosen by ``split_seed``). Inputs are
+    standardised with train statistics (per feature for the tabular built-ins). Images can be
     converted to ``grayscale`` and area-averaged to ``image_size x image_size``. Results are
     cached per (name, data dir, options), and the stored arrays per (name, data dir), for the
     life of the process.
@@ -135,7 +137,7 @@ def load_dataset(
     }
     transform = _image_transform(name, image_size, grayscale)
     inputs = {split: transform(x.astype(np.float32)) for split, (x, _) in parts.items()}
-    mean, std = preprocessing.standardisation(inputs["train"])
+    mean, std = preprocessing.standardisation(inputs["train"], per_feature=name in TABULAR_DATASETS)
 
     arrays = {}
     for split, (_, labels) in parts.items():

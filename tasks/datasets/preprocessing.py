@@ -94,9 +94,13 @@ def area_resize(images: np.ndarray, size: int) -> np.ndarray:
     return np.einsum("ih,nhwc,jw->nijc", rows, images.astype(np.float32), cols, optimize=True)
 
 
-def standardisation(train_inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of the train inputs: per channel for images ``[n, H, W, C]``, else scalar."""
-    axes = tuple(range(train_inputs.ndim - 1)) if train_inputs.ndim == 4 else None
+def standardisation(
+    train_inputs: np.ndarray, per_feature: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the train inputs: per channel for images ``[n, H, W, C]``, per feature
+    for ``per_feature`` vectors ``[n, d]`` (tabular data, whose features have unrelated units),
+    else scalar (signals such as MNIST-1D, whose features share one unit)."""
+    axes = tuple(range(train_inputs.ndim - 1)) if train_inputs.ndim == 4 or per_feature else None
     mean = train_inputs.mean(axis=axes, dtype=np.float64)
     std = train_inputs.std(axis=axes, dtype=np.float64)
     # A constant input carries no information; keep it finite rather than divide by zero.

@@ -23,7 +23,7 @@ from tasks.datasets.builders import BUILDERS
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = ("digits", "mnist1d")
+BUILTIN_DATASETS = tuple(BUILDERS)
 
 
 class DatasetNotFoundError(FileNotFoundError):
