@@ -1,18 +1,23 @@
 """Held-out evaluation: train unseen tasks with an optimizer and with tuned Adam and SGD-M.
 
 For every task and horizon, each optimizer trains ``seeds`` runs; the tuned baselines also sweep a
-log-spaced learning-rate grid. All grid points and seeds of one optimizer on one task run in a
-single jitted ``lax.scan`` (vmapped over ``[grid, seeds]``); the same seeds give every optimizer the
-same initialisations and minibatches, so comparisons are paired. A baseline's learning rate is the
-grid point with the lowest mean final *inner-valid* loss (the test split is never used to choose).
+log-spaced learning-rate grid, with a constant learning rate or the cosine schedule the learned
+rules use (``lopt.schedules.warmup_cosine`` over the run). A learned rule with a run-time
+``learning_rate`` field runs at its own default and, as a second contender, over a grid around it
+(``"<label> (tuned lr)"``). All grid points and seeds of one trainer on one task run in a single
+jitted ``lax.scan`` (vmapped over ``[grid, seeds]``); the same seeds give every optimizer the same
+initialisations and minibatches, so comparisons are paired. A tuned optimizer's learning rate is
+chosen twice (``meta_train.report``): by mean final training loss for the training-loss
+comparison, by mean final *inner-valid* loss for every held-out figure (the test split is never
+used to choose).
 
 A run has diverged when a training loss is non-finite or its final training loss exceeds
 ``divergence_factor`` times its initial one; diverged runs stay in every mean and count.
 
-The speed-up over tuned Adam follows the VeLO / learned_optimization reports: the number of steps
-tuned Adam needs to reach its own final training loss divided by the number of steps the optimizer
-needs to reach that loss, both on seed-mean training-loss curves smoothed by a trailing moving
-average (``None`` when the optimizer never gets there).
+The speed-up over tuned Adam follows the VeLO / learned_optimization reports (``report.speedup``):
+the steps tuned Adam needs to reach its own final training loss over the steps the optimizer needs
+to reach that loss, on seed-mean curves smoothed by a trailing moving average; only where the
+optimizer reaches that loss and keeps it.
 
 Python: ``evaluate(optimizer, tasks, ...) -> Report`` (``meta_train.report``). CLI:
 ``lopt evaluate --optimizer <export dir | adam | sgdm | untrained:<arch>> --suite <name>``.
@@ -22,10 +27,14 @@ from __future__ import annotations
 
 import abc
 import argparse
+import copy
 import dataclasses
 import functools
+import json
+import math
 import operator
 import os
+import re
 import shlex
 import sys
 import time
@@ -37,8 +46,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import schedules
 from lopt.base import LearnedOptimizer
-from meta_train.report import GridPoint, Report, RunResult, TaskResult, smooth
+from meta_train.report import (
+    CRITERIA,
+    GridPoint,
+    Report,
+    RunResult,
+    Selection,
+    TaskResult,
+    baseline_description,
+)
 from tasks.base import Task
 
 ADAM_GRID = tuple(float(lr) for lr in np.logspace(-4, -1, 7))
@@ -47,6 +65,8 @@ SGDM_MOMENTUM = 0.9
 EVAL_SPLITS = ("train", "inner_valid", "test")
 DEFAULT_DIVERGENCE_FACTOR = 2.0
 BASELINES = ("adam", "sgdm")
+# A learned rule's swept learning rates: its default times half-decade steps over +-1.5 decades.
+LEARNED_LR_MULTIPLIERS = tuple(float(m) for m in np.logspace(-1.5, 1.5, 7))
 # XLA:CPU spends most of a short evaluation compiling the vmapped training scan; backend
 # optimisation level 0 compiles it about 4x faster and runs its steps several times slower.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -75,15 +95,17 @@ class _Baselines(_Candidate):
 
     kinds: tuple[str, ...]
     momentum: float = SGDM_MOMENTUM
+    schedule: str = "constant"
 
-    def _one(self, kind: str, learning_rate: jax.Array) -> optax.GradientTransformation:
+    def _one(self, kind: str, learning_rate: optax.Schedule) -> optax.GradientTransformation:
         if kind == "adam":
             return optax.adam(learning_rate)
         return optax.sgd(learning_rate, momentum=self.momentum)
 
     def transform(self, hyperparameters, theta, num_steps):
         member, learning_rate = hyperparameters[0].astype(jnp.int32), hyperparameters[1]
-        transforms = [self._one(kind, learning_rate) for kind in self.kinds]
+        schedule = schedules.make_schedule(self.schedule, learning_rate, num_steps)
+        transforms = [self._one(kind, schedule) for kind in self.kinds]
 
         def init_fn(params):
             return tuple(tx.init(params) for tx in transforms)
@@ -110,20 +132,52 @@ class _Fixed(_Candidate):
 
 @dataclasses.dataclass(frozen=True)
 class _Learned(_Candidate):
+    """A learned rule; with ``sweep``, its ``learning_rate`` field is the row's (traced) rate."""
+
     optimizer: LearnedOptimizer
+    sweep: bool = False
 
     def transform(self, hyperparameters, theta, num_steps):
         import lopt
 
-        return lopt.to_optax(self.optimizer, theta, num_steps)
+        optimizer = self.optimizer
+        if self.sweep:
+            # dataclasses.replace would rerun __post_init__, whose checks (lr > 0) cannot read a
+            # traced value; the grid was checked positive before tracing.
+            optimizer = copy.copy(optimizer)
+            object.__setattr__(optimizer, "learning_rate", hyperparameters[1])
+        return lopt.to_optax(optimizer, theta, num_steps)
+
+
+def runtime_learning_rate(optimizer: LearnedOptimizer) -> float | None:
+    """The rule's ``learning_rate`` field if it scales the updates at run time, else ``None``.
+
+    A field that only seeds theta (``LearnableAdam``'s initial ``log_lr``) changes nothing once
+    theta is meta-trained, so sweeping it would be a sham: such a field changes
+    ``init_meta_params``, and is not swept.
+    """
+    names = {field.name for field in dataclasses.fields(optimizer)}
+    if "learning_rate" not in names:
+        return None
+    learning_rate = float(optimizer.learning_rate)
+    key = jax.random.key(0)
+    doubled = dataclasses.replace(optimizer, learning_rate=2.0 * learning_rate)
+    same = jax.tree.map(
+        lambda a, b: bool(np.array_equal(a, b)),
+        optimizer.init_meta_params(key),
+        doubled.init_meta_params(key),
+    )
+    return learning_rate if all(jax.tree.leaves(same)) else None
 
 
 class _Member(NamedTuple):
-    """One reported optimizer; ``grid`` is its learning-rate grid (``None``: one untuned run)."""
+    """One reported optimizer; ``grid`` is its learning-rate grid (``None``: one untuned run,
+    at ``learning_rate`` when its candidate takes one)."""
 
     label: str
     description: str
     grid: tuple[float, ...] | None = None
+    learning_rate: float | None = None
 
 
 class _Contender(NamedTuple):
@@ -134,9 +188,13 @@ class _Contender(NamedTuple):
     theta: Any = None
 
     def rows(self) -> np.ndarray:
-        """``[grid rows, 2]``: member index and learning rate (0 for untuned members)."""
+        """``[grid rows, 2]``: member index and learning rate (0 where none applies)."""
         return np.array(
-            [(m, lr) for m, member in enumerate(self.members) for lr in (member.grid or (0.0,))],
+            [
+                (m, lr)
+                for m, member in enumerate(self.members)
+                for lr in (member.grid or (member.learning_rate or 0.0,))
+            ],
             np.float32,
         )
 
@@ -379,21 +437,15 @@ def diverged_runs(
     )
 
 
-def select_grid_point(valid_loss: np.ndarray, diverged: np.ndarray) -> int:
-    """Index of the best grid point from ``[grid, seeds]`` final validation losses.
+def select_grid_point(loss: np.ndarray, diverged: np.ndarray) -> int:
+    """Index of the best grid point from ``[grid, seeds]`` final losses of one criterion.
 
-    Fewest diverged seeds first, then the lowest mean validation loss (a point with a diverged
-    seed has mean ``inf``). Ties go to the earlier (smaller) grid point.
+    Fewest diverged seeds first, then the lowest mean loss (a point with a diverged seed has mean
+    ``inf``). Ties go to the earlier (smaller) grid point.
     """
     num_diverged = diverged.sum(axis=1)
-    finite = np.where(np.isfinite(valid_loss) & ~diverged, valid_loss, np.inf)
+    finite = np.where(np.isfinite(loss) & ~diverged, loss, np.inf)
     return int(np.lexsort((finite.mean(axis=1), num_diverged))[0])
-
-
-def steps_to_reach(curve: np.ndarray, target: float) -> int | None:
-    """Steps until ``curve`` (one loss per step) first is ``<= target``: index + 1, or ``None``."""
-    reached = np.flatnonzero(np.asarray(curve) <= target)
-    return int(reached[0]) + 1 if reached.size else None
 
 
 def smoothing_window(num_steps: int) -> int:
@@ -404,16 +456,31 @@ def smoothing_window(num_steps: int) -> int:
 def _member_results(
     contender: _Contender, outputs: _Outputs, initial_loss: np.ndarray, divergence_factor: float
 ) -> list[RunResult]:
-    """One ``RunResult`` per member: its grid rows summarised, its selected row's per-seed data."""
+    """One ``RunResult`` per member: its grid rows summarised, its selected row per criterion."""
     diverged = diverged_runs(
         outputs.losses, initial_loss[None], outputs.metrics["train_loss"], divergence_factor
     )
     member_of_row = contender.rows()[:, 0].astype(int)
+
+    def selection(row: int, learning_rate: float | None) -> Selection:
+        metrics = {key: values[row] for key, values in outputs.metrics.items()}
+        return Selection(learning_rate, outputs.losses[row], metrics, diverged[row])
+
     results = []
     for index, member in enumerate(contender.members):
         rows = np.flatnonzero(member_of_row == index)
-        valid = outputs.metrics["inner_valid_loss"][rows]
-        best = rows[select_grid_point(valid, diverged[rows])]
+        if member.grid:
+            chosen = {
+                criterion: rows[select_grid_point(outputs.metrics[metric][rows], diverged[rows])]
+                for criterion, metric in CRITERIA.items()
+            }
+            by_row = {
+                row: selection(row, member.grid[row - rows[0]]) for row in set(chosen.values())
+            }
+            selected = {criterion: by_row[row] for criterion, row in chosen.items()}
+        else:
+            only = selection(rows[0], member.learning_rate)
+            selected = dict.fromkeys(CRITERIA, only)
         grid = tuple(
             GridPoint(
                 learning_rate=lr,
@@ -427,11 +494,8 @@ def _member_results(
             RunResult(
                 label=member.label,
                 description=member.description,
-                curves=outputs.losses[best],
                 initial_loss=initial_loss,
-                metrics={key: values[best] for key, values in outputs.metrics.items()},
-                diverged=diverged[best],
-                learning_rate=member.grid[best - rows[0]] if member.grid else None,
+                selected=selected,
                 grid=grid,
                 compile_seconds=outputs.compile_seconds,
                 run_seconds=outputs.run_seconds,
@@ -440,37 +504,38 @@ def _member_results(
     return results
 
 
-def _add_speedups(task: TaskResult) -> None:
-    """Fill ``target_loss`` / ``target_steps`` and every run's speed-up from tuned Adam's curve."""
-    adam = task.runs.get("adam")
-    if adam is None:
-        return
-    window = task.smoothing_window
-    adam_curve = smooth(adam.curves.mean(axis=0), window)
-    target = float(adam_curve[-1])
-    if not np.isfinite(target):
-        return
-    task.target_loss = target
-    task.target_steps = steps_to_reach(adam_curve, target)
-    for run in task.runs.values():
-        run.steps_to_target = steps_to_reach(smooth(run.curves.mean(axis=0), window), target)
-        if run.steps_to_target is not None:
-            run.speedup = task.target_steps / run.steps_to_target
-
-
 # --- The optimizer under evaluation.
 
 
 def _baselines(
-    kinds: Sequence[str], grids: Mapping[str, Sequence[float]], momentum: float
+    kinds: Sequence[str], grids: Mapping[str, Sequence[float]], momentum: float, schedule: str
 ) -> _Contender:
-    descriptions = {"adam": "Adam (tuned)", "sgdm": f"SGD-M {momentum:g} (tuned)"}
-    members = tuple(_Member(kind, descriptions[kind], tuple(grids[kind])) for kind in kinds)
-    return _Contender(_Baselines(tuple(kinds), momentum), members)
+    names = {"adam": "Adam", "sgdm": f"SGD-M {momentum:g}"}
+    members = tuple(
+        _Member(kind, baseline_description(names[kind], grids[kind], schedule), tuple(grids[kind]))
+        for kind in kinds
+    )
+    return _Contender(_Baselines(tuple(kinds), momentum, schedule), members)
 
 
-def _learned(label: str, optimizer: LearnedOptimizer, theta: Any, description: str) -> _Contender:
-    return _Contender(_Learned(optimizer), (_Member(label, description),), theta)
+def _learned(
+    label: str,
+    optimizer: LearnedOptimizer,
+    theta: Any,
+    description: str,
+    multipliers: Sequence[float] = (),
+) -> _Contender:
+    """The rule at its own learning rate and, for multipliers and a run-time ``learning_rate``
+    field, also over ``default * multipliers`` in the same compiled trainer."""
+    default = runtime_learning_rate(optimizer) if multipliers else None
+    if default is None:
+        return _Contender(_Learned(optimizer), (_Member(label, description),), theta)
+    grid = tuple(default * m for m in multipliers)
+    members = (
+        _Member(label, description, learning_rate=default),
+        _Member(f"{label} (tuned lr)", f"{description} (tuned over {len(grid)} lrs)", grid),
+    )
+    return _Contender(_Learned(optimizer, sweep=True), members, theta)
 
 
 def _untrained(optimizer: LearnedOptimizer, seed: int) -> _Contender:
@@ -483,7 +548,7 @@ def _architecture(optimizer: LearnedOptimizer) -> dict[str, Any]:
 
 
 def _resolve_subject(
-    optimizer: Any, theta: Any, name: str | None, seed: int
+    optimizer: Any, theta: Any, name: str | None, seed: int, multipliers: Sequence[float]
 ) -> tuple[_Contender | str, LearnedOptimizer | None, dict[str, Any]]:
     """The evaluated optimizer (a contender or a baseline's name), the learned optimizer to take
     the untrained floor from (if any), and facts about its origin for the report."""
@@ -509,7 +574,8 @@ def _resolve_subject(
             **_architecture(learned),
             "meta_training_num_steps": metadata.get("num_steps"),
         }
-        return _learned(label, learned, theta, f"{label} {learned.architecture}"), learned, origin
+        description = f"{label} {learned.architecture}"
+        return _learned(label, learned, theta, description, multipliers), learned, origin
     if isinstance(optimizer, LearnedOptimizer):
         if theta is None:
             raise ValueError(
@@ -517,7 +583,8 @@ def _resolve_subject(
                 "theta=..., or optimizer='untrained:<architecture>' for the untrained floor"
             )
         label = name or "learned"
-        contender = _learned(label, optimizer, theta, f"{label} {optimizer.architecture}")
+        description = f"{label} {optimizer.architecture}"
+        contender = _learned(label, optimizer, theta, description, multipliers)
         return contender, optimizer, _architecture(optimizer)
     if isinstance(optimizer, optax.GradientTransformation):
         label = name or "optax"
@@ -553,6 +620,8 @@ def evaluate(
     adam_grid: Sequence[float] = ADAM_GRID,
     sgdm_grid: Sequence[float] = SGDM_GRID,
     sgdm_momentum: float = SGDM_MOMENTUM,
+    baseline_schedule: str = "constant",
+    learned_lr_multipliers: Sequence[float] = (),
     untrained_floor: bool = True,
     divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR,
     name: str | None = None,
@@ -571,9 +640,14 @@ def evaluate(
 
     ``num_steps`` overrides every task's horizon (required for plain ``Task`` objects); each
     horizon multiplier ``h`` trains ``round(h * num_steps)`` steps, and learned optimizers get that
-    horizon at init. Baselines are re-tuned at every horizon. ``untrained_floor`` adds the learned
-    architecture with fresh meta-parameters (seed ``seeds[0]``). ``compiler_options`` go to XLA
-    for every compile (``FAST_COMPILE`` trades slower steps for faster compiles: for short runs).
+    horizon at init. Baselines are re-tuned at every horizon, with ``baseline_schedule``
+    (``"constant"`` or ``"cosine"``: ``lopt.schedules.warmup_cosine`` over the run, the learned
+    rules' schedule). ``learned_lr_multipliers`` (e.g. ``LEARNED_LR_MULTIPLIERS``) add the learned
+    rule tuned over ``its learning_rate * multipliers`` as ``"<name> (tuned lr)"``, for rules whose
+    ``learning_rate`` field acts at run time (``runtime_learning_rate``). ``untrained_floor`` adds
+    the learned architecture with fresh meta-parameters (seed ``seeds[0]``). ``compiler_options``
+    go to XLA for every compile (``FAST_COMPILE`` trades slower steps for faster compiles: for
+    short runs). With ``progress``, the plan and a rough ETA go to stderr before compiling.
     ``settings`` are recorded in the report as given.
     """
     seed_list, keys = _seed_keys(seeds)
@@ -592,15 +666,24 @@ def evaluate(
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
+    if baseline_schedule not in schedules.SCHEDULES:
+        raise ValueError(
+            f"unknown baseline_schedule {baseline_schedule!r}; choose from {schedules.SCHEDULES}"
+        )
     _check_grid("adam_grid", adam_grid)
     _check_grid("sgdm_grid", sgdm_grid)
+    if learned_lr_multipliers:
+        _check_grid("learned_lr_multipliers", learned_lr_multipliers)
 
-    subject, learned, origin = _resolve_subject(optimizer, theta, name, seed_list[0])
+    subject, learned, origin = _resolve_subject(
+        optimizer, theta, name, seed_list[0], learned_lr_multipliers
+    )
     subject_label = subject if isinstance(subject, str) else subject.members[0].label
     kinds = [kind for kind in BASELINES if kind in baselines or kind == subject]
     contenders = [] if isinstance(subject, str) else [subject]
     if kinds:
-        contenders.append(_baselines(kinds, {"adam": adam_grid, "sgdm": sgdm_grid}, sgdm_momentum))
+        grids = {"adam": adam_grid, "sgdm": sgdm_grid}
+        contenders.append(_baselines(kinds, grids, sgdm_momentum, baseline_schedule))
     if untrained_floor and learned is not None:
         contenders.append(_untrained(learned, seed_list[0]))
     labels = [member.label for contender in contenders for member in contender.members]
@@ -609,11 +692,16 @@ def evaluate(
     order = [subject_label, *(label for label in labels if label != subject_label)]
     options = tuple(sorted((compiler_options or {}).items()))
 
+    jobs = [
+        (task, horizon, max(1, round(horizon * (num_steps or task.num_steps))))
+        for task in eval_tasks
+        for horizon in horizons
+    ]
+    if progress:
+        print(plan(jobs, contenders, len(seed_list), options).format(), file=sys.stderr)
     results = []
-    jobs = [(task, horizon) for task in eval_tasks for horizon in horizons]
     bar = _progress_bar(len(jobs), progress)
-    for task, horizon in jobs:
-        steps = max(1, round(horizon * (num_steps or task.num_steps)))
+    for task, horizon, steps in jobs:
         bar.set_description(f"{task.name} ({steps} steps)")
         initial_loss = _initial_train_loss(task, keys, options)
         runs = {}
@@ -622,9 +710,7 @@ def evaluate(
             for run in _member_results(contender, outputs, initial_loss, divergence_factor):
                 runs[run.label] = run
         runs = {label: runs[label] for label in order}
-        result = TaskResult(task.name, steps, float(horizon), runs, smoothing_window(steps))
-        _add_speedups(result)
-        results.append(result)
+        results.append(TaskResult(task.name, steps, float(horizon), runs, smoothing_window(steps)))
         bar.update()
     bar.close()
 
@@ -636,15 +722,93 @@ def evaluate(
         "adam_grid": [float(lr) for lr in adam_grid],
         "sgdm_grid": [float(lr) for lr in sgdm_grid],
         "sgdm_momentum": sgdm_momentum,
-        "selection": "lowest mean final inner_valid loss over seeds, fewest diverged seeds first",
+        "baseline_schedule": baseline_schedule,
+        "learned_lr_multipliers": [float(m) for m in learned_lr_multipliers],
+        "selection": "per criterion, fewest diverged seeds first: lowest mean final train loss "
+        "for train-loss figures, lowest mean final inner_valid loss for valid/test figures",
         "divergence": f"non-finite loss, or final train loss > {divergence_factor:g} x initial",
-        "speedup": "tuned Adam's steps to its final smoothed train loss / the optimizer's steps",
+        "speedup": "Adam's steps to its own final smoothed train loss / the optimizer's steps, "
+        "where reached and kept",
         "compiler_options": dict(compiler_options or {}),
         **origin,
         **(settings or {}),
     }
     description = subject_label if isinstance(subject, str) else subject.members[0].description
-    return Report(subject_label, description, recorded, results)
+    return Report(subject_label, description, recorded, tuple(results))
+
+
+# --- The plan and a rough ETA, printed before anything compiles.
+
+# Rough costs on the 2-core CPU machine this was written on (meta-training in the background);
+# measured with `lopt evaluate --suite default` (see the module's tests for the plan's counts).
+COMPILE_SECONDS = {False: 6.0, True: 2.5}  # per compiled trainer, by FAST_COMPILE
+SECONDS_PER_PARAMETER_STEP = 2.0e-8  # per run (grid point x seed), per parameter and step
+SECONDS_PER_STEP = 2.0e-5  # per run and step, whatever the size (the loop's own overhead)
+
+
+class Plan(NamedTuple):
+    """What an evaluation will train, and a rough ETA from ``COMPILE_SECONDS`` and step costs."""
+
+    num_tasks: int
+    horizons: tuple[float, ...]
+    trainers: tuple[tuple[str, int], ...]  # (its optimizers' labels, grid rows)
+    num_seeds: int
+    num_runs: int
+    num_compiles: int
+    eta_seconds: float
+
+    def format(self) -> str:
+        trainers = " + ".join(f"{labels} ({rows} lr)" for labels, rows in self.trainers)
+        horizons = ",".join(f"{h:g}x" for h in self.horizons)
+        return (
+            f"plan: {self.num_tasks} tasks x {len(self.horizons)} horizons ({horizons}) x "
+            f"[{trainers}] x {self.num_seeds} seeds = {self.num_runs} training runs; "
+            f"{self.num_compiles} compiles; rough ETA {_duration(self.eta_seconds)} (a 2-core "
+            "CPU's costs; the progress bar refines it)"
+        )
+
+
+def plan(
+    jobs: Sequence[tuple[_EvalTask, float, int]],
+    contenders: Sequence[_Contender],
+    num_seeds: int,
+    options: Options = (),
+) -> Plan:
+    """The plan of ``(task, horizon, steps)`` jobs: counts, compiles and a rough ETA.
+
+    Compiles: one trainer per contender per job, and per task one initialisation and one
+    evaluation function. Parameter counts come from ``jax.eval_shape`` (nothing is compiled).
+    """
+    rows = [len(contender.rows()) for contender in contenders]
+    sizes = {task.name: _num_params(task) for task, _, _ in jobs}
+    per_step = {
+        name: SECONDS_PER_STEP + SECONDS_PER_PARAMETER_STEP * n for name, n in sizes.items()
+    }
+    step_seconds = sum(sum(rows) * num_seeds * steps * per_step[t.name] for t, _, steps in jobs)
+    num_compiles = len(jobs) * len(contenders) + 2 * len(sizes)
+    fast = dict(options).get("xla_backend_optimization_level") == 0
+    return Plan(
+        num_tasks=len(sizes),
+        horizons=tuple(dict.fromkeys(horizon for _, horizon, _ in jobs)),
+        trainers=tuple(
+            ("+".join(m.label for m in c.members), n) for c, n in zip(contenders, rows, strict=True)
+        ),
+        num_seeds=num_seeds,
+        num_runs=len(jobs) * sum(rows) * num_seeds,
+        num_compiles=num_compiles,
+        eta_seconds=num_compiles * COMPILE_SECONDS[fast] + step_seconds,
+    )
+
+
+def _num_params(task: _EvalTask) -> int:
+    shapes = jax.eval_shape(
+        functools.partial(_initial_params, build_task=task.build), task.args, jax.random.key(0)
+    )
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -698,6 +862,20 @@ def _parser() -> argparse.ArgumentParser:
         help="a run whose final training loss exceeds this multiple of its initial one diverged",
     )
     parser.add_argument(
+        "--baseline-schedule",
+        choices=("auto", *schedules.SCHEDULES),
+        default="auto",
+        help="the baselines' learning-rate schedule; auto: the learned rule's own 'schedule' "
+        "field if it has one, else constant (default: auto)",
+    )
+    parser.add_argument(
+        "--sweep-learned-lr",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also tune the learned rule's run-time learning_rate over 7 points around its "
+        "default, reported as '<name> (tuned lr)' (for rules that have one)",
+    )
+    parser.add_argument(
         "--untrained-floor",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -713,14 +891,62 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         default=None,
-        help="output directory (default: eval_<suite> beside the export, e.g. "
-        "runs/default/eval_default, or runs/eval_<suite>)",
+        help="output folder: new, empty, or one lopt evaluate wrote before (its files are "
+        "replaced); never inside an export (default: <export>.eval_<suite> beside the export, "
+        "e.g. runs/default/export.eval_default, or runs/<optimizer>.eval_<suite>)",
     )
     return parser
 
 
+def default_out_folder(optimizer: str, suite: str) -> str:
+    """``<export>.eval_<suite>`` beside an export (one per export, and outside it: re-saving an
+    export replaces its whole folder), else ``runs/<optimizer>.eval_<suite>``."""
+    if os.path.isdir(optimizer):
+        return f"{os.path.abspath(optimizer).rstrip(os.sep)}.eval_{suite}"
+    return os.path.join("runs", f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', optimizer)}.eval_{suite}")
+
+
+def check_out_folder(out: str) -> None:
+    """Raise ``ValueError`` unless ``out`` may receive a report: not a file, not inside an export,
+    and new, empty or written by ``lopt evaluate`` before (it holds its marker or a report)."""
+    from lopt.export import CONFIG_FILE
+    from meta_train.checkpoint import EVAL_MARKER_FILE
+
+    path = os.path.abspath(out)
+    folder = path
+    while True:
+        if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+            raise ValueError(
+                f"--out {out} is inside the export {folder}, which the next save replaces whole; "
+                "choose a folder outside it"
+            )
+        if os.path.dirname(folder) == folder:
+            break
+        folder = os.path.dirname(folder)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+    entries = os.listdir(path) if os.path.isdir(path) else []
+    if entries and not {EVAL_MARKER_FILE, "report.json"} & set(entries):
+        shown = ", ".join(sorted(entries)[:5]) + (" ..." if len(entries) > 5 else "")
+        raise ValueError(
+            f"--out {out} holds files lopt evaluate did not write ({shown}); choose a new or "
+            "empty folder"
+        )
+
+
+def _claim_out_folder(out: str, optimizer: str, suite: str) -> None:
+    """Create ``out`` with the marker that makes it lopt evaluate's (``--overwrite`` of a
+    workdir removes such folders; a later evaluation may replace their files)."""
+    from meta_train.checkpoint import EVAL_MARKER_FILE
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, EVAL_MARKER_FILE), "w") as f:
+        json.dump({"format": "lopt-evaluation", "optimizer": optimizer, "suite": suite}, f)
+
+
 def main(argv: list[str]) -> int:
-    """``lopt evaluate``: print the table and summary line, write the report files."""
+    """``lopt evaluate``: print the table and summary line, write the report files. Exit status 2
+    for bad arguments or an output folder it must not write to (checked before anything runs)."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -743,9 +969,13 @@ def main(argv: list[str]) -> int:
         parser.error(
             f"--suite {args.suite!r} is unknown; known suites: {', '.join(registry.suite_names())}"
         )
-    # Beside the export, not in it: re-saving an export replaces its whole directory.
-    beside = os.path.dirname(os.path.abspath(args.optimizer)) if is_export else "runs"
-    out = args.out or os.path.join(beside, f"eval_{args.suite}")
+    out = args.out or default_out_folder(args.optimizer, args.suite)
+    try:
+        check_out_folder(out)
+    except ValueError as error:
+        print(f"lopt evaluate: error: {error}", file=sys.stderr)
+        return 2
+    _claim_out_folder(out, args.optimizer, args.suite)
     report = evaluate(
         args.optimizer,
         registry.get_suite(args.suite),
@@ -754,6 +984,8 @@ def main(argv: list[str]) -> int:
         seeds=args.seeds,
         adam_grid=tuple(float(lr) for lr in np.logspace(-4, -1, args.grid_points)),
         sgdm_grid=tuple(float(lr) for lr in np.logspace(-3, 0, args.grid_points)),
+        baseline_schedule=_baseline_schedule(args.baseline_schedule, args.optimizer),
+        learned_lr_multipliers=LEARNED_LR_MULTIPLIERS if args.sweep_learned_lr else (),
         untrained_floor=args.untrained_floor,
         divergence_factor=args.divergence_factor,
         progress=not args.no_progress,
@@ -762,5 +994,24 @@ def main(argv: list[str]) -> int:
     )
     paths = report.save(out, plots=not args.no_plots)
     print(report.format_console())
-    print(f"wrote {paths['markdown']}, {paths['json']} and {len(report.plots)} plots to {out}")
+    num_plots = sum(kind.startswith("plot:") for kind in paths)
+    print(f"wrote {paths['markdown']}, {paths['json']} and {num_plots} plots to {out}")
     return 0
+
+
+def _baseline_schedule(choice: str, optimizer: str) -> str:
+    """``auto``: the export's rule's ``schedule`` field (the same schedule for every contender)."""
+    if choice != "auto":
+        return choice
+    if not os.path.isdir(optimizer):
+        return "constant"
+    import lopt
+
+    learned, _, _ = lopt.load_optimizer(optimizer)
+    return schedule_of(learned)
+
+
+def schedule_of(optimizer: Any) -> str:
+    """A learned rule's own schedule name (its ``schedule`` field), else ``"constant"``."""
+    schedule = getattr(optimizer, "schedule", "constant")
+    return schedule if schedule in schedules.SCHEDULES else "constant"

@@ -1,4 +1,6 @@
-"""Held-out evaluation: grid selection on validation data, divergence, horizons, reports, CLI."""
+"""Held-out evaluation: grid selection per criterion, divergence, horizons, schedules, the learned
+rule's swept learning rate, honest reports (per-criterion comparisons, speed-ups only where
+reached, "tuned" only for a sweep), the plan, CLI."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import optax
 import pytest
 from flax import struct
 
+from lopt import schedules
 from lopt.base import LearnedOptimizer
 from meta_train import evaluate as evaluation
-from meta_train.report import RunResult, TaskResult, smooth
+from meta_train import report as reporting
+from meta_train.report import RunResult, Selection, TaskResult, smooth
 from tasks.base import Task
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -104,15 +108,43 @@ class DecayingSGD(LearnedOptimizer):
         return jax.tree.map(lambda g: scale * g, grads), (step + 1, num_steps)
 
 
-def numpy_adam_final_w(learning_rate: float, num_steps: int) -> float:
-    """optax.adam on ShiftedQuadratic's training loss, in float64."""
+@dataclasses.dataclass(frozen=True)
+class ScaledSGD(LearnedOptimizer):
+    """``-learning_rate * exp(log_scale) * grad``: a run-time learning rate, as in the normalized
+    rule, outside theta."""
+
+    architecture = "scaled_sgd_for_tests"
+    uses_horizon = False
+    learning_rate: float = 0.1
+
+    def __post_init__(self):  # as real rules do; a traced learning rate cannot pass this check
+        if not self.learning_rate > 0:
+            raise ValueError("learning_rate must be positive")
+
+    def init_meta_params(self, key):
+        return {"log_scale": jnp.zeros(())}
+
+    def init(self, theta, params, num_steps):
+        return ()
+
+    def update(self, theta, state, grads, params, loss=None):
+        scale = -self.learning_rate * jnp.exp(theta["log_scale"])
+        return jax.tree.map(lambda g: scale * g, grads), state
+
+
+def numpy_adam_final_w(learning_rate: float, num_steps: int, schedule: str = "constant") -> float:
+    """optax.adam on ShiftedQuadratic's training loss, in float64; ``cosine`` is warmup_cosine."""
     w = m = v = 0.0
+    warmup = max(schedules.DEFAULT_WARMUP_FRACTION * num_steps, 1.0)
     for t in range(1, num_steps + 1):
         g = 2.0 * (w - ShiftedQuadratic.targets["train"])
         m = ADAM_B1 * m + (1 - ADAM_B1) * g
         v = ADAM_B2 * v + (1 - ADAM_B2) * g * g
         m_hat, v_hat = m / (1 - ADAM_B1**t), v / (1 - ADAM_B2**t)
-        w -= learning_rate * m_hat / (np.sqrt(v_hat) + ADAM_EPS)
+        lr = learning_rate
+        if schedule == "cosine":  # optax's count is t - 1 at the t-th update
+            lr *= min(1.0, t / warmup) * 0.5 * (1 + np.cos(np.pi * (t - 1) / num_steps))
+        w -= lr * m_hat / (np.sqrt(v_hat) + ADAM_EPS)
     return w
 
 
@@ -122,7 +154,8 @@ def decaying_sgd_bowl_loss(learning_rate: float, num_steps: int) -> float:
     return 0.5 * 3 * np.prod(factors) ** 2
 
 
-def test_grid_selects_on_inner_valid_not_train_or_test():
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_grid_selects_per_criterion_never_on_test(schedule):
     grid = evaluation.ADAM_GRID
     report = evaluation.evaluate(
         "adam",
@@ -130,23 +163,33 @@ def test_grid_selects_on_inner_valid_not_train_or_test():
         num_steps=10,
         seeds=2,
         baselines=("adam",),
+        baseline_schedule=schedule,
         progress=False,
         compiler_options=evaluation.FAST_COMPILE,
     )
     run = report.tasks[0].runs["adam"]
-    final_w = np.array([numpy_adam_final_w(lr, 10) for lr in grid])
+    final_w = np.array([numpy_adam_final_w(lr, 10, schedule) for lr in grid])
     losses = {split: (final_w - target) ** 2 for split, target in ShiftedQuadratic.targets.items()}
     # The construction: train and test agree on one learning rate, inner-valid wants another.
-    assert (
-        np.argmin(losses["train"]) == np.argmin(losses["test"]) != np.argmin(losses["inner_valid"])
-    )
-    assert run.learning_rate == grid[np.argmin(losses["inner_valid"])]
+    by_train, by_valid = np.argmin(losses["train"]), np.argmin(losses["inner_valid"])
+    assert by_train == np.argmin(losses["test"]) != by_valid
+    assert run.train.learning_rate == grid[by_train]
+    assert run.valid.learning_rate == grid[by_valid]
+    assert run.for_metric("test_loss") is run.valid and run.tuned
     reported = [point.valid_loss for point in run.grid]
     np.testing.assert_allclose(reported, losses["inner_valid"], rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(
-        run.metrics["train_loss"], losses["train"][np.argmin(losses["inner_valid"])], rtol=1e-3
+        run.train.metrics["train_loss"], losses["train"][by_train], rtol=1e-3
     )
-    assert len(run.grid) >= 7 and run.num_diverged == 0
+    np.testing.assert_allclose(run.valid.metrics["test_loss"], losses["test"][by_valid], rtol=1e-3)
+    assert len(run.grid) >= 7 and run.train.num_diverged == 0
+    assert report.settings["baseline_schedule"] == schedule
+    assert ("cosine" in run.description) == (schedule == "cosine")
+
+
+def test_cosine_schedule_changes_the_baseline():
+    constant, cosine = (numpy_adam_final_w(0.1, 10, s) for s in ("constant", "cosine"))
+    assert abs(constant - cosine) > 1e-3  # the test above tells the schedules apart
 
 
 def test_diverging_runs_are_reported_not_dropped():
@@ -167,17 +210,20 @@ def test_diverging_runs_are_reported_not_dropped():
     )
     result = report.tasks[0]
     subject, tuned = result.runs["sgd_lr1"], result.runs["sgdm"]
-    assert subject.num_diverged == 3 and not np.isfinite(subject.metrics["train_loss"]).any()
+    assert subject.train.num_diverged == 3
+    assert not np.isfinite(subject.train.metrics["train_loss"]).any()
     assert [point.num_diverged for point in tuned.grid] == [0, 3, 3]
     assert np.isfinite(tuned.grid[1].train_loss)  # exploded, finite, still counted as diverged
-    assert tuned.learning_rate == 0.05 and tuned.num_diverged == 0
+    for selection in tuned.selected.values():
+        assert selection.learning_rate == 0.05 and selection.num_diverged == 0
     assert "3/3 runs diverged" in report.summary_line()
     table_row = next(line for line in report.format_table(1.0).splitlines() if "sgd_lr1" in line)
     assert "3/3" in table_row
     saved = json.loads(report.to_json())
     runs = saved["tasks"][0]["runs"]
-    assert runs["sgd_lr1"]["num_diverged"] == 3 and runs["sgd_lr1"]["diverged"] == [True] * 3
-    assert runs["sgd_lr1"]["metrics"]["train_loss"] == [None] * 3
+    for selection in runs["sgd_lr1"]["by_criterion"].values():
+        assert selection["num_diverged"] == 3 and selection["diverged"] == [True] * 3
+        assert selection["metrics"]["train_loss"] == [None] * 3
 
 
 def test_diverged_runs_rule():
@@ -203,37 +249,164 @@ def test_smooth_is_a_trailing_mean():
     np.testing.assert_allclose(smooth(curve, 3), expected)
 
 
-def _run(label: str, curve: np.ndarray) -> RunResult:
-    return RunResult(
-        label=label,
-        description=label,
-        curves=curve[None],
-        initial_loss=curve[:1],
-        metrics={"train_loss": curve[-1:]},
-        diverged=np.zeros(1, bool),
-    )
+def _selection(curve: np.ndarray, learning_rate=None, **metrics: float) -> Selection:
+    finals = {"train_loss": curve[-1:], **{key: np.array([v]) for key, v in metrics.items()}}
+    return Selection(learning_rate, curve[None], finals, np.zeros(1, bool))
+
+
+def _run(label: str, curve: np.ndarray, valid: Selection | None = None, **metrics) -> RunResult:
+    """A one-seed run; ``valid``: a different selection by inner-valid loss (a tuned baseline)."""
+    train = _selection(curve, 0.01 if valid else None, **metrics)
+    return RunResult(label, label, curve[:1], {"train": train, "valid": valid or train})
+
+
+def _lines_task(**runs: RunResult) -> TaskResult:
+    return TaskResult("lines", 100, 1.0, runs, smoothing_window=1)
+
+
+STEPS = np.arange(100, dtype=np.float64)
 
 
 def test_speedup_is_adam_steps_over_steps_to_adam_final_loss():
-    steps = np.arange(100, dtype=np.float64)
-    task = TaskResult(
-        task="lines",
-        num_steps=100,
-        horizon=1.0,
-        runs={
-            "learned": _run("learned", 1.0 - 0.01 * steps),  # reaches 0.505 after 51 steps
-            "adam": _run("adam", 1.0 - 0.005 * steps),  # ends at 0.505 after 100
-            "slow": _run("slow", 1.0 - 0.001 * steps),  # never reaches it
-            "nan": _run("nan", np.full(100, np.nan)),
-        },
-        smoothing_window=1,
+    task = _lines_task(
+        learned=_run("learned", 1.0 - 0.01 * STEPS),  # reaches 0.505 after 51 steps
+        adam=_run("adam", 1.0 - 0.005 * STEPS),  # ends at 0.505 after 100
+        slow=_run("slow", 1.0 - 0.001 * STEPS),  # never reaches it
+        nan=_run("nan", np.full(100, np.nan)),
     )
-    evaluation._add_speedups(task)
-    assert task.target_loss == pytest.approx(0.505) and task.target_steps == 100
-    assert task.runs["adam"].speedup == 1.0
-    assert task.runs["learned"].steps_to_target == 51
-    assert task.runs["learned"].speedup == pytest.approx(100 / 51)
-    assert task.runs["slow"].speedup is None and task.runs["nan"].speedup is None
+    learned = reporting.speedup(task, "learned")
+    assert learned.target_loss == pytest.approx(0.505) and learned.target_steps == 100
+    assert reporting.speedup(task, "adam").value == 1.0
+    assert learned.steps == 51 and learned.value == pytest.approx(100 / 51)
+    assert reporting.speedup(task, "slow").value is None
+    assert reporting.speedup(task, "nan").value is None
+
+
+def test_speedup_needs_the_loss_reached_and_kept():
+    rises = np.concatenate([1.0 - 0.02 * STEPS[:30], 0.42 + 0.01 * STEPS[:70]])
+    task = _lines_task(
+        learned=_run("learned", 1.0 - 0.001 * STEPS),  # ends at 0.901: never at Adam's 0.505
+        adam=_run("adam", 1.0 - 0.005 * STEPS),
+        spiky=_run("spiky", rises),  # below 0.505 at step 26, ends at 1.11
+    )
+    assert reporting.speedup(task, "learned").format() == "not reached"
+    assert reporting.speedup(task, "spiky").steps == 26
+    assert reporting.speedup(task, "spiky").format() == "lost by the end"
+    report = reporting.Report("learned", "learned rule", {}, (task,))
+    rows = {row.split("|")[3].strip(): row for row in report.format_table(1.0).splitlines()[2:]}
+    assert "not reached" in rows["learned"] and "x |" not in rows["learned"]
+    assert "lost by the end" in rows["spiky"]
+    summary = reporting.summarize(report)["1x"]
+    assert summary["learned"].speedup_iqm.count == 0 and summary["spiky"].speedup_iqm.count == 0
+    assert "no speed-up, reached and kept its final loss on 0/1" in report.summary_line()
+
+
+def test_better_train_loss_but_worse_test_is_reported_as_both():
+    adam_valid = _selection(1.0 - 0.004 * STEPS, 0.001, test_loss=0.3, test_accuracy=0.9)
+    task = _lines_task(
+        learned=_run("learned", 1.0 - 0.009 * STEPS, test_loss=0.8, test_accuracy=0.7),
+        adam=_run("adam", 1.0 - 0.005 * STEPS, valid=adam_valid, test_loss=0.6, test_accuracy=0.8),
+    )
+    report = reporting.Report("learned", "learned rule", {}, (task,))
+    line = report.summary_line()
+    assert "final train loss on 1/1 (its lr chosen by train loss)" in line
+    assert "test loss on 0/1, test accuracy on 0/1 (its lr chosen by inner-valid loss)" in line
+    # Adam's test figures are those of the learning rate chosen on inner-valid loss (0.3, 0.9),
+    # not of the one chosen on train loss (0.6, 0.8).
+    rows = {row.split("|")[3].strip(): row for row in report.format_table(1.0).splitlines()[2:]}
+    assert "0.3 ± 0" in rows["adam"] and "0.9 ± 0" in rows["adam"] and "0.6 ±" not in rows["adam"]
+    assert "1e-2 / 1e-3" in rows["adam"]  # lr by train / by valid
+    assert rows["learned"].split("|")[10].strip() == "+/-/-"  # vs adam: train/test/acc
+    summary = reporting.summarize(report)["1x"]["learned"]
+    assert summary.better == {"train_loss": 1, "test_loss": 0, "test_accuracy": 0}
+    assert summary.normalized_iqm["test_loss"].value == pytest.approx(0.8 / 0.3)
+    saved = json.loads(report.to_json())["tasks"][0]["runs"]
+    assert saved["adam"]["metrics_mean"]["test_loss"] == pytest.approx(0.3)
+    assert saved["learned"]["vs_reference"]["wins"] == {
+        "train_loss": 1.0,
+        "test_loss": 0.0,
+        "test_accuracy": 0.0,
+    }
+
+
+def test_a_two_point_grid_is_not_called_tuned():
+    report = evaluation.evaluate(
+        optax.sgd(0.1),
+        {"bowl": Bowl()},
+        num_steps=10,
+        seeds=1,
+        baselines=("adam",),
+        adam_grid=(1e-3, 1e-2),
+        progress=False,
+        compiler_options=evaluation.FAST_COMPILE,
+    )
+    adam = report.tasks[0].runs["adam"]
+    assert not adam.tuned and adam.description == "Adam at 1e-3 / 1e-2"
+    line = report.summary_line()
+    assert "better than Adam at 1e-3 / 1e-2 in" in line and "tuned" not in line
+    assert "tuned" not in report.format_console()
+    saved = json.loads(report.to_json())
+    assert "tuned" not in saved["summary_line"] and not saved["tasks"][0]["runs"]["adam"]["tuned"]
+    assert reporting.baseline_description("Adam", evaluation.ADAM_GRID) == "Adam (tuned over 7 lrs)"
+
+
+def test_learned_rule_runs_at_its_default_and_over_a_swept_learning_rate():
+    default = 0.1
+    report = evaluation.evaluate(
+        ScaledSGD(learning_rate=default),
+        {"bowl": Bowl()},
+        theta={"log_scale": jnp.zeros(())},
+        num_steps=10,
+        seeds=1,
+        baselines=("adam",),
+        learned_lr_multipliers=evaluation.LEARNED_LR_MULTIPLIERS,
+        untrained_floor=False,
+        progress=False,
+        compiler_options=evaluation.FAST_COMPILE,
+    )
+    runs = report.tasks[0].runs
+    assert list(runs) == ["learned", "learned (tuned lr)", "adam"]
+    # Bowl under SGD: 0.5 * 3 * (1 - lr)^(2 T); lr = 1 reaches 0, 3.16 diverges.
+    bowl = {lr: 1.5 * (1 - lr) ** 20 for lr in (default, 1.0)}
+    np.testing.assert_allclose(runs["learned"].train.metrics["train_loss"], bowl[default], 1e-4)
+    assert runs["learned"].train.learning_rate == default and not runs["learned"].grid
+    swept = runs["learned (tuned lr)"]
+    np.testing.assert_allclose(
+        [p.learning_rate for p in swept.grid],
+        [default * m for m in evaluation.LEARNED_LR_MULTIPLIERS],
+    )
+    assert swept.tuned and swept.train.learning_rate == pytest.approx(1.0)
+    assert swept.train.metrics["train_loss"] == pytest.approx(0.0, abs=1e-12)
+    assert swept.grid[-1].num_diverged == 1
+    assert "learned (tuned lr)" in reporting.summarize(report)["1x"]
+
+
+def test_runtime_learning_rate_is_only_a_field_that_acts_at_run_time():
+    import lopt
+
+    assert evaluation.runtime_learning_rate(ScaledSGD(learning_rate=0.3)) == 0.3
+    assert evaluation.runtime_learning_rate(lopt.LearnableSGDM()) is None  # seeds theta only
+    assert evaluation.runtime_learning_rate(DecayingSGD()) is None  # no such field
+
+
+def test_plan_counts_runs_and_compiles(capsys):
+    report = evaluation.evaluate(
+        "adam",
+        {"bowl": Bowl(), "bowl2": Bowl()},
+        num_steps=5,
+        horizons=(1, 2),
+        seeds=3,
+        baselines=("adam", "sgdm"),
+        adam_grid=(0.1, 0.2),
+        sgdm_grid=(0.1, 0.2, 0.3),
+        progress=True,
+        compiler_options=evaluation.FAST_COMPILE,
+    )
+    printed = capsys.readouterr().err
+    # 2 tasks x 2 horizons x one trainer of 5 rows x 3 seeds; 4 trainers + 2 x 2 per-task ones.
+    assert "plan: 2 tasks x 2 horizons (1x,2x) x [adam+sgdm (5 lr)] x 3 seeds" in printed
+    assert "= 60 training runs; 8 compiles; rough ETA" in printed
+    assert len(report.tasks) == 4
 
 
 def test_learned_optimizer_gets_each_horizon_and_report_files_parse(tmp_path):
@@ -258,22 +431,24 @@ def test_learned_optimizer_gets_each_horizon_and_report_files_parse(tmp_path):
         for label, lr in (("learned", trained_lr), ("untrained", 0.1)):
             expected = decaying_sgd_bowl_loss(lr, result.num_steps)
             np.testing.assert_allclose(
-                result.runs[label].metrics["train_loss"], expected, rtol=1e-4
+                result.runs[label].train.metrics["train_loss"], expected, rtol=1e-4
             )
-        assert result.runs["adam"].speedup == 1.0
+        assert reporting.speedup(result, "adam").value == 1.0
 
     paths = report.save(tmp_path / "out")
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["subject"] == "learned" and saved["settings"]["horizons"] == [1.0, 2.0]
     assert set(saved["summary"]) == {"1x", "2x"}
-    assert saved["summary"]["1x"]["num_tasks"] == 1
+    assert saved["summary"]["1x"]["learned"]["num_tasks"] == 1
+    assert set(saved["summary"]["1x"]) == {"learned", "untrained"}
+    assert saved["summary"]["2x"]["learned"]["speedup_iqm"]["count"] in (0, 1)
     for saved_task, task in zip(saved["tasks"], report.tasks, strict=True):
         for label, run in task.runs.items():
             saved_run = saved_task["runs"][label]
             assert saved_run["metrics_mean"]["train_loss"] == pytest.approx(
-                float(np.mean(run.metrics["train_loss"]))
+                float(np.mean(run.train.metrics["train_loss"]))
             )
-            assert len(saved_run["curve"]["mean"]) == task.num_steps
+            assert len(saved_run["by_criterion"]["train"]["curve"]["mean"]) == task.num_steps
     assert len(saved["tasks"][0]["runs"]["adam"]["grid"]) == len(evaluation.ADAM_GRID)
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert report.summary_line() in markdown and "## Horizon 2x" in markdown
@@ -316,7 +491,7 @@ def test_tiny_suite_runs_from_an_export_through_the_cli(tmp_path, capsys):
     argv = ["--optimizer", str(export), "--suite", "tiny", "--seeds", "2", "--horizons", "1"]
     assert evaluation.main([*argv, "--fast-compile", "--no-progress", "--no-plots"]) == 0
 
-    out_dir = export.parent / "eval_tiny"  # the default: beside the export, not inside it
+    out_dir = export.parent / "export.eval_tiny"  # the default: beside the export, not in it
     saved = json.loads((out_dir / "report.json").read_text())
     assert [task["task"] for task in saved["tasks"]] == [
         entry.name for entry in registry.suite_entries("tiny")
@@ -326,9 +501,9 @@ def test_tiny_suite_runs_from_an_export_through_the_cli(tmp_path, capsys):
         runs = task["runs"]
         assert list(runs) == ["learned", "adam", "sgdm", "untrained"]
         assert len(runs["adam"]["grid"]) == len(runs["sgdm"]["grid"]) == 7
-        assert runs["adam"]["speedup_over_adam"] == 1.0
+        assert runs["adam"]["tuned"] and runs["learned"]["speedup_over_reference"] != 0
         # The export holds the architecture's initial theta, so the untrained floor is identical.
-        assert runs["learned"]["metrics"] == runs["untrained"]["metrics"]
+        assert runs["learned"]["by_criterion"] == runs["untrained"]["by_criterion"]
     assert (out_dir / "report.md").exists() and not list(out_dir.glob("*.png"))
     printed = capsys.readouterr().out
     assert saved["summary_line"] in printed and "| mlp_digits_tiny" in printed
