@@ -191,6 +191,18 @@ def _check_same_layout(init_state: Any, stepped_state: Any) -> None:
         )
 
 
+# fold_in tag of the stream a TBPTT pair derives a new problem's keys from (far from the small
+# indices that split's keys coincide with).
+_PROBLEM_STREAM = 0x51A7E
+
+
+def _problem_keys(key: jax.Array) -> jax.Array:
+    """TBPTT's ``[4]`` keys (config, horizon, noise, init) of the problem a pair starts while
+    holding ``key``: derivable from the key the pair holds at the problem's step 0, so the window
+    that runs the first step can rebuild the initial state (``_restart_unstepped``)."""
+    return jax.random.split(jax.random.fold_in(key, _PROBLEM_STREAM), 4)
+
+
 def _fresh_problem(
     system: UnrolledSystem,
     config: EngineConfig,
@@ -200,8 +212,9 @@ def _fresh_problem(
 ) -> _Problem:
     """A new inner problem for one pair: config, horizon, noise and the twins' initial states.
 
-    ``keys``: ``[4]`` keys (config, horizon, noise, init), split by the caller together with its
-    own so that a step costs one split (random-bit kernels dominate compile time on CPU).
+    ``keys``: ``[4]`` keys (config, horizon, noise, init). The ES estimators split them together
+    with the pair's own keys so that a step costs one split (random-bit kernels dominate compile
+    time on CPU); TBPTT derives them with ``_problem_keys``.
     """
     config_key, horizon_key, noise_key, init_key = keys
     task_config = system.sample_config(config_key)
@@ -218,8 +231,13 @@ def _fresh_problem(
 def _new_pair(
     system: UnrolledSystem, config: EngineConfig, flat_theta, unravel, key_data
 ) -> Particles:
-    key, *problem_keys = jax.random.split(jax.random.wrap_key_data(key_data), 5)
-    problem = _fresh_problem(system, config, flat_theta, unravel, jnp.stack(problem_keys))
+    if estimators.uses_noise(config.estimator):
+        key, *problem_keys = jax.random.split(jax.random.wrap_key_data(key_data), 5)
+        problem_keys = jnp.stack(problem_keys)
+    else:
+        key = jax.random.wrap_key_data(key_data)
+        problem_keys = _problem_keys(key)
+    problem = _fresh_problem(system, config, flat_theta, unravel, problem_keys)
     noise = estimators.noise_at_reset(problem.eps, jnp.array(False))
     return Particles(
         state=problem.state,
@@ -232,7 +250,8 @@ def _new_pair(
 
 
 def _start_window(config: EngineConfig, pair: Particles) -> Particles:
-    """One pair's window-start noise rule (a no-op for ES-Single, full ES and TBPTT)."""
+    """One pair's window-start rule (a no-op for ES-Single, full ES and TBPTT): new noise for PES,
+    GPES and TES, and for TES both twins restart from the ``+eps`` twin's state."""
     if not estimators.redraws_at_window_start(config.estimator):
         return pair
     key, noise_key = jax.random.split(jax.random.wrap_key_data(pair.key))
@@ -240,7 +259,12 @@ def _start_window(config: EngineConfig, pair: Particles) -> Particles:
     noise = estimators.noise_at_window_start(
         config.estimator, config.resample_every, pair.noise, fresh
     )
-    return pair._replace(noise=noise, key=jax.random.key_data(key))
+    state = pair.state
+    if estimators.shares_state_at_window_start(config.estimator):
+        due = estimators.redraw_due(config.estimator, config.resample_every, pair.noise)
+        shared = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), state)
+        state = _select(due, shared, state)
+    return pair._replace(state=state, noise=noise, key=jax.random.key_data(key))
 
 
 def _step_twins(
@@ -270,8 +294,12 @@ def _pair_step(
     Returns ``(pair, losses [2], finite [], reset [])``: ``finite`` is False when a twin loss (or
     their difference) is not finite; such a pair is reset too.
     """
-    keys = jax.random.split(jax.random.wrap_key_data(pair.key), 6)
-    key, step_key, problem_keys = keys[0], keys[1], keys[2:]
+    if estimators.uses_noise(config.estimator):
+        keys = jax.random.split(jax.random.wrap_key_data(pair.key), 6)
+        key, step_key, problem_keys = keys[0], keys[1], keys[2:]
+    else:
+        key, step_key = jax.random.split(jax.random.wrap_key_data(pair.key))
+        problem_keys = _problem_keys(key)
     state, losses = _step_twins(system, flat_theta, unravel, pair, step_key)
     step = pair.step + 1
     finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(losses[0] - losses[1])
@@ -303,6 +331,20 @@ def _pair_step(
 
     new_pair = jax.lax.cond(reset, varying_like_reset(renewed), varying_like_reset(continued))
     return new_pair, losses, finite, reset
+
+
+def _restart_unstepped(
+    system: UnrolledSystem, flat_theta: jax.Array, unravel: Callable, pair: Particles
+) -> Particles:
+    """TBPTT: a pair whose problem has not taken a step yet starts it in this window, so its
+    initial state is rebuilt (same keys) under the theta being differentiated. The gradient then
+    sees ``init_state``'s dependence on theta whether the reset fell on the window boundary or
+    inside a window, and with ``K >= T`` in lockstep TBPTT is full backpropagation."""
+    init_key = _problem_keys(jax.random.wrap_key_data(pair.key))[3]
+    thetas = _twin_thetas(flat_theta, unravel, pair.noise.eps)
+    init = jax.vmap(system.init_state, in_axes=(0, None, None, None))
+    state = init(thetas, init_key, pair.config, pair.horizon)
+    return pair._replace(state=_select(pair.step == 0, state, pair.state))
 
 
 def _pair_window(
@@ -346,10 +388,12 @@ def unroll_window(
 
     Applies the estimator's window-start noise rule, steps ``K`` times, and computes each pair's
     gradient estimate ``g_j``: the ES formula for ES estimators, ``jax.grad`` of the pair's masked
-    mean window loss for TBPTT (state entering the window held fixed; a pair whose gradient is not
-    finite contributes zero and is counted in ``nonfinite``). Under ``shard_map`` pass the mesh
-    ``axis_name``: TBPTT then differentiates a device-varying copy of theta, since the gradient of
-    a replicated input would be summed over devices.
+    mean window loss for TBPTT (state entering the window held fixed, except that a problem whose
+    first step is in the window, after a reset at the window's start or inside it, is initialised
+    under the differentiated theta; a pair whose gradient is not finite contributes zero and is
+    counted in ``nonfinite``). Under ``shard_map`` pass the mesh ``axis_name``: TBPTT then
+    differentiates a device-varying copy of theta, since the gradient of a replicated input would
+    be summed over devices.
     """
     flat_theta, unravel = _flatten_theta(theta)
     particles = jax.vmap(functools.partial(_start_window, config))(particles)
@@ -359,6 +403,7 @@ def unroll_window(
             flat_theta = jax.lax.pcast(flat_theta, axis_name, to="varying")
 
         def mean_window_loss(flat, pair):
+            pair = _restart_unstepped(system, flat, unravel, pair)
             pair, sums = run(flat, pair)
             return sums.loss_sum / jnp.maximum(sums.count, 1), (pair, sums)
 

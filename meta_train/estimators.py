@@ -11,21 +11,30 @@ so ``g_j = xi_j (L+_j - L-_j) / (2 sigma^2)`` with ``L`` the masked mean window 
 ``2 sigma^2``: the ES-Single paper's equation 4 drops the 2, its code has it. The estimators only
 differ in when noise is redrawn and what ``xi`` becomes:
 
-=============  ==============================  =============================================
-estimator      at a window start               at a particle reset (inside the window)
-=============  ==============================  =============================================
-``es_single``  nothing                         fresh eps, ``xi = eps``
-``full_es``    nothing (and K = T, lockstep)   fresh eps, ``xi = eps``
-``pes``        fresh eps, ``xi += eps``        fresh eps, ``xi = eps``
-``gpes``       as PES every M windows          fresh eps, ``xi = eps``
-``tes``        fresh eps, ``xi = eps``         fresh eps, ``xi = eps``
+=============  ======================================  =======================================
+estimator      at a window start                       at a particle reset (inside the window)
+=============  ======================================  =======================================
+``es_single``  nothing                                 fresh eps, ``xi = eps``
+``full_es``    nothing (and K = T, lockstep)           fresh eps, ``xi = eps``
+``pes``        fresh eps, ``xi += eps``                fresh eps, ``xi = eps``
+``gpes``       as PES every M windows                  fresh eps, ``xi = eps``
+``tes``        twins take the ``+eps`` twin's state;   fresh eps, ``xi = eps``
+               fresh eps, ``xi = eps``
 ``tbptt``      (no noise: ``jax.grad`` through the window, the entering state held fixed)
-=============  ==============================  =============================================
+=============  ======================================  =======================================
 
 Because ``xi`` is applied per step, a reset inside a window splits it: the losses before the reset
 are weighted by the old ``xi`` and those after by the new eps, which is PES's split window. A
 "window" for the redraw rules counts whole and partial windows: a noise draw is only replaced once
 at least one step has run under it, so PES with M = 1 never throws away an unused draw.
+
+TES is learned_optimization's ``TruncatedES``: each truncation starts both twins from one shared
+state and returns the positive twin's final state as the next shared state
+(``unroll_state=p_state``), so a window's estimate sees theta's effect over that window alone.
+A problem that has not taken a step yet (reset at the previous window's last step, or new) keeps
+the noise it was initialised with, so its window sees ``init_state``'s dependence on theta, as a
+window with a reset inside it does. TBPTT does the same by differentiating ``init_state`` in the
+window that runs a problem's first step (see ``engine.unroll_window``).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from jax.flatten_util import ravel_pytree
 ESTIMATORS = ("es_single", "pes", "tes", "full_es", "tbptt", "gpes")
 # Estimators whose noise is redrawn at window starts: (accumulate into xi?)
 _REDRAWS = {"pes": True, "gpes": True, "tes": False}
+# Estimators whose twins restart from one shared state when their noise is redrawn.
+_SHARED_STATE = ("tes",)
 
 
 class Noise(NamedTuple):
@@ -92,6 +103,20 @@ def redraws_at_window_start(estimator: str) -> bool:
     return estimator in _REDRAWS
 
 
+def shares_state_at_window_start(estimator: str) -> bool:
+    """Whether both twins restart from the ``+eps`` twin's state when the noise is redrawn (TES)."""
+    return estimator in _SHARED_STATE
+
+
+def redraw_due(estimator: str, resample_every: int, noise: Noise) -> jax.Array:
+    """``[]`` bool: whether this window start replaces the noise (at least one window, or ``M``
+    for GPES, has run under it); always False for estimators that do not redraw."""
+    if estimator not in _REDRAWS:
+        return jnp.zeros((), bool)
+    every = resample_every if estimator == "gpes" else 1
+    return noise.windows >= every
+
+
 def noise_at_reset(fresh: jax.Array, mid_window: jax.Array) -> Noise:
     """A new inner problem: ``eps = xi = fresh``. The rest of the current window runs under it
     (counts as one window) unless the reset happened at the window's last step."""
@@ -104,8 +129,7 @@ def noise_at_window_start(
     """Apply the estimator's window-start rule (see the module table) to one pair's noise."""
     if estimator not in _REDRAWS:
         return noise
-    every = resample_every if estimator == "gpes" else 1
-    redraw = noise.windows >= every
+    redraw = redraw_due(estimator, resample_every, noise)
     new_xi = noise.xi + fresh if _REDRAWS[estimator] else fresh
     return Noise(
         eps=jnp.where(redraw, fresh, noise.eps),

@@ -221,7 +221,7 @@ def sharded_window_step(system, config, theta, particles):
     return step(system, theta, jax.device_put(particles, NamedSharding(mesh, P("pairs"))))
 
 
-@pytest.mark.parametrize("estimator", ["es_single", "tbptt"])
+@pytest.mark.parametrize("estimator", ["es_single", "tes", "tbptt"])
 def test_shard_map_matches_one_device(estimator):
     """Pairs split over 4 forced CPU devices give the one-device estimate (psum of the sums).
     TBPTT checks that the gradient of the replicated theta is not summed over devices twice."""
@@ -242,7 +242,7 @@ def test_shard_map_matches_one_device(estimator):
     jax.tree.map(assert_same_up_to_roundoff, got_particles, expected_particles)
 
 
-@pytest.mark.parametrize("estimator", ["es_single", "pes", "tbptt"])
+@pytest.mark.parametrize("estimator", ["es_single", "pes", "tes", "tbptt"])
 def test_pairs_per_chunk_does_not_change_results(counter_system, estimator):
     """Chunked pairs (lax.map over chunks, a real reset branch with chunks of one) reproduce the
     all-at-once run: staggered burn-in, windows crossing resets, estimates and particles."""

@@ -9,6 +9,7 @@ unbiased for it window by window. A z-score beyond ``Z_AGREE`` standard errors m
 the biased estimators must miss the truth by more than ``Z_BIASED``.
 """
 
+import dataclasses
 import itertools
 import math
 
@@ -118,46 +119,156 @@ def test_unbiased_staggered_single_window(lq, estimator):
     assert np.all(np.abs(z) < Z_AGREE), z
 
 
-def truncated_reference(system, theta, horizon, window, num_windows, first_window_sees_init):
-    """Expected truncated gradient: per window, ``jax.grad`` of the mean window loss with the
-    state entering the window held fixed (mean initial condition, no noise), averaged over the
-    lockstep windows. A reset inside a window re-initialises from theta (D theta), which the
-    gradient sees; ``first_window_sees_init`` adds the first problem's initialisation too (TES
-    keeps the noise that was drawn with the initialisation for the first window)."""
-    loss = lambda state: 0.5 * jnp.sum((state - system.target) ** 2)
-    init = lambda th: system.init_state(th, None, system.init_mean, horizon)
-    state, step, grads = init(theta), 0, []
-    for index in range(num_windows):
+def _lq_loss(system, state):
+    return 0.5 * jnp.sum((state - system.target) ** 2)
 
-        def window_loss(th, state=state, step=step, index=index):
-            if index == 0 and first_window_sees_init:
-                state = init(th)
-            losses = []
-            for _ in range(window):
-                state = system._advance(th, state, jnp.zeros_like(state))
-                losses.append(loss(state))
-                step += 1
-                if step == horizon:
-                    state, step = init(th), 0
-            return jnp.mean(jnp.stack(losses)), (state, step)
 
-        grad, (state, step) = jax.grad(window_loss, has_aux=True)(theta)
+def window_from(system, theta, state, step, horizon, window):
+    """A lockstep window of ``LinearQuadraticSystem`` at the mean initial condition and zero noise:
+    ``(mean window loss, (state, step) leaving it)``, entering with ``(state, step)``. A problem
+    at step 0 is initialised under ``theta``, in the window that runs its first step (also after
+    a reset inside the window), which is the engine's rule for TBPTT and TES."""
+    init = lambda: system.init_state(theta, None, system.init_mean, horizon)
+    if step == 0:
+        state = init()
+    losses = []
+    for _ in range(window):
+        state = system._advance(theta, state, jnp.zeros_like(state))
+        losses.append(_lq_loss(system, state))
+        step += 1
+        if step == horizon:
+            state, step = init(), 0
+    return jnp.mean(jnp.stack(losses)), (state, step)
+
+
+def truncated_reference(system, theta, horizon, window, num_windows):
+    """``[num_windows, P]``: the exact truncated gradient of each lockstep window, ``jax.grad`` of
+    its mean loss with the state entering it held fixed (``window_from``)."""
+    state, step, grads = None, 0, []
+    for _ in range(num_windows):
+        loss = lambda th, state=state, step=step: window_from(
+            system, th, state, step, horizon, window
+        )
+        grad, (state, step) = jax.grad(loss, has_aux=True)(theta)
         grads.append(ravel_pytree(grad)[0])
-    return np.asarray(jnp.mean(jnp.stack(grads), axis=0))
+    return np.asarray(jnp.stack(grads))
 
 
 def test_truncated_es_and_tbptt_biased(lq, lockstep_runs):
     """Both miss the full-unroll gradient by many standard errors, and each matches the exact
-    truncated gradient it estimates (which shows the bias is truncation, not a bookkeeping bug)."""
+    truncated gradient it estimates (which shows the bias is truncation, not a bookkeeping bug).
+    TES's shared state is the ``+eps`` twin's, affine in the earlier windows' noise, so its mean
+    is the unperturbed trajectory's and the reference holds in expectation."""
     system, theta = lq
     truth = flat_truth(system, theta, 5)
-    for estimator, sees_init in (("tes", True), ("tbptt", False)):
+    reference = truncated_reference(system, theta, 5, 2, LOCKSTEP_WINDOWS).mean(0)
+    for estimator in ("tes", "tbptt"):
         samples = lockstep_runs[estimator]
         assert np.max(np.abs(z_scores(samples, truth))) > Z_BIASED, estimator
-        reference = truncated_reference(system, theta, 5, 2, LOCKSTEP_WINDOWS, sees_init)
         mean, se = mean_and_se(samples)
         tolerance = Z_AGREE * se + 1e-4 * np.abs(reference)  # float32 roundoff for TBPTT
         np.testing.assert_array_less(np.abs(mean - reference), tolerance, err_msg=estimator)
+
+
+# A deterministic LinearQuadraticSystem (no initial or process noise): TBPTT's estimate is one
+# number per window, and TES's randomness is its own noise alone.
+@pytest.fixture(scope="module")
+def deterministic_lq():
+    system = systems.LinearQuadraticSystem.create(
+        jax.random.key(0), init_scale=0.0, noise_scale=0.0
+    )
+    theta = {"b": jnp.asarray(-0.2), "w": jnp.asarray([0.3])}
+    return system, theta
+
+
+@pytest.mark.parametrize(
+    ("horizon", "window"),
+    [(4, 2), (5, 2), (4, 4)],
+    ids=["resets-on-window-boundaries", "resets-inside-windows", "window-is-the-problem"],
+)
+def test_tbptt_sees_init_state_wherever_the_reset_falls(deterministic_lq, horizon, window):
+    """``init_state`` depends on theta (``D theta``). TBPTT differentiates it in the window that
+    runs the problem's first step whether the reset fell on a window boundary (T=4, K=2) or
+    inside a window (T=5, K=2): each window's estimate is the exact truncated gradient, and with
+    K = T it is the full gradient. Dropping ``d init / d theta`` misses the reference by
+    ``D``'s contribution, far above float32 roundoff."""
+    system, theta = deterministic_lq
+    num_windows = 2 * horizon // math.gcd(horizon, window)
+    config = engine.EngineConfig(8, window, SIGMA, horizon, stagger=False, estimator="tbptt")
+    grads, _ = run_windows(system, config, theta, num_windows)
+    reference = truncated_reference(system, theta, horizon, window, num_windows)
+    np.testing.assert_allclose(grads, np.broadcast_to(reference[:, None], grads.shape), rtol=1e-4)
+    if window == horizon:
+        np.testing.assert_allclose(reference[0], flat_truth(system, theta, horizon), rtol=1e-5)
+    without_init = dataclasses.replace(system, init_control=jnp.zeros_like(system.init_control))
+    dropped = truncated_reference(without_init, theta, horizon, window, num_windows)
+    assert np.max(np.abs(dropped - reference)) > 1e-2 * np.max(np.abs(reference))
+
+
+# TES in lockstep, T = 6, K = 2: windows 0 and 3 start a problem, windows 1 and 2 enter with the
+# state the +eps twin reached under the earlier windows' noise.
+TES_HORIZON, TES_WINDOW, TES_WINDOWS = 6, 2, 4
+
+
+@pytest.fixture(scope="module")
+def tes_runs(deterministic_lq):
+    system, theta = deterministic_lq
+    config = lq_config("tes", horizon=TES_HORIZON, window=TES_WINDOW)
+    return run_windows(system, config, theta, TES_WINDOWS)
+
+
+def plus_twin_gradient(system, theta, earlier_eps):
+    """The truncated gradient ``G`` of window ``w = len(earlier_eps)`` (TES lockstep, T = 6,
+    K = 2) from the state the +eps twin reached running windows ``0..w-1`` under ``theta + eps_i``
+    (``earlier_eps``: ``[w, P]``)."""
+    flat, unravel = ravel_pytree(theta)
+    state, step = None, 0
+    for eps in earlier_eps:
+        _, (state, step) = window_from(
+            system, unravel(flat + eps), state, step, TES_HORIZON, TES_WINDOW
+        )
+    loss = lambda th: window_from(system, th, state, step, TES_HORIZON, TES_WINDOW)[0]
+    return ravel_pytree(jax.grad(loss)(theta))[0]
+
+
+def test_tes_twins_start_each_window_from_the_plus_twins_state(deterministic_lq, tes_runs):
+    """learned_optimization's TruncatedES: both twins enter window 1 with the state the +eps twin
+    left, so with a quadratic window loss each pair's estimate is exactly ``eps (eps . G) /
+    sigma^2``, ``G`` the truncated gradient from that state (twins keeping their own diverged
+    states would add a term driven by the earlier noise)."""
+    system, theta = deterministic_lq
+    grads, history = tes_runs
+    entering = np.asarray(history[1].state)[:, 0]  # the +eps twin after window 0
+    eps = np.asarray(history[2].noise.eps)  # window 1's noise (no reset at its end)
+    flat, unravel = ravel_pytree(theta)
+
+    def gradient_from(state):
+        loss = lambda th: window_from(system, th, state, TES_WINDOW, TES_HORIZON, TES_WINDOW)[0]
+        return ravel_pytree(jax.grad(loss)(unravel(flat)))[0]
+
+    G = np.asarray(jax.vmap(gradient_from)(jnp.asarray(entering)))
+    expected = eps * np.sum(eps * G, axis=1, keepdims=True) / SIGMA**2
+    np.testing.assert_allclose(grads[1], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_tes_per_window_mean_and_variance_match_closed_form(deterministic_lq, tes_runs):
+    """Per window, with ``u = eps / sigma`` independent of the entering state, TES's estimate is
+    ``g = u (u . G)`` with ``G`` affine in the earlier windows' noise: ``E g = G(0)`` and
+    ``tr Cov g = (P + 2) (|G(0)|^2 + tr Cov G) - |G(0)|^2``, ``tr Cov G = sigma^2 ||dG/d eps||^2``.
+    Windows 0 and 3 start a problem (``Cov G = 0``), windows 1 and 2 carry earlier noise."""
+    system, theta = deterministic_lq
+    grads, _ = tes_runs
+    num_params = grads.shape[-1]
+    for index in range(TES_WINDOWS):
+        earlier = jnp.zeros((index, num_params))
+        g0 = np.asarray(plus_twin_gradient(system, theta, earlier))
+        jacobian = jax.jacobian(lambda e: plus_twin_gradient(system, theta, e))(earlier)
+        cov_trace = SIGMA**2 * float(np.sum(np.asarray(jacobian) ** 2))
+        assert (cov_trace > 0) == (index in (1, 2)), (index, cov_trace)
+        theory = (num_params + 2) * (g0 @ g0 + cov_trace) - g0 @ g0
+        trace, se = trace_and_se(grads[index])
+        assert abs(trace - theory) < Z_AGREE * se, (index, trace, theory, se)
+        assert np.all(np.abs(z_scores(grads[index], g0)) < Z_AGREE), index
 
 
 def test_factor_two(lq, lockstep_runs):
