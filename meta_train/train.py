@@ -159,6 +159,7 @@ def _compare_with_adam(
         seeds=section.seeds,
         baselines=("adam",),
         adam_grid=tuple(section.adam_learning_rates),
+        baseline_schedule=evaluate.schedule_of(optimizer),
         untrained_floor=True,
         name="meta-trained",
         progress=config.progress,
@@ -174,7 +175,7 @@ def _compare_with_adam(
                 for point in run.grid:
                     row[f"adam_lr{point.learning_rate:g}"] = point.train_loss
             else:
-                row[label] = float(np.mean(run.metrics["train_loss"]))
+                row[label] = float(np.mean(run.train.metrics["train_loss"]))
         table[f"{task.task} ({task.num_steps} steps)"] = row
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(table, f, indent=2)
@@ -184,7 +185,8 @@ def _compare_with_adam(
 def _format_comparison(table: dict[str, dict[str, float]]) -> str:
     columns = sorted({c for row in table.values() for c in row}, key=lambda c: (c[:4] == "adam", c))
     width = max(len(task) for task in table)
-    lines = ["final training loss (mean over seeds)", f"{'task':<{width}}  " + "  ".join(columns)]
+    title = "final training loss (mean over seeds; Adam at each learning rate, not tuned)"
+    lines = [title, f"{'task':<{width}}  " + "  ".join(columns)]
     for task, row in table.items():
         cells = [f"{row.get(c, float('nan')):>{len(c)}.4f}" for c in columns]
         lines.append(f"{task:<{width}}  " + "  ".join(cells))
