@@ -136,6 +136,10 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
 }
 
+# Options that set how a family samples its dynamic configurations, or where its files are, not
+# which problem it is (see ``static_configuration``).
+SAMPLING_OPTIONS = ("init_scale_range", "permute_labels", "split_seed", "data_dir")
+
 _DEFAULT_STEPS = 500
 _LONG_STEPS = 2000
 
@@ -186,6 +190,76 @@ SUITES: dict[str, tuple[SuiteEntry, ...]] = {
             "horizon (5x)",
         ),
     ),
+    # Held out from every meta-training group of meta_train/configs/pretrained.py (the tests
+    # check it with ``static_configuration``); the protocol scales the horizons.
+    "generalization": (
+        SuiteEntry(
+            "mlp_digits_w128", "mlp_digits", {"hidden": (128, 128)}, _DEFAULT_STEPS, "width (4x)"
+        ),
+        SuiteEntry(
+            "mlp_digits_gelu", "mlp_digits", {"activation": "gelu"}, _DEFAULT_STEPS, "activation"
+        ),
+        SuiteEntry(
+            "mlp_digits_tanh", "mlp_digits", {"activation": "tanh"}, _DEFAULT_STEPS, "activation"
+        ),
+        SuiteEntry(
+            "mlp_digits_deep4",
+            "mlp_digits",
+            {"hidden": (32, 32, 32, 32)},
+            _DEFAULT_STEPS,
+            "depth (4 hidden layers)",
+        ),
+        SuiteEntry(
+            "mlp_digits_b32", "mlp_digits", {"batch_size": 32}, _DEFAULT_STEPS, "batch size (1/4)"
+        ),
+        SuiteEntry(
+            "conv_digits_c16x32",
+            "conv_digits",
+            {"channels": (16, 32)},
+            _DEFAULT_STEPS,
+            "conv width (2x)",
+        ),
+        SuiteEntry(
+            "lm_markov_lstm", "lm_markov", {}, _DEFAULT_STEPS, "architecture (LSTM language model)"
+        ),
+        SuiteEntry(
+            "lm_markov_gru",
+            "lm_markov",
+            {"cell": "gru"},
+            _DEFAULT_STEPS,
+            "architecture (GRU language model)",
+        ),
+        SuiteEntry(
+            "mlp_breast_cancer", "mlp_tabular", {}, _DEFAULT_STEPS, "data (tabular, 2 classes)"
+        ),
+        SuiteEntry(
+            "mlp_wine",
+            "mlp_tabular",
+            {"dataset": "wine"},
+            _DEFAULT_STEPS,
+            "data (tabular, 3 classes)",
+        ),
+        SuiteEntry(
+            "mlp_mnist1d_w128",
+            "mlp_mnist1d",
+            {"hidden": (128, 128)},
+            _DEFAULT_STEPS,
+            "width (4x) on MNIST-1D",
+        ),
+        SuiteEntry(
+            "mlp_gmm_d32_c8",
+            "mlp_gmm",
+            {"dim": 32, "num_classes": 8},
+            _DEFAULT_STEPS,
+            "data (32-d mixture, 8 classes)",
+        ),
+        SuiteEntry(
+            "noisy_quadratic", "noisy_quadratic", {}, _DEFAULT_STEPS, "problem (noisy quadratic)"
+        ),
+        SuiteEntry(
+            "mlp_digits_w512", "mlp_digits", {"hidden": (512, 512)}, _DEFAULT_STEPS, "width (16x)"
+        ),
+    ),
 }
 
 
@@ -225,9 +299,9 @@ def family_options(name: str) -> dict[str, Any]:
     return {key: p.default for key, p in parameters.items()} | spec.defaults
 
 
-def get_family(name: str, **overrides: Any) -> TaskFamily:
-    """The family registered as ``name`` with its defaults replaced by ``overrides``."""
-    spec = family_spec(name)
+def _checked_options(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Every option of family ``name`` with ``overrides`` applied; a clear error for an option
+    the family does not have."""
     options = family_options(name)
     unknown = sorted(set(overrides) - set(options))
     if unknown:
@@ -235,7 +309,29 @@ def get_family(name: str, **overrides: Any) -> TaskFamily:
             f"task family {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options are: {', '.join(options)}"
         )
+    return options | overrides
+
+
+def get_family(name: str, **overrides: Any) -> TaskFamily:
+    """The family registered as ``name`` with its defaults replaced by ``overrides``."""
+    spec = family_spec(name)
+    _checked_options(name, overrides)
     return spec.build(**(spec.defaults | overrides))
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(map(_hashable, value)) if isinstance(value, list | tuple) else value
+
+
+def static_configuration(name: str, overrides: dict[str, Any] | None = None) -> tuple:
+    """What identifies family ``name`` with ``overrides`` as a problem, without building it: its
+    builder and every option except those that only set how dynamic configurations are sampled
+    or where files are (``SAMPLING_OPTIONS``). Equal results are the same static task
+    configuration, e.g. ``("mlp_tabular", {"dataset": "digits"})`` and ``("mlp_digits", {})``."""
+    options = _checked_options(name, dict(overrides or {}))
+    build = family_spec(name).build
+    fixed = sorted((k, _hashable(v)) for k, v in options.items() if k not in SAMPLING_OPTIONS)
+    return (f"{build.__module__}.{build.__qualname__}", tuple(fixed))
 
 
 def held_out_config(family: TaskFamily, index: int) -> DynamicConfig:
@@ -300,7 +396,9 @@ def format_listing() -> str:
     lines.append(
         "Dynamic config (sampled per particle at every reset): init seed, data seed, and for "
         "classifiers and LMs a log-uniform init scale in [0.5, 2]; classifiers also a label "
-        "permutation; quadratics log-scales, centre and noise."
+        "permutation; quadratics log-scales, centre and noise. Any family can be wrapped by "
+        "tasks.augment.reparameterize(family, level) to train w' = w / s instead, with s "
+        "log-uniform in [1e-3, 1e3] per model, tensor or parameter (the function is unchanged)."
     )
     lines += ["", "Held-out suites (never sampled in meta-training)"]
     for suite in suite_names():
