@@ -7,7 +7,10 @@ An export is a directory::
     <path>/theta/           theta, written by orbax-checkpoint
 
 ``save`` writes the whole directory aside and renames it into place, so a reader never sees a
-half-written export where a good one stood (during the swap the old one is renamed aside first).
+half-written export where a good one stood. Replacing one takes two renames (the old export aside,
+the new one into place); a process killed between them leaves ``.<name>.old-<tag>`` and the
+complete ``.<name>.tmp-<tag>`` beside ``<path>``, which ``load`` and the next ``save`` roll forward
+(``recover``).
 The metadata key ``"num_steps"`` (the meta-training horizon) is what ``load`` uses for the time
 features when it is not given ``num_steps``.
 """
@@ -164,7 +167,8 @@ def save(
         text = json.dumps(config, indent=2, default=_json_default)
     except (TypeError, ValueError) as error:
         raise ValueError(f"cannot save to {path}: metadata must be JSON data ({error})") from error
-    if os.path.exists(path) and not _is_replaceable(path):
+    recover(path)
+    if os.path.exists(path) and not is_replaceable(path):
         raise FileExistsError(
             f"refusing to replace {path}: it exists and is not an exported optimizer; "
             "choose another path or remove it"
@@ -188,10 +192,16 @@ def save(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _is_replaceable(path: str) -> bool:
+def is_replaceable(path: str | os.PathLike) -> bool:
+    """Whether ``save`` may replace ``path``: an empty folder or an export (has its description)."""
     if os.path.isdir(path):
         return not os.listdir(path) or os.path.isfile(os.path.join(path, CONFIG_FILE))
     return False
+
+
+def _aside(path: str, kind: str, tag: str) -> str:
+    """The hidden sibling of ``path`` that ``save`` stages in (``tmp``) or moves it to (``old``)."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{kind}-{tag}")
 
 
 def _swap_into_place(staging: str, path: str, tag: str) -> None:
@@ -199,7 +209,7 @@ def _swap_into_place(staging: str, path: str, tag: str) -> None:
     if not os.path.exists(path):
         os.rename(staging, path)
         return
-    old = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.old-{tag}")
+    old = _aside(path, "old", tag)
     os.rename(path, old)
     try:
         os.rename(staging, path)
@@ -207,6 +217,29 @@ def _swap_into_place(staging: str, path: str, tag: str) -> None:
         os.rename(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(path: str | os.PathLike) -> bool:
+    """Finish a ``save`` killed between its two renames; return whether it did.
+
+    When ``path`` is missing and an ``.old-<tag>`` sibling exists, the ``.tmp-<tag>`` staging
+    folder of the same save is complete (its description is written last), so it is renamed into
+    place and the old export removed; without it, the old export is renamed back.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent, prefix = os.path.dirname(path), f".{os.path.basename(path)}.old-"
+    if os.path.exists(path) or not os.path.isdir(parent):
+        return False
+    tags = [name[len(prefix) :] for name in os.listdir(parent) if name.startswith(prefix)]
+    for tag in tags:
+        old, staging = _aside(path, "old", tag), _aside(path, "tmp", tag)
+        if os.path.isfile(os.path.join(staging, CONFIG_FILE)):
+            os.rename(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, path)
+        return True
+    return False
 
 
 def _read_config(path: str) -> dict:
@@ -228,8 +261,10 @@ def _read_config(path: str) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise NotAnExportError(f"{config_path} is not a lopt optimizer description")
     version = config.get("format_version")
-    if not isinstance(version, int):
-        raise CorruptExportError(f"{config_path} has no valid format_version (got {version!r})")
+    if type(version) is not int or version < 1:
+        raise CorruptExportError(
+            f"{config_path} has no valid format_version (got {version!r}; versions start at 1)"
+        )
     if version > FORMAT_VERSION:
         raise NewerFormatError(
             f"{path} has format version {version}, written by lopt "
@@ -256,9 +291,11 @@ def _restore_theta(path: str, optimizer: LearnedOptimizer, expected_digest: str)
         theta = checkpointer.restore(theta_path, abstract)
         checkpointer.close()
     except Exception as error:
+        # Only the first line: tensorstore's messages run to dozens of lines of spec dumps.
+        lines = str(error).strip().splitlines() or [""]
         raise CorruptExportError(
             f"cannot read theta from {theta_path} (corrupt, truncated, or saved for other "
-            f"hyperparameters): {type(error).__name__}: {error}"
+            f"hyperparameters): {type(error).__name__}: {lines[0][:300]}"
         ) from error
     if _theta_digest(theta) != expected_digest:
         raise CorruptExportError(
@@ -270,6 +307,7 @@ def _restore_theta(path: str, optimizer: LearnedOptimizer, expected_digest: str)
 def load_optimizer(path: str | os.PathLike) -> tuple[LearnedOptimizer, MetaParams, dict]:
     """``(optimizer, theta, metadata)`` from an export directory written by ``save``."""
     path = os.path.abspath(os.fspath(path))
+    recover(path)
     config = _read_config(path)
     architecture = config["architecture"]
     try:

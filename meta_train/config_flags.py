@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +27,8 @@ OUTER_OPTIMIZERS = ("adam", "sgd", "sgdm")
 OUTER_SCHEDULES = ("constant", "cosine")
 # Keys whose value may change on an existing workdir: they change how long the run goes or how it
 # reports, not the trajectory of theta (num_outer_steps only with a constant outer schedule).
-RESUMABLE_KEYS = ("num_outer_steps", "progress", "pairs_per_chunk")
+# allow_short_horizon only relaxes validation.
+RESUMABLE_KEYS = ("num_outer_steps", "progress", "pairs_per_chunk", "estimator.allow_short_horizon")
 # Dicts whose keys are free (forwarded as keyword arguments), so an override may add a key.
 OPEN_DICTS = ("overrides",)
 
@@ -58,13 +60,46 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
     if spec is None or spec.loader is None:
         raise ConfigError(f"--config {path!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+        config = module.get_config() if hasattr(module, "get_config") else None
+    except SyntaxError as error:
+        raise ConfigError(
+            f"config file {path!r} has a syntax error at line {error.lineno}: {error.msg}"
+        ) from None
+    except Exception as error:  # the user's code: any error is a bad config file
+        raise ConfigError(f"config file {path!r} failed: {type(error).__name__}: {error}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} defines no get_config() function")
-    config = module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {path!r} must return an ml_collections.ConfigDict")
+    if name_or_path != "default":
+        missing = _missing_keys(config, load_config("default"))
+        if missing:
+            raise ConfigError(
+                f"get_config() in {path!r} leaves out {', '.join(missing)}; start from "
+                "meta_train.configs.default.get_config() and change what differs"
+            )
     return config
+
+
+# Groups whose entries are free (task groups, hyperparameters, family options): not compared;
+# keys a config may leave out (read with a default).
+FREE_GROUPS = ("groups", "hyperparameters", "overrides")
+OPTIONAL_KEYS = ("estimator.allow_short_horizon",)
+
+
+def _missing_keys(config: Any, reference: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``reference`` that ``config`` lacks (inside ``FREE_GROUPS`` none)."""
+    missing = []
+    for key in reference:
+        dotted = f"{prefix}{key}"
+        if key not in config:
+            if dotted not in OPTIONAL_KEYS:
+                missing.append(dotted)
+        elif key not in FREE_GROUPS and isinstance(reference[key], ml_collections.ConfigDict):
+            missing += _missing_keys(config[key], reference[key], f"{dotted}.")
+    return missing
 
 
 def _parse_bool(key: str, text: str) -> bool:
@@ -169,14 +204,35 @@ def _choose(key: str, value: Any, allowed: Sequence[str]) -> None:
         raise ConfigError(f"config key {key!r} is {value!r}; allowed: {', '.join(allowed)}")
 
 
+def _finite(key: str, value: Any) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+
+
 def _at_least(key: str, value: Any, minimum: float) -> None:
+    _finite(key, value)
     if not value >= minimum:
         raise ConfigError(f"config key {key!r} must be at least {minimum}, got {value!r}")
 
 
 def _positive(key: str, value: Any) -> None:
+    _finite(key, value)
     if not value > 0:
         raise ConfigError(f"config key {key!r} must be positive, got {value!r}")
+
+
+def _finite_numbers(key: str, value: Any) -> None:
+    """Every number in ``value`` (nested dicts, tuples) is finite."""
+    if isinstance(value, bool | str) or value is None:
+        return
+    if isinstance(value, int | float):
+        _finite(key, value)
+    elif isinstance(value, dict | ml_collections.ConfigDict):
+        for name in value:
+            _finite_numbers(f"{key}.{name}", value[name])
+    elif isinstance(value, tuple | list):
+        for item in value:
+            _finite_numbers(key, item)
 
 
 def validate(config: ml_collections.ConfigDict, num_available_devices: int | None = None) -> None:
@@ -213,6 +269,14 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
             f"config key 'estimator.min_horizon' ({estimator.min_horizon}) exceeds "
             f"'estimator.horizon' ({estimator.horizon}); use 0 for a fixed horizon"
         )
+    shortest = estimator.min_horizon or estimator.horizon
+    if shortest < estimator.window and not estimator.get("allow_short_horizon", False):
+        raise ConfigError(
+            f"the horizon ({shortest}, 'estimator.min_horizon' or 'estimator.horizon') is shorter "
+            f"than 'estimator.window' ({estimator.window}): inner problems would restart inside "
+            "every window; raise the horizon, or set --config.estimator.allow_short_horizon=true "
+            "if that is meant"
+        )
     if estimator.name == "full_es" and estimator.window != estimator.horizon:
         raise ConfigError(
             "full_es unrolls whole inner problems: set estimator.window equal to "
@@ -226,6 +290,7 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
     _positive("outer.clip_norm", outer.clip_norm)
     _at_least("outer.warmup_steps", outer.warmup_steps, 0)
 
+    _finite_numbers("optimizer.hyperparameters", config.optimizer.hyperparameters)
     architectures = lopt.architecture_names()
     _choose("optimizer.architecture", config.optimizer.architecture, architectures)
     try:

@@ -11,6 +11,8 @@ few held-out tasks.
 
 Workdir layout::
 
+    lopt-workdir.json      the marker that makes the folder lopt's (format name and version)
+    lopt-workdir.lock      locked (flock) by the process running in it; names its pid and host
     config.json            the config the run was started with (a different one is refused)
     checkpoints/<step>/    orbax checkpoints of the whole state (the last few)
     metrics.jsonl          every logged scalar, one JSON object per log step
@@ -44,7 +46,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import lopt
-from meta_train import checkpoint, config_flags, engine, held_out, metrics, outer, systems
+from meta_train import checkpoint, config_flags, engine, health, held_out, metrics, outer, systems
 from tasks import registry
 from tasks.datasets import DatasetNotFoundError
 
@@ -204,14 +206,15 @@ def _restore_or_init(
     checkpointer: checkpoint.Checkpointer,
     particles_key: jax.Array,
 ) -> tuple[outer.MetaState, int, list[int]]:
-    """``(state, start_step, burn_in_steps)``: the latest checkpoint's state, or a fresh one whose
-    staggered particles are burnt in under the initial theta."""
-    start_step = checkpointer.latest_step() or 0
-    if start_step:
+    """``(state, start_step, burn_in_steps)``: the newest checkpoint that restores and verifies,
+    or a fresh state whose staggered particles are burnt in under the initial theta."""
+    if checkpointer.latest_step():
         abstract = outer.abstract_meta_state(groups, theta, settings, mesh)
-        state, meta = checkpointer.restore(start_step, abstract)
-        _log(f"resuming at outer step {start_step}")
-        return state, start_step, meta["burn_in_steps"]
+        restored = checkpointer.restore_latest(abstract, _log)
+        if restored:
+            start_step, state, meta = restored
+            _log(f"resuming at outer step {start_step}")
+            return state, start_step, meta["burn_in_steps"]
     start = time.perf_counter()
     state, burn_in_steps = outer.init_meta_state(groups, theta, settings, particles_key, mesh)
     jax.block_until_ready(state)
@@ -220,6 +223,13 @@ def _restore_or_init(
         f"({time.perf_counter() - start:.1f}s, compile included)"
     )
     return state, 0, burn_in_steps
+
+
+def _nonfinite_theta(step: int) -> str:
+    return (
+        f"theta is not finite after outer step {step} (not saved or exported); lower "
+        "outer.learning_rate or the optimizer's learning rates"
+    )
 
 
 def _due(step: int, every: int) -> bool:
@@ -243,19 +253,45 @@ def meta_train(
     Returns a summary: ``step``, ``theta`` (host arrays), ``interrupted`` (the signal's name or
     ``None``), ``burn_in_steps``, ``compile_seconds``, ``particle_steps_per_s`` (last log
     interval), ``meta_loss_start`` / ``meta_loss_end`` (mean logged meta-loss over the first and
-    last tenth of the whole run), ``eval`` (the last held-out figures) and ``comparison`` (the
-    held-out comparison with Adam, when it ran).
+    last tenth of the whole run), ``skipped_updates`` / ``masked_fraction`` (this process's steps),
+    ``eval`` (the last held-out figures) and ``comparison`` (the held-out comparison with Adam,
+    when it ran).
+
+    Raises ``ConfigError`` or ``checkpoint.WorkdirError`` (another process holds the workdir, it
+    is not lopt's, its config differs) before anything is written or compiled, and
+    ``health.RunHealthError`` when the run stops because it cannot produce a usable optimizer.
     """
+    # Everything that can be wrong with the config or the workdir fails here, before any compile.
+    config_flags.validate(config, jax.device_count())
+    chief = jax.process_index() == 0  # the process that writes logs, exports and reports
+    if chief:
+        checkpoint.check_workdir(workdir, config, overwrite)
+    optimizer = build_optimizer(config)
+    groups = build_groups(config, optimizer)
+    lock = checkpoint.WorkdirLock(workdir)
+    if chief:
+        lock.acquire()
+    try:
+        if chief:
+            removed = checkpoint.prepare_workdir(workdir, config, overwrite)
+            if removed:
+                _log(f"--overwrite removed what lopt wrote in {workdir}: {', '.join(removed)}")
+        return _meta_train(config, workdir, optimizer, groups, chief)
+    finally:
+        lock.release()
+
+
+def _meta_train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    optimizer: lopt.LearnedOptimizer,
+    groups: list[outer.TaskGroup],
+    chief: bool,
+) -> dict[str, Any]:
+    """``meta_train`` in a checked and locked workdir."""
     from clu import parameter_overview
     from tqdm.auto import tqdm
 
-    # Everything that can be wrong with the config fails here, before any compile.
-    config_flags.validate(config, jax.device_count())
-    optimizer = build_optimizer(config)
-    groups = build_groups(config, optimizer)
-    chief = jax.process_index() == 0  # the process that writes logs, exports and reports
-    if chief:
-        checkpoint.prepare_workdir(workdir, config, overwrite)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("lopt meta-train: workdir ready")
     mesh = outer.make_mesh(config_flags.num_devices_to_use(config, jax.device_count()))
@@ -295,6 +331,8 @@ def meta_train(
         last_eval = held_out.run_held_out_evals(evals, state.theta)
         writer.write_scalars(0, last_eval)
 
+    monitor, failure = health.HealthMonitor(_log), None
+
     def save(step: int, write_checkpoint: bool = True, write_export: bool = True) -> None:
         if write_checkpoint:
             meta = {"step": step, "burn_in_steps": burn_in_steps, "num_devices": mesh.size}
@@ -326,7 +364,8 @@ def meta_train(
             step += 1
             interval_steps += 1
             bar.update()
-            if _due(step, config.log_every) or step == config.num_outer_steps or stop.signum:
+            logged = _due(step, config.log_every) or step == config.num_outer_steps or stop.signum
+            if logged:
                 scalars = {k: float(v) for k, v in accumulated.compute().items()}
                 elapsed = time.perf_counter() - interval_start - paused
                 throughput = steps_per_call * interval_steps / elapsed
@@ -335,11 +374,17 @@ def meta_train(
                     scalars |= {f"group/{n}/meta_loss": float(v) for n, v in group_losses.items()}
                 writer.write_scalars(step, scalars)
                 bar.set_postfix(meta_loss=f"{scalars['meta_loss']:.4g}")
+                failure = monitor.observe(step, scalars, interval_steps)
                 accumulated = None
                 interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
             evaluate_now = evals and _due(step, config.eval.every)
             checkpoint_now = _due(step, config.checkpoint_every)
             export_now = _due(step, config.export_every)
+            synced = logged or evaluate_now or checkpoint_now or export_now
+            if failure is None and synced and not health.is_finite(state.theta):
+                failure = _nonfinite_theta(step)  # never evaluated, saved or exported
+            if failure:
+                break
             if evaluate_now or checkpoint_now or export_now:
                 pause_start = time.perf_counter()
                 jax.block_until_ready(state)
@@ -350,9 +395,15 @@ def meta_train(
                 save(step, checkpoint_now, export_now)
                 paused += time.perf_counter() - pause_start - outer_seconds
         bar.close()
-        save(step)
+        failure = failure or monitor.final_verdict(step)
+        if failure is None and not health.is_finite(state.theta):
+            failure = _nonfinite_theta(step)
+        if failure is None:
+            save(step)
     checkpointer.close()
     writer.close()
+    if failure:
+        raise health.RunHealthError(f"{failure} ({monitor.summary()})")
     interrupted = signal.Signals(stop.signum).name if stop.signum else None
     if interrupted:
         _log(f"{interrupted}: saved the checkpoint and export of outer step {step}")
@@ -367,6 +418,8 @@ def meta_train(
         "particle_steps_per_s": throughput,
         "meta_loss_start": _mean_meta_loss(rows, first=True),
         "meta_loss_end": _mean_meta_loss(rows, first=False),
+        "skipped_updates": monitor.skipped,
+        "masked_fraction": monitor.masked / max(monitor.steps, 1),
         "eval": last_eval,
     }
     if chief and not interrupted:
@@ -382,7 +435,7 @@ def meta_train(
         _log(
             f"meta-loss {summary['meta_loss_start']:.4f} (first tenth of the run) -> "
             f"{summary['meta_loss_end']:.4f} (last tenth) after {step} outer steps; "
-            f"outputs in {workdir}"
+            f"{monitor.summary()}; outputs in {workdir}"
         )
     return summary
 
@@ -408,7 +461,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="delete the workdir's previous run if its config differs, instead of refusing",
+        help="start afresh in a lopt workdir: first delete what lopt wrote there (config.json, "
+        "metrics.jsonl, parameter_overview.txt, curves.png, export/, the step folders in "
+        "checkpoints/, the event files in tensorboard/, the report files in comparison/ and in "
+        "lopt evaluate's eval_*/export.eval_* folders) and print it; nothing else is deleted. "
+        "Without it, a run with the same config resumes and one with another config is refused. "
+        "A folder lopt did not start (no lopt-workdir.json) is refused either way",
     )
     parser.add_argument(
         "--distributed",
@@ -424,8 +482,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """``lopt meta-train``: exit status 0 when done, 2 for a bad config or workdir, 128 + signal
-    number when stopped by SIGINT/SIGTERM (after saving)."""
+    """``lopt meta-train``: exit status 0 when done, 2 for a bad config or a refused workdir
+    (before anything is written or compiled) or unusable checkpoints, 3 when the run stopped
+    because it cannot produce a usable optimizer (non-finite theta, no usable update, every
+    particle diverged), 128 + signal number when stopped by SIGINT/SIGTERM (after saving)."""
     parser = _parser()
     try:
         rest, overrides = config_flags.split_overrides(argv)
@@ -447,11 +507,15 @@ def main(argv: list[str]) -> int:
         summary = meta_train(config, args.workdir, overwrite=args.overwrite)
     except (
         config_flags.ConfigError,
-        checkpoint.WorkdirConfigMismatchError,
+        checkpoint.WorkdirError,
+        checkpoint.CheckpointError,
         DatasetNotFoundError,
     ) as error:
         print(f"lopt meta-train: error: {error}", file=sys.stderr)
         return 2
+    except health.RunHealthError as error:
+        print(f"lopt meta-train: failed: {error}", file=sys.stderr)
+        return 3
     if summary["interrupted"]:
         return 128 + int(signal.Signals[summary["interrupted"]])
     return 0

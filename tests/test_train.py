@@ -132,14 +132,13 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(runs, tmp_path,
 
     # Overwrite deletes the old run's outputs (and nothing else) and records the new config.
     other = tmp_path / "other"
-    other.mkdir()
-    (other / "notes.txt").write_text("mine")
     checkpoint.prepare_workdir(str(other), tiny_config())
+    (other / "notes.txt").write_text("mine")  # a user's file in a lopt workdir
     (other / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(checkpoint.WorkdirConfigMismatchError):
         checkpoint.prepare_workdir(str(other), tiny_config(seed=1))
     checkpoint.prepare_workdir(str(other), tiny_config(seed=1), overwrite=True)
-    assert sorted(os.listdir(other)) == ["config.json", "notes.txt"]
+    assert sorted(os.listdir(other)) == ["config.json", "lopt-workdir.json", "notes.txt"]
     assert json.loads((other / "config.json").read_text())["seed"] == 1
     # A longer run of the same config is a resume, not a different config.
     checkpoint.prepare_workdir(str(other), tiny_config(seed=1, num_outer_steps=99))

@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.estimator.sigma = 0.01
     config.estimator.horizon = 200  # T, or T_max when min_horizon > 0
     config.estimator.min_horizon = 0  # > 0: T ~ log-uniform in [min_horizon, horizon] per problem
+    # A horizon shorter than the window restarts inner problems inside every window: refused
+    # unless this says it is meant.
+    config.estimator.allow_short_horizon = False
     config.estimator.stagger = True
     config.estimator.resample_every = 1  # GPES only
 

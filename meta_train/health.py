@@ -1,0 +1,111 @@
+"""Health verdicts of a meta-training run: when to stop it with a reason, when to warn.
+
+The outer step skips an update whose estimate is not finite (theta unchanged) and masks inner
+steps whose losses are not finite, so a run can go on for ever without learning anything. The
+monitor reads the logged interval means and fails the run (``RunHealthError``) when
+
+- theta is not finite (it is then never saved or exported);
+- no usable update was applied for ``MAX_STALLED_STEPS`` consecutive outer steps, or in any step
+  of a shorter run: every estimate was skipped, or its norm overflowed (clipping then zeroes it);
+- every particle diverged (masked fraction 1) for as long.
+
+It warns once each time the skipped or the masked fraction of a log interval rises above its
+threshold, and states both in the run's summary line. Steps are counted in whole log intervals: an
+interval counts as stalled only when every step in it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+MAX_STALLED_STEPS = 20
+WARN_SKIPPED_FRACTION = 0.1
+WARN_MASKED_FRACTION = 0.5
+
+
+class RunHealthError(RuntimeError):
+    """The run cannot produce a usable optimizer; the message says why, in one line."""
+
+
+def is_finite(tree: Any) -> bool:
+    """Whether every entry of every leaf is finite (syncs with the device)."""
+    return all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(tree))
+
+
+class HealthMonitor:
+    """Accumulates the interval means of ``skipped_update`` and ``masked_fraction`` (one call of
+    ``observe`` per log step) and decides."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self.steps = 0
+        self.skipped = 0.0  # updates skipped (sum of interval means times interval lengths)
+        self.masked = 0.0  # masked fraction times steps
+        self.stalled_run = 0  # consecutive steps without a usable update
+        self.diverged_run = 0  # consecutive steps in which every particle diverged
+        self.warned = {"skipped": False, "masked": False}
+
+    def _warn_on_crossing(self, name: str, value: float, threshold: float, step: int) -> None:
+        above = value > threshold
+        if above and not self.warned[name]:
+            self.log(
+                f"warning: {name} fraction {value:.2f} above {threshold} at outer step {step} "
+                "(non-finite estimates or inner losses: check the learning rates, sigma and "
+                "the horizon)"
+            )
+        self.warned[name] = above
+
+    def observe(self, step: int, scalars: Mapping[str, float], num_steps: int) -> str | None:
+        """Record a log interval of ``num_steps`` steps ending at ``step``; return the reason the
+        run must stop, or ``None``."""
+        skipped, masked = scalars["skipped_update"], scalars["masked_fraction"]
+        self.steps += num_steps
+        self.skipped += skipped * num_steps
+        self.masked += masked * num_steps
+        self._warn_on_crossing("skipped", skipped, WARN_SKIPPED_FRACTION, step)
+        self._warn_on_crossing("masked", masked, WARN_MASKED_FRACTION, step)
+        unusable = skipped >= 1.0 or not math.isfinite(scalars["estimate_norm"])
+        self.stalled_run = self.stalled_run + num_steps if unusable else 0
+        self.diverged_run = self.diverged_run + num_steps if masked >= 1.0 else 0
+        if self.stalled_run >= MAX_STALLED_STEPS:
+            return (
+                f"no usable update in the last {self.stalled_run} outer steps (up to step {step}): "
+                "every estimate was non-finite or overflowed; lower estimator.sigma or the "
+                "learning rates"
+            )
+        if self.diverged_run >= MAX_STALLED_STEPS:
+            return (
+                f"every particle diverged in the last {self.diverged_run} outer steps (up to "
+                f"step {step}); lower the inner learning rate or the horizon"
+            )
+        return None
+
+    def final_verdict(self, step: int) -> str | None:
+        """At the end of a run shorter than ``MAX_STALLED_STEPS``: fail it when it never made a
+        usable update, or every particle diverged throughout."""
+        if self.steps and self.stalled_run == self.steps:
+            return (
+                f"no usable update in any of this run's {self.steps} outer steps (up to step "
+                f"{step}): every estimate was non-finite or overflowed; lower estimator.sigma or "
+                "the learning rates"
+            )
+        if self.steps and self.diverged_run == self.steps:
+            return (
+                f"every particle diverged in all of this run's {self.steps} outer steps (up to "
+                f"step {step}); lower the inner learning rate or the horizon"
+            )
+        return None
+
+    def summary(self) -> str:
+        """``"skipped updates K of N, masked fraction x"`` over this process's steps."""
+        if not self.steps:
+            return "no outer steps in this run"
+        return (
+            f"skipped updates {round(self.skipped)} of {self.steps}, masked fraction "
+            f"{self.masked / self.steps:.3f}"
+        )
