@@ -1,5 +1,5 @@
-"""Learned optimizers: per-parameter MLP and LSTM networks and learnable hand-designed baselines,
-with export to optax.
+"""Learned optimizers: a normalized update rule with the learning rate outside it, per-parameter MLP
+and LSTM networks, and learnable hand-designed baselines, with export to optax.
 
 Every optimizer is a frozen dataclass of hyperparameters with pure functions around a
 meta-parameter pytree theta: ``init_meta_params(key)``, ``init(theta, params, num_steps)``,
@@ -22,6 +22,7 @@ from lopt.export import (
 from lopt.hand_designed import AdamState, LearnableAdam, LearnableSGDM, SGDMState
 from lopt.lstm import LSTMOptimizer, LSTMOptState
 from lopt.mlp import MLPOptimizer, MLPOptState
+from lopt.normalized import NormalizedOptimizer, NormalizedOptState
 from lopt.registry import architecture_names, get_optimizer, register
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "MLPOptState",
     "MLPOptimizer",
     "NewerFormatError",
+    "NormalizedOptState",
+    "NormalizedOptimizer",
     "NotAnExportError",
     "SGDMState",
     "UnknownArchitectureError",

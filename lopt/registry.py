@@ -10,6 +10,7 @@ from lopt.base import LearnedOptimizer
 from lopt.hand_designed import LearnableAdam, LearnableSGDM
 from lopt.lstm import LSTMOptimizer
 from lopt.mlp import MLPOptimizer
+from lopt.normalized import NormalizedOptimizer
 
 _ARCHITECTURES: dict[str, type[LearnedOptimizer]] = {}
 
@@ -36,7 +37,7 @@ def register(cls: type[LearnedOptimizer]) -> type[LearnedOptimizer]:
     return cls
 
 
-for _cls in (MLPOptimizer, LSTMOptimizer, LearnableAdam, LearnableSGDM):
+for _cls in (MLPOptimizer, LSTMOptimizer, NormalizedOptimizer, LearnableAdam, LearnableSGDM):
     register(_cls)
 
 

@@ -33,13 +33,18 @@ from tasks.base import TaskFamily
 from tasks.dynamical import InfluenceBalancing
 
 META_LOSSES = ("train", "reeval", "outer_valid")
+META_LOSS_SCALES = ("none", "initial")
+# Floor of the initial-loss scale, so a problem that starts at (almost) zero loss cannot blow up.
+MIN_LOSS_SCALE = 1e-3
 
 
 class TrainingState(NamedTuple):
-    """``params``: the task's parameters; ``opt_state``: the learned optimizer's state."""
+    """``params``: the task's parameters; ``opt_state``: the learned optimizer's state;
+    ``loss_scale``: ``[]`` what each meta-loss of this inner problem is divided by."""
 
     params: Any
     opt_state: Any
+    loss_scale: jax.Array
 
 
 class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
@@ -47,16 +52,23 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
 
     The meta-loss of a step is, by ``meta_loss``: ``"train"`` the step's training loss (before
     the update); ``"reeval"`` the same minibatch re-evaluated after the update; ``"outer_valid"`` a
-    fresh minibatch of the outer-valid split after the update.
+    fresh minibatch of the outer-valid split after the update. With ``meta_loss_scale="initial"``
+    it is divided by the problem's loss at initialisation (one minibatch, the same for both twins),
+    so problems and families whose losses differ in scale weigh alike in the estimate.
     """
 
     family: TaskFamily
     optimizer: LearnedOptimizer = struct.field(pytree_node=False)
     meta_loss: str = struct.field(pytree_node=False, default="train")
+    meta_loss_scale: str = struct.field(pytree_node=False, default="none")
 
     def __post_init__(self):
         if self.meta_loss not in META_LOSSES:
             raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
+        if self.meta_loss_scale not in META_LOSS_SCALES:
+            raise ValueError(
+                f"meta_loss_scale must be one of {META_LOSS_SCALES}, got {self.meta_loss_scale!r}"
+            )
         if not isinstance(self.optimizer, LearnedOptimizer):
             raise TypeError(
                 "optimizer must be a lopt.base.LearnedOptimizer (e.g. lopt.get_optimizer('mlp')),"
@@ -67,8 +79,15 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
         return self.family.sample(key)
 
     def init_state(self, theta: Any, key: jax.Array, config: Any, horizon: jax.Array) -> Any:
-        params = self.family.task(config).init(key)
-        return TrainingState(params, self.optimizer.init(theta, params, horizon))
+        task = self.family.task(config)
+        params = task.init(key)
+        if self.meta_loss_scale == "initial":
+            # Not differentiated: the scale only sets units, it is not part of the objective.
+            initial = jax.lax.stop_gradient(task.loss(params, jax.random.fold_in(key, 1)))
+            loss_scale = jnp.maximum(jnp.asarray(initial, jnp.float32), MIN_LOSS_SCALE)
+        else:
+            loss_scale = jnp.ones((), jnp.float32)
+        return TrainingState(params, self.optimizer.init(theta, params, horizon), loss_scale)
 
     def step(
         self, theta: Any, state: TrainingState, key: jax.Array, config: Any
@@ -86,7 +105,8 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
             meta_loss = task.loss(params, batch_key)
         else:
             meta_loss = task.eval_loss(params, meta_key, "outer_valid")
-        return TrainingState(params, opt_state), jnp.asarray(meta_loss, jnp.float32)
+        meta_loss = jnp.asarray(meta_loss, jnp.float32) / state.loss_scale
+        return TrainingState(params, opt_state, state.loss_scale), meta_loss
 
 
 def _flat(theta: Any) -> jax.Array:

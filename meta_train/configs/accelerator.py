@@ -12,11 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.estimator.horizon = 1000
     config.estimator.min_horizon = 200
     config.groups.digits.num_pairs = 2048
-    config.groups.mnist1d = ml_collections.ConfigDict()
-    config.groups.mnist1d.family = "mlp_mnist1d"
-    config.groups.mnist1d.weight = 1.0
-    config.groups.mnist1d.num_pairs = 2048
-    config.groups.mnist1d.overrides = ml_collections.ConfigDict()
+    config.groups.mnist1d = default.task_group("mlp_mnist1d", num_pairs=2048)
     config.outer.learning_rate = 1e-3
     config.outer.schedule = "cosine"
     config.outer.warmup_steps = 100

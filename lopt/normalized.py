@@ -1,0 +1,289 @@
+"""A normalized learned update rule with the learning rate outside it (after Celo2 and μLO).
+
+A tiny MLP shared by all parameters maps each parameter's features to one number; per tensor, that
+output is normalized to unit RMS. The rule has no learned step size and no step-count or horizon
+feature: the learning rate and its schedule are applied outside it, as for any optax
+``scale_by_*`` transform::
+
+    d = direction(theta, grads, state)             # unit RMS per tensor, gradient sign
+    update = -lr(t) * (mup(d) + weight_decay * params)
+
+which is ``optax.chain(rule, optax.add_decayed_weights(wd), optax.scale_by_learning_rate(lr))``
+(``lopt.with_learning_rate``). ``update`` applies the whole chain, so meta-training sees exactly
+what a user runs.
+
+Features per parameter (each column normalized by its RMS over the tensor, so the rule is
+invariant to rescaling a tensor's gradient):
+
+    g, p, m_b for b in momentum_decays, sqrt(v), g / sqrt(v), m_b / sqrt(v) for each b
+
+with ``m_b <- b m_b + (1 - b) g`` and ``v <- rms_decay v + (1 - rms_decay) g**2``. The network is
+an MLP plus a linear skip connection from the features to the output; the skip starts as the
+``m_{0.9} / sqrt(v)`` column and the MLP's output layer starts small, so the untrained rule is a
+per-tensor-normalized Adam-like step and meta-training learns the rest.
+
+Options: ``adam_for_vectors`` gives tensors with fewer than two dimensions (biases, scales) a
+bias-corrected Adam direction instead of the learned one (Celo2 does this); ``mup_base_fan_in > 0``
+multiplies the direction of every matrix (ndim >= 2, fan-in = product of all but the last dim) by
+``min(1, mup_base_fan_in / fan_in)``, the μP scaling that μLO uses so a rule meta-trained at one
+width transfers to wider networks (capped at 1: narrower layers keep the unscaled step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt import features as feats
+from lopt import flat, schedules
+from lopt.base import LearnedOptimizer
+
+DIRECTION_EPS = 1e-12
+ADAM_EPS = 1e-8
+SKIP_DECAY = 0.9  # the momentum whose m / sqrt(v) column the skip connection starts from
+
+
+class NormalizedOptState(NamedTuple):
+    """State of ``NormalizedOptimizer`` for one inner training.
+
+    Attributes:
+      step: ``[]`` int32, updates done so far (the schedule's count).
+      num_steps: ``[]`` int32, the run's length (only the ``cosine`` schedule reads it).
+      momenta: per tensor, ``[size_i, num_decays]`` float32 gradient moving averages.
+      second_moment: per tensor, ``[size_i]`` float32 moving average of squared gradients.
+    """
+
+    step: jax.Array
+    num_steps: jax.Array
+    momenta: tuple[jax.Array, ...]
+    second_moment: tuple[jax.Array, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizedOptimizer(LearnedOptimizer):
+    """Per-parameter MLP rule with per-tensor normalized input features and output direction.
+
+    Attributes:
+      hidden_sizes: widths of the hidden ReLU layers (Celo2: two layers of 8).
+      momentum_decays: decays of the gradient momenta fed as features; must contain 0.9.
+      rms_decay: decay of the squared-gradient moving average.
+      learning_rate: the rule's default peak learning rate (what meta-training used).
+      schedule: ``"cosine"`` (warm-up, then cosine decay to 0 at ``num_steps``) or ``"constant"``.
+      warmup_fraction: fraction of ``num_steps`` spent warming up (``cosine``).
+      weight_decay: decoupled weight decay, multiplied by the learning rate.
+      adam_for_vectors: Adam's direction for tensors with ``ndim < 2``.
+      mup_base_fan_in: 0 (off) or the fan-in at which the μP multiplier of matrices is 1.
+      output_init_scale: initial scale of the MLP's output layer (the skip path starts at 1).
+    """
+
+    architecture = "normalized"
+
+    hidden_sizes: tuple[int, ...] = (8, 8)
+    momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    rms_decay: float = 0.95
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"
+    warmup_fraction: float = schedules.DEFAULT_WARMUP_FRACTION
+    weight_decay: float = 0.0
+    adam_for_vectors: bool = False
+    mup_base_fan_in: int = 0
+    output_init_scale: float = 0.1
+
+    def __post_init__(self):
+        feats.freeze_sequences(self)
+        if any(int(h) != h or h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive integers, got {self.hidden_sizes}")
+        feats.check_decays("momentum_decays", self.momentum_decays)
+        feats.check_decays("rms_decay", (self.rms_decay,))
+        if SKIP_DECAY not in self.momentum_decays:
+            raise ValueError(
+                f"momentum_decays={self.momentum_decays} must contain {SKIP_DECAY}: the skip "
+                "connection and the Adam direction of vectors use that momentum"
+            )
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate}")
+        if self.schedule not in schedules.SCHEDULES:
+            raise ValueError(
+                f"schedule must be one of {schedules.SCHEDULES}, got {self.schedule!r}"
+            )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if int(self.mup_base_fan_in) != self.mup_base_fan_in or self.mup_base_fan_in < 0:
+            raise ValueError(
+                f"mup_base_fan_in must be 0 (off) or a positive fan-in, got {self.mup_base_fan_in}"
+            )
+        feats.check_positive("output_init_scale", (self.output_init_scale,))
+
+    @property
+    def uses_horizon(self) -> bool:
+        """Only the cosine schedule depends on the run's length; the rule itself never does."""
+        return self.schedule == "cosine"
+
+    @property
+    def num_features(self) -> int:
+        """Columns of the feature matrix: g, p, sqrt(v), g/sqrt(v), and m_b, m_b/sqrt(v) per b."""
+        return 4 + 2 * len(self.momentum_decays)
+
+    @property
+    def skip_feature(self) -> int:
+        """The column of ``m_{0.9} / sqrt(v)``, where the skip connection starts."""
+        return 4 + len(self.momentum_decays) + self.momentum_decays.index(SKIP_DECAY)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def init_meta_params(self, key: jax.Array) -> dict:
+        """theta: ``{"layer_i": {"w", "b"}, "skip": [num_features]}``."""
+        widths = (self.num_features, *self.hidden_sizes, 1)
+        num_layers = len(widths) - 1
+        scales = [1.0] * (num_layers - 1) + [self.output_init_scale]
+        weights = feats.scaled_normals(key, list(itertools.pairwise(widths)), scales)
+        theta = {
+            f"layer_{i}": {"w": w, "b": jnp.zeros((w.shape[1],), jnp.float32)}
+            for i, w in enumerate(weights)
+        }
+        theta["skip"] = jax.nn.one_hot(self.skip_feature, self.num_features, dtype=jnp.float32)
+        return theta
+
+    def init(
+        self, theta: dict, params: Any, num_steps: jax.Array | int | None = None
+    ) -> NormalizedOptState:
+        del theta
+        if num_steps is None:
+            if self.uses_horizon:
+                raise ValueError(
+                    "the cosine schedule decays to 0 at the end of training and needs "
+                    "num_steps, the number of steps the run will take (or use schedule='constant')"
+                )
+            num_steps = 1
+        momenta, second_moment = feats.init_moments(
+            flat.layout_of(params), len(self.momentum_decays)
+        )
+        return NormalizedOptState(
+            step=jnp.zeros((), jnp.int32),
+            num_steps=feats.horizon(num_steps),
+            momenta=momenta,
+            second_moment=second_moment,
+        )
+
+    def apply_network(self, theta: dict, features: jax.Array) -> jax.Array:
+        """``[N]`` raw output for ``features[N, num_features]``: MLP plus linear skip."""
+        x = features
+        num_layers = len(self.hidden_sizes) + 1
+        for i in range(num_layers):
+            layer = theta[f"layer_{i}"]
+            x = x @ layer["w"] + layer["b"]
+            if i < num_layers - 1:
+                x = jax.nn.relu(x)
+        return x[:, 0] + features @ theta["skip"]
+
+    def _features(
+        self, momentum: jax.Array, second_moment: jax.Array, grad: jax.Array, param: jax.Array
+    ) -> jax.Array:
+        """``[n, F]`` features of one tensor, each column divided by its RMS over the tensor."""
+        inv_rms = jax.lax.rsqrt(second_moment + feats.RMS_EPS)
+        columns = jnp.concatenate(
+            [
+                grad[:, None],
+                param[:, None],
+                jnp.sqrt(second_moment)[:, None],
+                (grad * inv_rms)[:, None],
+                momentum,
+                momentum * inv_rms[:, None],
+            ],
+            axis=1,
+        )
+        mean_square = jnp.mean(jnp.square(columns), axis=0) if grad.shape[0] else 0.0
+        return columns * jax.lax.rsqrt(mean_square + feats.NORM_EPS)
+
+    def direction(
+        self, theta: dict, state: NormalizedOptState, grads: Any, params: Any
+    ) -> tuple[Any, NormalizedOptState]:
+        """``(direction, new_state)``: the rule alone, with the gradient's sign (a descent step
+        subtracts it), unit RMS per tensor before the μP multiplier."""
+        layout = flat.layout_of(params)
+        flat.check_same_structure(layout, grads, "grads")
+        state_sizes = tuple(v.shape[0] for v in state.second_moment)
+        if state_sizes != layout.sizes:
+            raise ValueError(
+                f"the optimizer state was initialised for tensors of sizes {state_sizes} but "
+                f"params have {layout.sizes}: call init with these params"
+            )
+        config = feats.FeatureConfig(self.momentum_decays, self.rms_decay, (), (), False)
+        step = state.step + 1
+        blocks, momenta, second_moments = [], [], []
+        for grad, param, m_old, v_old in zip(
+            jax.tree.leaves(grads),
+            jax.tree.leaves(params),
+            state.momenta,
+            state.second_moment,
+            strict=True,
+        ):
+            g = jnp.ravel(jnp.asarray(grad, jnp.float32))
+            p = jnp.ravel(jnp.asarray(param, jnp.float32))
+            m, v = feats.update_moments(config, m_old, v_old, g)
+            momenta.append(m)
+            second_moments.append(v)
+            blocks.append(self._features(m, v, g, p))
+        raw = self.apply_network(theta, jnp.concatenate(blocks))
+        skip_index = self.momentum_decays.index(SKIP_DECAY)
+        pieces = []
+        for i, (offset, size, shape) in enumerate(
+            zip(layout.offsets, layout.sizes, layout.shapes, strict=True)
+        ):
+            if self.adam_for_vectors and len(shape) < 2:
+                d = feats.adam_direction(
+                    momenta[i][:, skip_index],
+                    second_moments[i],
+                    step,
+                    SKIP_DECAY,
+                    self.rms_decay,
+                    ADAM_EPS,
+                )
+            else:
+                d = raw[offset : offset + size]
+                d = d * jax.lax.rsqrt(jnp.mean(jnp.square(d)) + DIRECTION_EPS) if size else d
+                d = d * self.mup_multiplier(shape)
+            pieces.append(d)
+        direction = flat.unflatten(layout, jnp.concatenate(pieces))
+        return direction, NormalizedOptState(
+            step, state.num_steps, tuple(momenta), tuple(second_moments)
+        )
+
+    def mup_multiplier(self, shape: tuple[int, ...]) -> float:
+        """``min(1, mup_base_fan_in / fan_in)`` for matrices when μP scaling is on, else 1."""
+        if not self.mup_base_fan_in or len(shape) < 2:
+            return 1.0
+        return min(1.0, self.mup_base_fan_in / max(math.prod(shape[:-1]), 1))
+
+    def learning_rate_schedule(self, num_steps: jax.Array | int | None) -> Any:
+        """The optax schedule ``count -> lr`` of this rule for a run of ``num_steps`` steps."""
+        return schedules.make_schedule(
+            self.schedule, self.learning_rate, num_steps, self.warmup_fraction
+        )
+
+    def update(
+        self,
+        theta: dict,
+        state: NormalizedOptState,
+        grads: Any,
+        params: Any,
+        loss: jax.Array | None = None,
+    ) -> tuple[Any, NormalizedOptState]:
+        del loss
+        direction, new_state = self.direction(theta, state, grads, params)
+        lr = self.learning_rate_schedule(state.num_steps)(state.step)
+        updates = jax.tree.map(
+            lambda d, p: (-lr * (d + self.weight_decay * jnp.asarray(p, jnp.float32))).astype(
+                jnp.result_type(p)
+            ),
+            direction,
+            params,
+        )
+        return updates, new_state
