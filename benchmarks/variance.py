@@ -25,7 +25,9 @@ Systems:
    estimates of a pair average to its full-ES estimate whatever T/K, so its own bias column is
    zero by construction).
 
-Writes ``<out>/variance.json`` and ``<out>/variance.png``.
+Writes ``<out>/variance.json`` (with provenance) and ``<out>/variance.png``. ``--estimators
+es_single,tes`` reruns a subset and keeps the other estimators' rows from the JSON already there
+(``mlp_digits`` needs ES-Single for its reference gradient).
 """
 
 from __future__ import annotations
@@ -34,11 +36,16 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.provenance import provenance
 
 ESTIMATORS = ("es_single", "pes", "tes")
 
@@ -117,14 +124,16 @@ def mlp_system():
     return systems.TaskTrainingSystem(family, optimizer, "train"), theta
 
 
-def measure(name, system, theta, truth, horizon, ratios, num_pairs, sigma, seed, log, fast):
+def measure(
+    name, system, theta, truth, horizon, ratios, num_pairs, sigma, seed, log, fast, estimators
+):
     """Rows for every estimator and T/K; ``truth=None``: the pooled ES-Single mean.
 
     ``fast``: compile without backend optimisation (for systems whose steps cost microseconds).
     """
     options = {"xla_backend_optimization_level": 0} if fast else None
     raw, rows = {}, []
-    for estimator in ESTIMATORS:
+    for estimator in estimators:
         for windows in ratios:
             samples, compile_s, run_s = run_setting(
                 system, theta, horizon, windows, estimator, num_pairs, sigma, seed, options
@@ -214,6 +223,37 @@ def plot(rows: list[dict], path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
+def merge_rows(path: str, payload: dict, estimators: tuple[str, ...]) -> dict:
+    """``payload`` with the rows of estimators not rerun kept from the JSON at ``path`` (same
+    ``quick`` and ``seed`` required), each estimator's provenance, and each replaced estimator's
+    old rows under ``superseded`` (the first time they are replaced)."""
+    with open(path) as file:
+        old = json.load(file)
+    if (old["quick"], old["seed"]) != (payload["quick"], payload["seed"]):
+        raise SystemExit(f"{path} has other settings (quick, seed); rerun every estimator")
+    unrecorded = {"note": "run before provenance was recorded; see the git log of this JSON"}
+    old_provenance = old.get("run_provenance", {})
+    superseded = old.get("superseded", {})
+    for estimator in estimators:
+        superseded.setdefault(
+            estimator,
+            {
+                "run_provenance": old_provenance.get(estimator, unrecorded),
+                "rows": [row for row in old["rows"] if row["estimator"] == estimator],
+            },
+        )
+    kept = [row for row in old["rows"] if row["estimator"] not in estimators]
+    run_provenance = payload["run_provenance"] | {
+        row["estimator"]: old_provenance.get(row["estimator"], unrecorded) for row in kept
+    }
+    order = {(r["system"], r["estimator"], r["T_over_K"]): i for i, r in enumerate(old["rows"])}
+    rows = sorted(
+        kept + payload["rows"],
+        key=lambda r: order.get((r["system"], r["estimator"], r["T_over_K"]), len(order)),
+    )
+    return payload | {"rows": rows, "run_provenance": run_provenance, "superseded": superseded}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
@@ -222,7 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-mlp", action="store_true", help="only the independent-gradient system"
     )
+    parser.add_argument(
+        "--estimators",
+        type=lambda text: tuple(text.split(",")),
+        default=ESTIMATORS,
+        help="comma-separated subset to rerun; the others' rows are kept from the JSON in --out",
+    )
     args = parser.parse_args(argv)
+    estimators = tuple(e for e in ESTIMATORS if e in args.estimators)
+    if set(args.estimators) - set(ESTIMATORS):
+        raise SystemExit(f"--estimators: choose from {ESTIMATORS}, got {args.estimators}")
+    if not args.skip_mlp and "es_single" not in estimators:
+        raise SystemExit("mlp_digits's reference gradient is ES-Single's mean: include es_single")
     horizon, ratios = (100, (1, 10, 100)) if args.quick else (1000, (1, 10, 100, 1000))
     mlp_horizon, mlp_ratios = (10, (1, 10)) if args.quick else (horizon, ratios)
     pairs, mlp_pairs = (256, 16) if args.quick else (1024, 128)
@@ -231,7 +282,18 @@ def main(argv: list[str] | None = None) -> int:
 
     system, theta, truth = independent_system()
     rows, _ = measure(
-        "independent", system, theta, truth, horizon, ratios, pairs, 0.1, args.seed, log, True
+        "independent",
+        system,
+        theta,
+        truth,
+        horizon,
+        ratios,
+        pairs,
+        0.1,
+        args.seed,
+        log,
+        True,
+        estimators,
     )
     for row in rows:
         row["theory"] = theory(row["estimator"], len(truth), row["T_over_K"])
@@ -249,15 +311,27 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             log,
             False,
+            estimators,
         )
         log(f"  mlp_digits reference gradient d loss / d log_lr = {mlp_truth[0]:.4g}")
         rows += mlp_rows
 
     print(table(rows))
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "variance.json"), "w") as file:
-        json.dump({"quick": args.quick, "seed": args.seed, "rows": rows}, file, indent=2)
-    plot(rows, os.path.join(args.out, "variance.png"))
+    path = os.path.join(args.out, "variance.json")
+    now = provenance(sys.argv)
+    payload = {
+        "quick": args.quick,
+        "seed": args.seed,
+        "provenance": now,
+        "run_provenance": {estimator: now for estimator in estimators},
+        "rows": rows,
+    }
+    if estimators != ESTIMATORS:
+        payload = merge_rows(path, payload, estimators)
+    with open(path, "w") as file:
+        json.dump(payload, file, indent=2)
+    plot(payload["rows"], os.path.join(args.out, "variance.png"))
     log(f"wrote {args.out}/variance.json and variance.png")
     return 0
 

@@ -77,3 +77,21 @@ def test_learned_optimizer_quick(tmp_path):
     summary = payload["held_out_summary"]
     assert {"Adam (tuned)", "ES-Single"} <= set(summary)
     assert all(np.isfinite(figures["train_loss"]) for figures in summary.values())
+
+
+def test_partial_rerun_keeps_other_runs_with_their_provenance(tmp_path):
+    """``--estimators`` reruns a subset: the other runs stay, each run names the commit that
+    made it, and a replaced run is kept under ``superseded``; other settings are refused."""
+    first = run_quick("influence_balancing", tmp_path)
+    assert set(first["run_provenance"]) == set(first["runs"]) == {"PES N=4", "ES-Single N=4"}
+    assert first["provenance"]["argv"] is not None and "superseded" not in first
+    module = importlib.import_module("benchmarks.paper.influence_balancing")
+    assert module.main(["--quick", "--out", str(tmp_path), "--estimators", "es_single"]) == 0
+    with open(tmp_path / "influence_balancing.json") as file:
+        merged = json.load(file)
+    assert merged["runs"]["PES N=4"] == first["runs"]["PES N=4"]
+    assert merged["run_provenance"]["PES N=4"] == first["run_provenance"]["PES N=4"]
+    assert merged["run_provenance"]["ES-Single N=4"] == merged["provenance"]
+    assert merged["superseded"]["ES-Single N=4"]["runs"] == first["runs"]["ES-Single N=4"]
+    with pytest.raises(SystemExit, match="other settings"):
+        module.main(["--quick", "--out", str(tmp_path), "--estimators", "pes", "--lr", "0.1"])

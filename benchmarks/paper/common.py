@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -19,6 +21,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from benchmarks.provenance import ROOT, provenance
 from meta_train import engine
 from meta_train.system import UnrolledSystem
 
@@ -45,13 +48,115 @@ def add_scale_arguments(
     parse.add_argument("--outer-lr", type=float, default=outer_lr, help="outer Adam lr")
 
 
-def write_json(out: str, name: str, payload: dict[str, Any]) -> str:
-    """Write ``payload`` to ``<out>/<name>.json`` and return the path."""
+def add_estimators_argument(parse: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
+    """``--estimators a,b``: rerun only these; the JSON at ``--out`` keeps the others' runs."""
+    parse.add_argument(
+        "--estimators",
+        type=lambda text: tuple(text.split(",")),
+        default=None,
+        help=f"comma-separated subset of {','.join(choices)} to rerun; the other estimators' runs "
+        "are kept from the JSON already in --out (same settings required), each with the "
+        "provenance of the run that made it",
+    )
+
+
+def selected(args: argparse.Namespace, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """The estimators to run: ``--estimators`` (checked against ``choices``) or all."""
+    if args.estimators is None:
+        return choices
+    unknown = sorted(set(args.estimators) - set(choices))
+    if unknown:
+        raise SystemExit(f"--estimators: unknown {unknown}; choose from {choices}")
+    return tuple(e for e in choices if e in args.estimators)
+
+
+# Keys of a payload that describe who made which run, not the experiment's settings.
+_BOOKKEEPING = ("provenance", "run_provenance", "superseded")
+
+
+def write_json(
+    out: str,
+    name: str,
+    payload: dict[str, Any],
+    sections: tuple[str, ...] = (),
+    partial: bool = False,
+) -> str:
+    """Write ``payload`` with provenance to ``<out>/<name>.json`` and return the path.
+
+    ``sections``: the payload's keys that map run labels to results. Every label gets a
+    ``run_provenance`` entry. With ``partial`` (a rerun of some estimators) the labels missing
+    from the new sections are kept from the JSON already there, which must have the same
+    settings, and each replaced run is kept under ``superseded`` (the first time it is replaced).
+    """
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"{name}.json")
+    payload = json.loads(json.dumps(payload, default=_jsonable))
+    now = provenance(sys.argv)
+    payload["provenance"] = now
+    labels = {label for section in sections for label in payload[section]}
+    payload["run_provenance"] = {label: now for label in sorted(labels)}
+    if partial:
+        payload = _merge_with_previous(path, payload, sections)
     with open(path, "w") as file:
-        json.dump(payload, file, indent=1, default=_jsonable)
+        json.dump(payload, file, indent=1)
     return path
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """The payload at ``path`` (figures are drawn from it, so a partial rerun's figure shows
+    every run the JSON holds)."""
+    with open(path) as file:
+        return json.load(file)
+
+
+def _merge_with_previous(path: str, payload: dict, sections: tuple[str, ...]) -> dict:
+    if not os.path.exists(path):
+        raise SystemExit(f"--estimators merges into {path}, which does not exist; run all first")
+    with open(path) as file:
+        old = json.load(file)
+    settings = lambda p: {k: v for k, v in p.items() if k not in (*sections, *_BOOKKEEPING)}
+    if settings(old) != settings(payload):
+        keys = settings(old) | settings(payload)
+        differ = sorted(k for k in keys if old.get(k) != payload.get(k))
+        raise SystemExit(
+            f"{path} was made with other settings ({differ}); rerun every estimator instead"
+        )
+    old_provenance = old.get("run_provenance") or {}
+    unrecorded = {
+        "commit": _last_commit_of(path),
+        "note": "run before provenance was recorded: the last commit that changed this JSON",
+    }
+    superseded = old.get("superseded", {})
+    merged = dict(payload, superseded=superseded)
+    replaced = {label for section in sections for label in payload[section]}
+    for section in sections:
+        merged[section] = {**old[section], **payload[section]}
+    for label in sorted({label for section in sections for label in old[section]}):
+        previous = old_provenance.get(label, unrecorded)
+        if label in replaced:
+            superseded.setdefault(
+                label,
+                {"run_provenance": previous}
+                | {section: old[section][label] for section in sections if label in old[section]},
+            )
+        else:
+            merged["run_provenance"][label] = previous
+    return merged
+
+
+def _last_commit_of(path: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "log", "-1", "--format=%H", "--", os.path.abspath(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
 
 
 def thin(curves: Any, max_points: int = 500) -> tuple[np.ndarray, int]:

@@ -33,6 +33,7 @@ FULL_RUNS = (
     ("ES-Single N=100", "es_single", 100),
 )
 QUICK_RUNS = (("PES N=4", "pes", 4), ("ES-Single N=4", "es_single", 4))
+ESTIMATORS = ("tbptt", "tes", "pes", "es_single")
 
 
 def run(
@@ -72,14 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument("--seeds", type=int, default=5)
     parse.add_argument("--lr", type=float, default=1e-4, help="outer SGD learning rate")
     parse.add_argument("--sigma", type=float, default=0.1)
+    common.add_estimators_argument(parse, ESTIMATORS)
     args = parse.parse_args(argv)
     runs, num_steps, num_seeds = FULL_RUNS, args.steps, args.seeds
     if args.quick:
         runs, num_steps, num_seeds = QUICK_RUNS, 20, 2
+    chosen = common.selected(args, ESTIMATORS)
+    runs = tuple(run for run in runs if run[1] in chosen)
     options = common.FAST_COMPILE if args.quick else None
     optimum = systems.InfluenceBalancingSystem().dynamics.optimum()
     print(f"influence balancing: theta* = {optimum:.4f}, theta_0 = 0.5, {num_steps} outer steps")
-    results, trajectories = {}, {}
+    results = {}
     for label, estimator, num_pairs in runs:
         start = time.perf_counter()
         thetas = run(
@@ -87,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         ).theta[..., 0]
         final = thetas[:, -1]
         thinned, every = common.thin(thetas)
-        trajectories[label] = thetas
         results[label] = {
             "estimator": estimator,
             "num_pairs": num_pairs,
@@ -114,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "runs": results,
     }
-    print("wrote", common.write_json(args.out, NAME, payload))
+    path = common.write_json(args.out, NAME, payload, ("runs",), args.estimators is not None)
+    print("wrote", path)
     fig, (axis,) = common.figure(1, width=6.5, height=4.5)
-    steps = np.arange(num_steps + 1)
-    for label, thetas in trajectories.items():
-        median, low, high = common.median_band(thetas)
+    for label, result in common.read_json(path)["runs"].items():
+        median, low, high = common.median_band(np.asarray(result["theta"]))
+        steps = np.arange(len(median)) * result["theta_every"]
         (line,) = axis.plot(steps, median, label=label)
         axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     axis.axhline(optimum, color="k", linestyle="--", label="theta* = -1/6")

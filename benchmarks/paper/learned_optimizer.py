@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument("--outer-steps", type=int, default=1000)
     common.add_scale_arguments(parse, pairs=4, seeds=3, sigma=0.01, outer_lr=3e-3)
     parse.add_argument("--eval-seeds", type=int, default=3)
+    common.add_estimators_argument(parse, tuple(e for e, _ in ESTIMATORS))
     args = parse.parse_args(argv)
+    partial = args.estimators is not None
     horizon, window, pairs, outer_steps, seeds = (
         args.horizon,
         args.window,
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         args.outer_steps,
         args.seeds,
     )
-    estimators = ESTIMATORS
+    chosen = common.selected(args, tuple(e for e, _ in ESTIMATORS))
+    estimators = tuple((e, label) for e, label in ESTIMATORS if e in chosen)
     family = registry.get_family("mlp_digits")
     held_out = [t for t in registry.get_suite("default") if t.name == HELD_OUT_TASK]
     eval_steps, eval_seeds, adam_grid = horizon, args.eval_seeds, evaluate.ADAM_GRID
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluations = {}
     _, unravel = ravel_pytree(theta0)
     # The untrained optimizer is the floor; --quick skips it (one compile fewer).
-    candidates = {} if args.quick else {"untrained": [theta0]}
+    # A partial rerun keeps the baselines from the JSON it merges into.
+    candidates = {} if args.quick or partial else {"untrained": [theta0]}
     for label, result in results.items():
         candidates[label] = [unravel(t) for t in result["run"].theta[:, -1]]
     for label, thetas in candidates.items():
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 theta=theta,
                 num_steps=eval_steps,
                 seeds=eval_seeds,
-                baselines=("adam",) if not evaluations else (),
+                baselines=("adam",) if not evaluations and not partial else (),
                 adam_grid=adam_grid,
                 untrained_floor=False,
                 progress=False,
@@ -160,11 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_summary": summary,
         "held_out_reports": evaluations,
     }
-    print("wrote", common.write_json(args.out, NAME, payload))
+    sections = ("meta_training", "held_out_summary", "held_out_reports")
+    path = common.write_json(args.out, NAME, payload, sections, partial)
+    print("wrote", path)
     fig, (curves,) = common.figure(1, width=6.5, height=4.5)
     width = max(1, outer_steps // 20)
-    for label, result in results.items():
-        losses = result["run"].meta_loss
+    for label, result in common.read_json(path)["meta_training"].items():
+        losses = np.asarray(result["meta_loss"], float)  # JSON null (NaN) -> nan
         median = np.median(np.stack([smoothed(c, width) for c in losses]), axis=0)
         (line,) = curves.plot(np.arange(width, outer_steps + 1), median, label=label)
         for curve in losses:

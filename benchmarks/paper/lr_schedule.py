@@ -86,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument(
         "--clip", type=float, default=1.0, help="clip estimates to this global norm (0: off)"
     )
+    common.add_estimators_argument(parse, tuple(LABELS))
     args = parse.parse_args(argv)
     quick = args.quick
     horizon, pairs, inner_steps, num_seeds = args.horizon, args.pairs, args.inner_steps, args.seeds
-    runs = [(e, k) for k in (1, 10) for e in ("tes", "pes", "es_single")]
+    runs = [(e, k) for k in (1, 10) for e in common.selected(args, tuple(LABELS))]
     log_lrs, powers, grid_seeds = np.linspace(np.log(1e-3), np.log(1.0), 8), np.linspace(0, 2, 5), 2
     if quick:
         horizon, pairs, inner_steps, num_seeds = 8, 2, 8, 1
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         f"lr = {np.exp(best_theta[0]):.3g}, power = {best_theta[1]:.2f}, objective {grid.min():.4f}"
     )
 
-    results, trajectories = {}, {}
+    results = {}
     for estimator, window in runs:
         outer_optimizer = optax.adam(args.outer_lr * window / 10)
         if args.clip > 0:
@@ -142,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         final_thetas = {"log_lr": jnp.asarray(final[:, 1]), "decay_power": jnp.asarray(final[:, 0])}
         objective = objective_of(final_thetas)
         result_std = tail[..., 1].std(axis=1)
-        trajectories[label] = run.theta[0]
         thinned, every = common.thin(np.moveaxis(run.theta, -1, 0))
-        thinned = np.moveaxis(thinned, 0, -1)  # seed 0, [steps + 1, (decay_power, log_lr)]
+        thinned = np.moveaxis(thinned, 0, -1)  # [seeds, thinned steps, (decay_power, log_lr)]
         results[label] = {
             "estimator": estimator,
             "window": window,
@@ -188,18 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         "quick": quick,
         "runs": results,
     }
-    print("wrote", common.write_json(args.out, NAME, payload))
+    path = common.write_json(args.out, NAME, payload, ("runs",), args.estimators is not None)
+    print("wrote", path)
     fig, (landscape, curves) = common.figure(2, width=5.5, height=4.5)
     if grid.shape[1] > 1:
         shown = np.log10(np.minimum(grid, np.nanmax(grid[np.isfinite(grid)])))
         contour = landscape.contourf(powers, np.log10(np.exp(log_lrs)), shown, levels=20)
         fig.colorbar(contour, ax=landscape, label="log10 grid objective")
     landscape.plot(best_theta[1], np.log10(np.exp(best_theta[0])), "r*", ms=14, label="grid best")
-    for label, trajectory in trajectories.items():
-        (line,) = landscape.plot(
-            trajectory[:, 0], np.log10(np.exp(trajectory[:, 1])), lw=1, label=label
-        )
-        curves.plot(np.exp(trajectory[:, 1]), color=line.get_color(), label=label)
+    for label, result in common.read_json(path)["runs"].items():
+        log_lr = np.asarray(result["trajectory_log_lr"])[0]  # seed 0
+        power = np.asarray(result["trajectory_decay_power"])[0]
+        (line,) = landscape.plot(power, np.log10(np.exp(log_lr)), lw=1, label=label)
+        steps = np.arange(len(log_lr)) * result["trajectory_every"]
+        curves.plot(steps, np.exp(log_lr), color=line.get_color(), label=label)
     landscape.set(xlabel="decay power", ylabel="log10 initial lr")
     landscape.legend(fontsize=6)
     curves.set(xlabel="outer step", ylabel="initial lr (seed 0)", yscale="log")

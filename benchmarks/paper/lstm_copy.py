@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument("--hidden", type=int, default=8)
     parse.add_argument("--check", type=int, default=200, help="outer steps between checks")
     common.add_scale_arguments(parse, pairs=32, seeds=3, sigma=0.1, outer_lr=0.01)
+    common.add_estimators_argument(parse, tuple(LABELS))
     args = parse.parse_args(argv)
     steps, pairs, check, num_seeds = args.steps, args.pairs, args.check, args.seeds
-    estimators = tuple(LABELS)
+    estimators = common.selected(args, tuple(LABELS))
     if args.quick:
         steps, pairs, check, num_seeds, estimators = 20, 2, 10, 1, ("es_single",)
     num_theta = ravel_pytree(init_lstm(jax.random.key(0), args.hidden))[0].size
@@ -227,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "results": results,
     }
-    print("wrote", common.write_json(args.out, NAME, payload))
+    path = common.write_json(args.out, NAME, payload, ("results",), args.estimators is not None)
+    print("wrote", path)
     fig, (lengths, accuracy) = common.figure(2)
-    for label, result in results.items():
+    for label, result in common.read_json(path)["results"].items():
         color = None
         for index, run in enumerate(result["runs"]):
             (line,) = lengths.step(
