@@ -6,7 +6,8 @@ monitor reads the logged interval means and fails the run (``RunHealthError``) w
 
 - theta is not finite (it is then never saved or exported);
 - no usable update was applied for ``MAX_STALLED_STEPS`` consecutive outer steps, or in any step
-  of a shorter run: every estimate was skipped, or its norm overflowed (clipping then zeroes it);
+  of a shorter run: every estimate was skipped (not finite), zero (e.g. ``2 sigma^2`` overflowed),
+  or its norm overflowed (clipping then zeroes it);
 - every particle diverged (masked fraction 1) for as long.
 
 It warns once each time the skipped or the masked fraction of a log interval rises above its
@@ -26,6 +27,11 @@ import jax.numpy as jnp
 MAX_STALLED_STEPS = 20
 WARN_SKIPPED_FRACTION = 0.1
 WARN_MASKED_FRACTION = 0.5
+STALLED = (
+    ": every estimate was non-finite, zero or overflowed; lower estimator.sigma or the learning "
+    "rates"
+)
+DIVERGED = ": every inner loss was non-finite; lower the inner learning rate or the horizon"
 
 
 class RunHealthError(RuntimeError):
@@ -69,35 +75,24 @@ class HealthMonitor:
         self.masked += masked * num_steps
         self._warn_on_crossing("skipped", skipped, WARN_SKIPPED_FRACTION, step)
         self._warn_on_crossing("masked", masked, WARN_MASKED_FRACTION, step)
-        unusable = skipped >= 1.0 or not math.isfinite(scalars["estimate_norm"])
+        norm = scalars["estimate_norm"]
+        unusable = skipped >= 1.0 or not math.isfinite(norm) or norm == 0.0
         self.stalled_run = self.stalled_run + num_steps if unusable else 0
         self.diverged_run = self.diverged_run + num_steps if masked >= 1.0 else 0
-        if self.stalled_run >= MAX_STALLED_STEPS:
-            return (
-                f"no usable update in the last {self.stalled_run} outer steps (up to step {step}): "
-                "every estimate was non-finite or overflowed; lower estimator.sigma or the "
-                "learning rates"
-            )
-        if self.diverged_run >= MAX_STALLED_STEPS:
-            return (
-                f"every particle diverged in the last {self.diverged_run} outer steps (up to "
-                f"step {step}); lower the inner learning rate or the horizon"
-            )
-        return None
+        return self._verdict(step, at_least=MAX_STALLED_STEPS)
 
     def final_verdict(self, step: int) -> str | None:
         """At the end of a run shorter than ``MAX_STALLED_STEPS``: fail it when it never made a
         usable update, or every particle diverged throughout."""
-        if self.steps and self.stalled_run == self.steps:
+        return self._verdict(step, at_least=max(self.steps, 1))
+
+    def _verdict(self, step: int, at_least: int) -> str | None:
+        if self.stalled_run >= at_least:
+            return f"no usable update in the {self.stalled_run} outer steps to step {step}{STALLED}"
+        if self.diverged_run >= at_least:
             return (
-                f"no usable update in any of this run's {self.steps} outer steps (up to step "
-                f"{step}): every estimate was non-finite or overflowed; lower estimator.sigma or "
-                "the learning rates"
-            )
-        if self.steps and self.diverged_run == self.steps:
-            return (
-                f"every particle diverged in all of this run's {self.steps} outer steps (up to "
-                f"step {step}); lower the inner learning rate or the horizon"
+                f"every particle diverged in the {self.diverged_run} outer steps to step {step}"
+                f"{DIVERGED}"
             )
         return None
 
