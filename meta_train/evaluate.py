@@ -538,9 +538,12 @@ def _learned(
     return _Contender(_Learned(optimizer, sweep=True), members, theta)
 
 
-def _untrained(optimizer: LearnedOptimizer, seed: int) -> _Contender:
+def _untrained(
+    optimizer: LearnedOptimizer, seed: int, multipliers: Sequence[float] = ()
+) -> _Contender:
     theta = optimizer.init_meta_params(jax.random.key(seed))
-    return _learned("untrained", optimizer, theta, f"untrained {optimizer.architecture}")
+    description = f"untrained {optimizer.architecture}"
+    return _learned("untrained", optimizer, theta, description, multipliers)
 
 
 def _architecture(optimizer: LearnedOptimizer) -> dict[str, Any]:
@@ -559,7 +562,7 @@ def _resolve_subject(
             import lopt
 
             learned = lopt.get_optimizer(optimizer.removeprefix("untrained:"))
-            return _untrained(learned, seed), None, _architecture(learned)
+            return _untrained(learned, seed, multipliers), None, _architecture(learned)
         if not os.path.isdir(optimizer):
             raise ValueError(
                 f"optimizer {optimizer!r} is not 'adam', 'sgdm', 'untrained:<architecture>' or an "
@@ -739,10 +742,11 @@ def evaluate(
 
 # --- The plan and a rough ETA, printed before anything compiles.
 
-# Rough costs on the 2-core CPU machine this was written on (meta-training in the background);
-# measured with `lopt evaluate --suite default` (see the module's tests for the plan's counts).
-COMPILE_SECONDS = {False: 6.0, True: 2.5}  # per compiled trainer, by FAST_COMPILE
-SECONDS_PER_PARAMETER_STEP = 2.0e-8  # per run (grid point x seed), per parameter and step
+# Rough costs on a loaded 2-core CPU (meta-training in the background), from the compile and run
+# seconds of `lopt evaluate --optimizer untrained:mlp --suite default --steps 200 --seeds 2`
+# (5-16 s per compile; 1e-4 s per run and step for the 3k-parameter MLPs, 3.4e-4 for 9k).
+COMPILE_SECONDS = {False: 8.0, True: 3.0}  # per compiled function, by FAST_COMPILE
+SECONDS_PER_PARAMETER_STEP = 3.5e-8  # per run (grid point x seed), per parameter and step
 SECONDS_PER_STEP = 2.0e-5  # per run and step, whatever the size (the loop's own overhead)
 
 
@@ -843,7 +847,12 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="an export directory, 'adam', 'sgdm', or 'untrained:<architecture>'",
     )
-    parser.add_argument("--suite", default="default", help="held-out suite (lopt tasks list)")
+    parser.add_argument(
+        "--suite",
+        default="default",
+        help="held-out suite (lopt tasks list); your own with `lopt evaluate --import MODULE`, "
+        "a module that calls tasks.register_suite",
+    )
     parser.add_argument("--steps", type=int, default=None, help="override every task's horizon")
     parser.add_argument("--seeds", type=int, default=5, help="runs per task and optimizer")
     parser.add_argument(

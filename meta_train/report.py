@@ -436,7 +436,7 @@ def format_table(report: Report, horizon: float, reference: str = REFERENCE) -> 
                     _speedup_cell(comparison),
                 ]
             )
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def format_console(report: Report) -> str:
@@ -504,7 +504,7 @@ def _aggregate_lines(report: Report) -> list[str]:
         "Win rate: 1 better, 0.5 tie, 0 worse, averaged; speed-up IQM over the tasks where the "
         "reference's final loss was reached and kept; normalized = optimizer / reference.",
         "",
-        _markdown_table(header, rows),
+        markdown_table(header, rows),
         "",
     ]
 
@@ -576,7 +576,7 @@ def _mean_std(values: np.ndarray | None) -> str:
         return f"{mean:.4g} ± {float(np.std(values)):.2g}"
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
@@ -626,7 +626,7 @@ def to_dict(report: Report, plots: Mapping[str, str] | None = None) -> dict[str,
         "description": report.description,
         "settings": dict(report.settings),
         "summary": {
-            horizon: {label: _plain(s) for label, s in by_label.items()}
+            horizon: {label: plain(s) for label, s in by_label.items()}
             for horizon, by_label in summarize(report).items()
         },
         "summary_line": summary_line(report),
@@ -636,15 +636,15 @@ def to_dict(report: Report, plots: Mapping[str, str] | None = None) -> dict[str,
 
 
 def to_json(report: Report, plots: Mapping[str, str] | None = None) -> str:
-    return json.dumps(_finite_or_none(to_dict(report, plots)), indent=2, allow_nan=False)
+    return json.dumps(finite_or_none(to_dict(report, plots)), indent=2, allow_nan=False)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """NamedTuples (nested) as dicts, for JSON."""
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
-        return {key: _plain(item) for key, item in value._asdict().items()}
+        return {key: plain(item) for key, item in value._asdict().items()}
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     return value
 
 
@@ -690,7 +690,7 @@ def _run_dict(task: TaskResult, label: str) -> dict[str, Any]:
         "by_criterion": {
             c: _selection_dict(s, task.smoothing_window) for c, s in run.selected.items()
         },
-        "vs_reference": None if comparison is None else _plain(comparison._replace(speedup=None)),
+        "vs_reference": None if comparison is None else plain(comparison._replace(speedup=None)),
         "steps_to_reference_loss": None if speed is None else speed.steps,
         "reference_loss_kept": None if speed is None else speed.kept,
         "speedup_over_reference": None if speed is None else speed.value,
@@ -713,13 +713,13 @@ def _task_dict(task: TaskResult) -> dict[str, Any]:
     }
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
+        return {key: finite_or_none(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite_or_none(item) for item in value]
+        return [finite_or_none(item) for item in value]
     return value
 
 
