@@ -11,10 +11,40 @@ import os
 import sys
 
 
+def _import_user_modules(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--import MODULE`` items, after importing each module in order.
+
+    A user's module registers its own task families and suites (``tasks.register_family``,
+    ``tasks.register_suite``); ``MODULE`` is a module name importable from the current directory
+    or ``sys.path``, or a path to a ``.py`` file (``tasks.import_tasks``).
+    """
+    rest, references = [], []
+    items = list(argv)
+    while items:
+        item = items.pop(0)
+        if item == "--import":
+            if not items:
+                raise ValueError("--import needs a module name or a path to a .py file")
+            references.append(items.pop(0))
+        elif item.startswith("--import="):
+            references.append(item.split("=", 1)[1])
+        else:
+            rest.append(item)
+    if references:
+        from tasks import registry
+
+        for reference in references:
+            registry.import_tasks(reference)
+    return rest
+
+
 def _tasks(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lopt tasks", description="Task families and suites.")
+    parser = argparse.ArgumentParser(
+        prog="lopt tasks",
+        description="Task families and suites (with --import MODULE: also those it registers).",
+    )
     parser.add_argument("action", choices=["list"])
-    parser.parse_args(argv)
+    parser.parse_args(_import_user_modules(argv))
     from tasks import registry
 
     print(registry.format_listing())
@@ -54,12 +84,15 @@ def _one_device_per_core() -> None:
 
 def _meta_train(argv: list[str]) -> int:
     _one_device_per_core()
+    # After the device split: a user's module may start jax.
+    argv = _import_user_modules(argv)
     from meta_train import train
 
     return train.main(argv)
 
 
 def _evaluate(argv: list[str]) -> int:
+    argv = _import_user_modules(argv)
     from meta_train import evaluate
 
     return evaluate.main(argv)
@@ -77,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<12}{help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: lopt <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        print(
+            "usage: lopt <command> [options]\n\ncommands:\n"
+            + "\n".join(lines)
+            + "\n\nmeta-train, evaluate and tasks also take --import MODULE (repeatable): a module "
+            "name or a .py path\nthat registers your own task families and suites"
+        )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, _ = COMMANDS[argv[0]]
     try:

@@ -326,6 +326,8 @@ def _outer_step_fn(
             num_resets=sum(e.diagnostics["num_resets"] for e in estimates),
             skipped_update=1.0 - finite.astype(jnp.float32),
             outer_lr=jnp.asarray(learning_rate(state.step), jnp.float32),
+            theta_norm=optax.tree.norm(theta),
+            update_norm=optax.tree.norm(jax.tree.map(jnp.subtract, theta, state.theta)),
         )
         group_losses = {p.name: e.meta_loss for p, e in zip(programs, estimates, strict=True)}
         new_state = MetaState(state.step + 1, theta, outer_state, particles)

@@ -315,6 +315,7 @@ def _meta_train(
     if not start_step:
         overview = parameter_overview.get_parameter_overview(jax.device_get(state.theta))
         writer.write_text(0, "parameter_overview", overview)
+        writer.write_config(config_flags.canonical(config))
         _log(overview)
     outer_step = outer.OuterStep(groups, settings, mesh)
     compile_seconds = outer_step.compile(state)
@@ -326,10 +327,11 @@ def _meta_train(
         evals = held_out.make_held_out_evals(
             optimizer, config.eval.suite, config.eval.num_tasks, config.eval.num_steps
         )
-    last_eval = {}
+    last_eval, watch = {}, metrics.HeldOutWatch()
     if evals and not start_step:
         last_eval = held_out.run_held_out_evals(evals, state.theta)
         writer.write_scalars(0, last_eval)
+        watch.add_eval(0, last_eval)
 
     monitor, failure = health.HealthMonitor(_log), None
 
@@ -373,6 +375,7 @@ def _meta_train(
                 if len(groups) > 1:
                     scalars |= {f"group/{n}/meta_loss": float(v) for n, v in group_losses.items()}
                 writer.write_scalars(step, scalars)
+                watch.add_meta_loss(scalars["meta_loss"])
                 bar.set_postfix(meta_loss=f"{scalars['meta_loss']:.4g}")
                 failure = monitor.observe(step, scalars, interval_steps)
                 accumulated = None
@@ -392,6 +395,10 @@ def _meta_train(
                 if evaluate_now:
                     last_eval = held_out.run_held_out_evals(evals, state.theta)
                     writer.write_scalars(step, last_eval)
+                    warning = watch.add_eval(step, last_eval)
+                    if warning:
+                        _log(warning)
+                        writer.write_warning(step, warning)
                 save(step, checkpoint_now, export_now)
                 paused += time.perf_counter() - pause_start - outer_seconds
         bar.close()
@@ -427,6 +434,8 @@ def _meta_train(
             writer.jsonl_path,
             os.path.join(workdir, metrics.CURVES_FILE),
             title=f"{config.estimator.name}, {config.optimizer.architecture} optimizer",
+            eval_label=f"suite {config.eval.suite!r}, after "
+            + (f"{config.eval.num_steps} inner steps" if config.eval.num_steps else "each horizon"),
         )
         if config.comparison.num_tasks:
             summary["comparison"] = _compare_with_adam(config, optimizer, state.theta, workdir)
