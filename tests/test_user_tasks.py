@@ -71,10 +71,12 @@ tasks.register_suite(
 
 @pytest.fixture
 def registries(monkeypatch):
-    """Private copies of the family and suite registries; modules imported by path are
-    forgotten afterwards, so the next import registers again."""
+    """Private copies of the family and suite registries and of sys.path (``--import`` may add
+    to it); modules imported by path are forgotten afterwards, so the next import registers
+    again."""
     monkeypatch.setattr(registry, "FAMILIES", dict(registry.FAMILIES))
     monkeypatch.setattr(registry, "SUITES", dict(registry.SUITES))
+    monkeypatch.setattr(sys, "path", list(sys.path))
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
