@@ -19,7 +19,6 @@ from lopt import schedules
 from lopt.base import LearnedOptimizer
 from meta_train import evaluate as evaluation
 from meta_train import report as reporting
-from meta_train.report import RunResult, Selection, TaskResult, smooth
 from tasks.base import Task
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -241,92 +240,6 @@ def test_select_grid_point_prefers_fewer_diverged_then_lower_valid_loss():
     all_diverged = np.ones_like(diverged)
     all_diverged[0, 0] = False
     assert evaluation.select_grid_point(valid, all_diverged) == 0
-
-
-def test_smooth_is_a_trailing_mean():
-    curve = np.array([4.0, 2.0, 6.0, 0.0, 8.0])
-    expected = [np.mean(curve[max(0, i - 2) : i + 1]) for i in range(len(curve))]
-    np.testing.assert_allclose(smooth(curve, 3), expected)
-
-
-def _selection(curve: np.ndarray, learning_rate=None, **metrics: float) -> Selection:
-    finals = {"train_loss": curve[-1:], **{key: np.array([v]) for key, v in metrics.items()}}
-    return Selection(learning_rate, curve[None], finals, np.zeros(1, bool))
-
-
-def _run(label: str, curve: np.ndarray, valid: Selection | None = None, **metrics) -> RunResult:
-    """A one-seed run; ``valid``: a different selection by inner-valid loss (a tuned baseline)."""
-    train = _selection(curve, 0.01 if valid else None, **metrics)
-    return RunResult(label, label, curve[:1], {"train": train, "valid": valid or train})
-
-
-def _lines_task(**runs: RunResult) -> TaskResult:
-    return TaskResult("lines", 100, 1.0, runs, smoothing_window=1)
-
-
-STEPS = np.arange(100, dtype=np.float64)
-
-
-def test_speedup_is_adam_steps_over_steps_to_adam_final_loss():
-    task = _lines_task(
-        learned=_run("learned", 1.0 - 0.01 * STEPS),  # reaches 0.505 after 51 steps
-        adam=_run("adam", 1.0 - 0.005 * STEPS),  # ends at 0.505 after 100
-        slow=_run("slow", 1.0 - 0.001 * STEPS),  # never reaches it
-        nan=_run("nan", np.full(100, np.nan)),
-    )
-    learned = reporting.speedup(task, "learned")
-    assert learned.target_loss == pytest.approx(0.505) and learned.target_steps == 100
-    assert reporting.speedup(task, "adam").value == 1.0
-    assert learned.steps == 51 and learned.value == pytest.approx(100 / 51)
-    assert reporting.speedup(task, "slow").value is None
-    assert reporting.speedup(task, "nan").value is None
-
-
-def test_speedup_needs_the_loss_reached_and_kept():
-    rises = np.concatenate([1.0 - 0.02 * STEPS[:30], 0.42 + 0.01 * STEPS[:70]])
-    task = _lines_task(
-        learned=_run("learned", 1.0 - 0.001 * STEPS),  # ends at 0.901: never at Adam's 0.505
-        adam=_run("adam", 1.0 - 0.005 * STEPS),
-        spiky=_run("spiky", rises),  # below 0.505 at step 26, ends at 1.11
-    )
-    assert reporting.speedup(task, "learned").format() == "not reached"
-    assert reporting.speedup(task, "spiky").steps == 26
-    assert reporting.speedup(task, "spiky").format() == "lost by the end"
-    report = reporting.Report("learned", "learned rule", {}, (task,))
-    rows = {row.split("|")[3].strip(): row for row in report.format_table(1.0).splitlines()[2:]}
-    assert "not reached" in rows["learned"] and "x |" not in rows["learned"]
-    assert "lost by the end" in rows["spiky"]
-    summary = reporting.summarize(report)["1x"]
-    assert summary["learned"].speedup_iqm.count == 0 and summary["spiky"].speedup_iqm.count == 0
-    assert "no speed-up, reached and kept its final loss on 0/1" in report.summary_line()
-
-
-def test_better_train_loss_but_worse_test_is_reported_as_both():
-    adam_valid = _selection(1.0 - 0.004 * STEPS, 0.001, test_loss=0.3, test_accuracy=0.9)
-    task = _lines_task(
-        learned=_run("learned", 1.0 - 0.009 * STEPS, test_loss=0.8, test_accuracy=0.7),
-        adam=_run("adam", 1.0 - 0.005 * STEPS, valid=adam_valid, test_loss=0.6, test_accuracy=0.8),
-    )
-    report = reporting.Report("learned", "learned rule", {}, (task,))
-    line = report.summary_line()
-    assert "final train loss on 1/1 (its lr chosen by train loss)" in line
-    assert "test loss on 0/1, test accuracy on 0/1 (its lr chosen by inner-valid loss)" in line
-    # Adam's test figures are those of the learning rate chosen on inner-valid loss (0.3, 0.9),
-    # not of the one chosen on train loss (0.6, 0.8).
-    rows = {row.split("|")[3].strip(): row for row in report.format_table(1.0).splitlines()[2:]}
-    assert "0.3 ± 0" in rows["adam"] and "0.9 ± 0" in rows["adam"] and "0.6 ±" not in rows["adam"]
-    assert "1e-2 / 1e-3" in rows["adam"]  # lr by train / by valid
-    assert rows["learned"].split("|")[10].strip() == "+/-/-"  # vs adam: train/test/acc
-    summary = reporting.summarize(report)["1x"]["learned"]
-    assert summary.better == {"train_loss": 1, "test_loss": 0, "test_accuracy": 0}
-    assert summary.normalized_iqm["test_loss"].value == pytest.approx(0.8 / 0.3)
-    saved = json.loads(report.to_json())["tasks"][0]["runs"]
-    assert saved["adam"]["metrics_mean"]["test_loss"] == pytest.approx(0.3)
-    assert saved["learned"]["vs_reference"]["wins"] == {
-        "train_loss": 1.0,
-        "test_loss": 0.0,
-        "test_accuracy": 0.0,
-    }
 
 
 def test_a_two_point_grid_is_not_called_tuned():
