@@ -281,7 +281,17 @@ class _GridOutput(NamedTuple):
     """Leading axes ``[grid rows, seeds]``."""
 
     losses: jax.Array  # [G, S, num_steps] minibatch training loss before each update
+    valid_losses: jax.Array  # [G, S, V] minibatch inner-valid loss at ``valid_curve_steps``
     params: Any  # final params, leaves [G, S, ...]
+
+
+VALID_CURVE_POINTS = 20
+
+
+def valid_curve_steps(num_steps: int) -> np.ndarray:
+    """``[V]``: after how many updates the inner-valid curve is measured (about 20 points)."""
+    every = max(1, num_steps // VALID_CURVE_POINTS)
+    return every * np.arange(1, num_steps // every + 1)
 
 
 def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -325,10 +335,26 @@ def _train_grid(
             updates, state = tx.update(grads, state, params, value=loss)
             return (optax.apply_updates(params, updates), state), loss
 
-        (params, _), losses = jax.lax.scan(
-            step, (params, tx.init(params)), jax.random.split(data_key, num_steps)
-        )
-        return _GridOutput(losses, params)
+        # Chunks of training steps, each followed by one inner-valid minibatch: the curve costs
+        # V forward passes, where a per-step lax.cond would run both branches under vmap.
+        num_evals = len(valid_curve_steps(num_steps))
+        every = num_steps // num_evals
+        step_keys = jax.random.split(data_key, num_steps)
+        valid_keys = jax.random.split(jax.random.fold_in(data_key, 1), num_evals)
+
+        def chunk(carry, keys):
+            chunk_keys, valid_key = keys
+            carry, losses = jax.lax.scan(step, carry, chunk_keys)
+            return carry, (losses, task.eval_loss(carry[0], valid_key, "inner_valid"))
+
+        head = num_evals * every
+        chunks = (step_keys[:head].reshape(num_evals, every), valid_keys)
+        carry, (losses, valid_losses) = jax.lax.scan(chunk, (params, tx.init(params)), chunks)
+        losses = losses.reshape(head)
+        if head < num_steps:
+            carry, tail = jax.lax.scan(step, carry, step_keys[head:])
+            losses = jnp.concatenate([losses, tail])
+        return _GridOutput(losses, valid_losses, carry[0])
 
     return jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None))(rows, keys)
 
@@ -386,6 +412,7 @@ class _Outputs(NamedTuple):
     """Numpy results of one contender on one task: leading axes ``[grid rows, seeds]``."""
 
     losses: np.ndarray
+    valid_losses: np.ndarray
     metrics: dict[str, np.ndarray]
     compile_seconds: float
     run_seconds: float
@@ -413,8 +440,11 @@ def _run_contender(
     compiled_at = time.perf_counter()
     output = compiled(task.args, contender.theta, rows, keys)
     metrics = _final_metrics(task, output.params, output.losses.shape[:2], options)
-    losses = np.asarray(jax.device_get(output.losses), np.float64)
-    return _Outputs(losses, metrics, compiled_at - start, time.perf_counter() - compiled_at)
+    losses, valid_losses = (
+        np.asarray(jax.device_get(x), np.float64) for x in (output.losses, output.valid_losses)
+    )
+    seconds = (compiled_at - start, time.perf_counter() - compiled_at)
+    return _Outputs(losses, valid_losses, metrics, *seconds)
 
 
 # --- Divergence, grid selection, speed-up (plain numpy on the outputs).
@@ -462,9 +492,12 @@ def _member_results(
     )
     member_of_row = contender.rows()[:, 0].astype(int)
 
+    valid_steps = valid_curve_steps(outputs.losses.shape[-1])
+
     def selection(row: int, learning_rate: float | None) -> Selection:
         metrics = {key: values[row] for key, values in outputs.metrics.items()}
-        return Selection(learning_rate, outputs.losses[row], metrics, diverged[row])
+        valid = (valid_steps, outputs.valid_losses[row])
+        return Selection(learning_rate, outputs.losses[row], metrics, diverged[row], *valid)
 
     results = []
     for index, member in enumerate(contender.members):

@@ -80,12 +80,16 @@ class Selection:
     ``curves`` is ``[seeds, steps]``: the minibatch training loss at each step, before that step's
     update. ``metrics`` maps ``<split>_<metric>`` (e.g. ``train_loss``, ``test_accuracy``) to
     ``[seeds]`` values on the whole split after the last step; ``diverged`` is ``[seeds]``.
+    ``valid_curves`` is ``[seeds, V]``: the inner-valid loss on one minibatch after
+    ``valid_steps[v]`` updates (empty when not measured).
     """
 
     learning_rate: float | None
     curves: np.ndarray
     metrics: Mapping[str, np.ndarray]
     diverged: np.ndarray
+    valid_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
+    valid_curves: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def num_seeds(self) -> int:
@@ -671,6 +675,13 @@ def _selection_dict(selection: Selection, window: int) -> dict[str, Any]:
         "metrics_mean": {key: selection.mean(key) for key in selection.metrics},
         "metrics_std": {key: float(np.std(values)) for key, values in selection.metrics.items()},
         "curve": _curve_dict(selection.curves, window),
+        "inner_valid_curve": None
+        if not selection.valid_curves.size
+        else {
+            "step": selection.valid_steps.tolist(),
+            "mean": selection.valid_curves.mean(axis=0).tolist(),
+            "std": selection.valid_curves.std(axis=0).tolist(),
+        },
     }
 
 
@@ -757,48 +768,62 @@ def write(report: Report, out_dir: str | os.PathLike, plots: bool = True) -> dic
 
 
 def plot_curves(task: TaskResult, out_dir: str, subject: str) -> str:
-    """A PNG of mean +- std (over seeds) smoothed training-loss curves; returns its path.
+    """A PNG of mean +- std (over seeds) curves; returns its path.
 
-    Tuned optimizers show their learning rate chosen by training loss. Values above twice the
-    largest initial loss, and non-finite ones, are drawn at that ceiling, so diverged runs stay
-    visible without flattening the other curves.
+    Left: smoothed training loss, tuned optimizers at their learning rate chosen by training loss.
+    Right (when measured): inner-valid minibatch loss, at the learning rate chosen by inner-valid
+    loss. Values above twice the largest initial loss, and non-finite ones, are drawn at that
+    ceiling, so diverged runs stay visible without flattening the other curves.
     """
     from matplotlib.figure import Figure  # lazy: matplotlib is slow to import
 
-    figure = Figure(figsize=(6.4, 4.2), dpi=100)
-    axes = figure.subplots()
+    with_valid = any(run.valid.valid_curves.size for run in task.runs.values())
+    figure = Figure(figsize=(11.0 if with_valid else 6.4, 4.2), dpi=100)
+    panels = figure.subplots(1, 2 if with_valid else 1, squeeze=False)[0]
     finite_initial = [
         float(np.max(run.initial_loss[np.isfinite(run.initial_loss)]))
         for run in task.runs.values()
         if np.isfinite(run.initial_loss).any()
     ]
     ceiling = 2.0 * max(finite_initial, default=1.0)
-    positive = True
+    positive = [True] * len(panels)
     for label, run in task.runs.items():
-        selection = run.train
-        curves = smooth(selection.curves, task.smoothing_window)
-        curves = np.where(np.isfinite(curves), np.minimum(curves, ceiling), ceiling)
-        mean, std = curves.mean(axis=0), curves.std(axis=0)
-        positive &= bool(np.all(mean > 0))
-        steps = np.arange(curves.shape[1])
-        lr = "" if selection.learning_rate is None else f", lr={selection.learning_rate:.2g}"
-        diverged = selection.num_diverged
-        diverged = f", {diverged}/{selection.num_seeds} diverged" if diverged else ""
         style = "--" if label == "untrained" else "-"
         width = 2.0 if label == subject else 1.2
-        (line,) = axes.plot(
-            steps, mean, style, linewidth=width, label=f"{run.description}{lr}{diverged}"
-        )
-        axes.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        curves = [
+            (
+                run.train,
+                np.arange(run.train.curves.shape[1]),
+                smooth(run.train.curves, task.smoothing_window),
+            )
+        ]
+        if with_valid:
+            curves.append((run.valid, run.valid.valid_steps, run.valid.valid_curves))
+        for index, (selection, steps, values) in enumerate(curves):
+            values = np.where(np.isfinite(values), np.minimum(values, ceiling), ceiling)
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            positive[index] &= bool(np.all(mean > 0))
+            lr = "" if selection.learning_rate is None else f", lr={selection.learning_rate:.2g}"
+            diverged = selection.num_diverged
+            diverged = f", {diverged}/{selection.num_seeds} diverged" if diverged else ""
+            (line,) = panels[index].plot(
+                steps, mean, style, linewidth=width, label=f"{run.description}{lr}{diverged}"
+            )
+            panels[index].fill_between(
+                steps, mean - std, mean + std, color=line.get_color(), alpha=0.2
+            )
     target = next((speedup(task, label) for label in task.runs), None)
     if target is not None:
-        axes.axhline(target.target_loss, color="gray", linewidth=0.8, linestyle=":")
-    if positive:
-        axes.set_yscale("log")
-    axes.set_xlabel("step")
-    axes.set_ylabel(f"training loss (moving average over {task.smoothing_window} steps)")
-    axes.set_title(f"{task.task}, {task.num_steps} steps ({horizon_label(task.horizon)})")
-    axes.legend(fontsize=7)
+        panels[0].axhline(target.target_loss, color="gray", linewidth=0.8, linestyle=":")
+    panels[0].set_ylabel(f"training loss (moving average over {task.smoothing_window} steps)")
+    if with_valid:
+        panels[1].set_ylabel("inner-valid loss (one minibatch; lr chosen by inner-valid loss)")
+    for axes, log in zip(panels, positive, strict=True):
+        if log:
+            axes.set_yscale("log")
+        axes.set_xlabel("step")
+        axes.legend(fontsize=7)
+    figure.suptitle(f"{task.task}, {task.num_steps} steps ({horizon_label(task.horizon)})")
     figure.tight_layout()
     path = os.path.join(out_dir, f"curves_{plot_name(task)}.png")
     figure.savefig(path)

@@ -294,6 +294,12 @@ def test_learned_rule_runs_at_its_default_and_over_a_swept_learning_rate():
     assert "learned (tuned lr)" in reporting.summarize(report)["1x"]
 
 
+def test_valid_curve_steps_cover_the_run():
+    np.testing.assert_array_equal(evaluation.valid_curve_steps(10), np.arange(1, 11))
+    steps = evaluation.valid_curve_steps(1010)  # every 50 steps; the last 10 steps unmeasured
+    assert len(steps) == 20 and steps[0] == 50 and steps[-1] == 1000
+
+
 def test_runtime_learning_rate_is_only_a_field_that_acts_at_run_time():
     import lopt
 
@@ -347,6 +353,10 @@ def test_learned_optimizer_gets_each_horizon_and_report_files_parse(tmp_path):
                 result.runs[label].train.metrics["train_loss"], expected, rtol=1e-4
             )
         assert reporting.speedup(result, "adam").value == 1.0
+        # Bowl's inner-valid loss is its training loss: after k updates, the loss before update k+1.
+        learned = result.runs["learned"].valid
+        np.testing.assert_array_equal(learned.valid_steps, np.arange(1, result.num_steps + 1))
+        np.testing.assert_allclose(learned.valid_curves[:, :-1], learned.curves[:, 1:], rtol=1e-6)
 
     paths = report.save(tmp_path / "out")
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
