@@ -528,12 +528,14 @@ def _grid_point(point: GridPoint, run: RunResult) -> str:
 
 
 def _learning_rates(run: RunResult) -> str:
-    train, valid = run.train.learning_rate, run.valid.learning_rate
-    if train is None:
+    """The chosen rate(s); ``(edge)`` marks one at an end of the grid (the best may lie beyond)."""
+    if run.train.learning_rate is None:
         return "-"
-    if train == valid:
-        return format_learning_rate(train)
-    return f"{format_learning_rate(train)} / {format_learning_rate(valid)}"
+    edges = {run.grid[0].learning_rate, run.grid[-1].learning_rate} if run.grid else set()
+    cells = []
+    for lr in dict.fromkeys([run.train.learning_rate, run.valid.learning_rate]):
+        cells.append(format_learning_rate(lr) + (" (edge)" if lr in edges else ""))
+    return " / ".join(cells)
 
 
 def _diverged(run: RunResult) -> str:
@@ -601,7 +603,7 @@ def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
         "the train loss, by final inner-valid loss for valid/test loss and accuracy (the test "
         "split is never used to choose). Steps to the reference's loss and speed-up on seed-mean "
         "training curves smoothed by a trailing moving average; a speed-up only where that loss "
-        "was reached and kept to the end.",
+        "was reached and kept to the end. (edge): the chosen rate is at an end of its grid.",
     ]
     return lines
 
@@ -817,7 +819,9 @@ def plot_curves(task: TaskResult, out_dir: str, subject: str) -> str:
         panels[0].axhline(target.target_loss, color="gray", linewidth=0.8, linestyle=":")
     panels[0].set_ylabel(f"training loss (moving average over {task.smoothing_window} steps)")
     if with_valid:
-        panels[1].set_ylabel("inner-valid loss (one minibatch; lr chosen by inner-valid loss)")
+        panels[0].set_title("lr chosen by train loss", fontsize=9)
+        panels[1].set_title("lr chosen by inner-valid loss", fontsize=9)
+        panels[1].set_ylabel("inner-valid loss (one minibatch)")
     for axes, log in zip(panels, positive, strict=True):
         if log:
             axes.set_yscale("log")

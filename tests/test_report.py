@@ -3,6 +3,7 @@ under its own criterion, aggregates, and the files written (on hand-built result
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -147,3 +148,14 @@ def test_aggregates_over_tasks_and_files(tmp_path):
     assert "| 1x      | learned   | 3     | 0.667 [" in markdown
     assert f"]({tmp_path.name}" not in markdown and "(curves_task0_1x.png)" in markdown
     assert len([kind for kind in paths if kind.startswith("plot:")]) == 3
+
+
+def test_a_rate_chosen_at_the_end_of_the_grid_is_marked():
+    grid = tuple(reporting.GridPoint(lr, 1.0, 1.0, 0) for lr in (1e-3, 1e-2, 1e-1))
+    selection = _selection(np.ones(3), 1e-1)
+    run = RunResult("adam", "adam", np.ones(1), {"train": selection, "valid": selection}, grid)
+    assert reporting._learning_rates(run) == "1e-1 (edge)"
+    inside = dataclasses.replace(
+        run, selected={"train": _selection(np.ones(3), 1e-2)} | {"valid": selection}
+    )
+    assert reporting._learning_rates(inside) == "1e-2 / 1e-1 (edge)"
