@@ -797,12 +797,16 @@ class Plan(NamedTuple):
     def format(self) -> str:
         trainers = " + ".join(f"{labels} ({rows} lr)" for labels, rows in self.trainers)
         horizons = ",".join(f"{h:g}x" for h in self.horizons)
-        return (
+        text = (
             f"plan: {self.num_tasks} tasks x {len(self.horizons)} horizons ({horizons}) x "
             f"[{trainers}] x {self.num_seeds} seeds = {self.num_runs} training runs; "
             f"{self.num_compiles} compiles; rough ETA {_duration(self.eta_seconds)} (a 2-core "
             "CPU's costs; the progress bar refines it)"
         )
+        load, cores = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0, os.cpu_count()
+        if cores and load > cores:
+            text += f"; the machine is busy (load {load:.1f} on {cores} cores): expect longer"
+        return text
 
 
 def plan(
