@@ -32,6 +32,7 @@ def test_meta_train_throughput_quick(tmp_path):
         assert len(figures["per_round"]) == 1
 
 
+@pytest.mark.slow
 def test_generalization_quick(tmp_path):
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)

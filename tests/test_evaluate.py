@@ -404,6 +404,7 @@ def test_bad_inputs_fail_with_clear_messages(capsys):
     assert "untrained:<architecture>" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_suite_runs_from_an_export_through_the_cli(tmp_path, capsys):
     import lopt
     from tasks import registry
