@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluations = {}
     _, unravel = ravel_pytree(theta0)
     # The untrained optimizer is the floor; --quick skips it (one compile fewer).
-    # A partial rerun keeps the baselines from the JSON it merges into.
-    candidates = {} if args.quick or partial else {"untrained": [theta0]}
+    # A rerun of some estimators keeps the baselines from the JSON it merges into; a rerun of all
+    # of them (by name) re-evaluates the baselines too.
+    with_baselines = args.quick or len(chosen) == len(ESTIMATORS)
+    candidates = {"untrained": [theta0]} if with_baselines and not args.quick else {}
     for label, result in results.items():
         candidates[label] = [unravel(t) for t in result["run"].theta[:, -1]]
     for label, thetas in candidates.items():
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 theta=theta,
                 num_steps=eval_steps,
                 seeds=eval_seeds,
-                baselines=("adam",) if not evaluations and not partial else (),
+                baselines=("adam",) if not evaluations and with_baselines else (),
                 adam_grid=adam_grid,
                 untrained_floor=False,
                 progress=False,
