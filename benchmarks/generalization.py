@@ -18,7 +18,8 @@ Writes ``generalization.json`` (every report, the aggregates, provenance) and on
 ``generalization.png``: per task and horizon, the learned rule's final training loss over tuned
 Adam's (log scale; 1 marked). ``--quick`` is a smoke run of seconds on the ``tiny`` suite.
 
-    python benchmarks/generalization.py --optimizer runs/pretrained/export
+    python benchmarks/generalization.py                      # the shipped lopt.pretrained_path()
+    python benchmarks/generalization.py --optimizer runs/default/export
 """
 
 from __future__ import annotations
@@ -177,13 +178,13 @@ def _pretrained_export() -> str:
     """The shipped pretrained optimizer's export directory (package data)."""
     import lopt
 
-    locate = getattr(lopt, "pretrained_path", None)
-    if locate is None:
+    try:
+        return lopt.pretrained_path()
+    except lopt.ExportError as error:
         raise SystemExit(
-            "this lopt ships no pretrained optimizer yet: pass --optimizer <export directory> "
-            "(e.g. runs/default/export from `lopt meta-train`) or untrained:<architecture>"
-        )
-    return os.fspath(locate())
+            f"{error}: pass --optimizer <export directory> (e.g. runs/default/export from "
+            "`lopt meta-train`) or untrained:<architecture>"
+        ) from error
 
 
 def _learned_rule(optimizer: str) -> Any:
