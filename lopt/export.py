@@ -17,6 +17,7 @@ features when it is not given ``num_steps``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
@@ -24,7 +25,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,39 @@ def package_version() -> str:
         return "unknown"
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class ParamsSignature:
+    """The leaf shapes (in tree order) of the params a state was initialised for: static pytree
+    data (no leaves), so it costs nothing, passes through ``jit`` and is checked at trace time.
+    Only shapes: wrappers such as flax's ``nnx.Param`` change the tree between ``init`` and
+    ``update`` but not the leaves."""
+
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, params: Any) -> ParamsSignature:
+        return cls(tuple(tuple(np.shape(leaf)) for leaf in jax.tree.leaves(params)))
+
+
+class TransformState(NamedTuple):
+    """``to_optax``'s state: the learned optimizer's ``inner`` state, and the ``signature`` of the
+    params ``init`` was given; ``update`` refuses params of other shapes (even of the same total
+    size, which the flat state alone would accept)."""
+
+    inner: Any
+    signature: ParamsSignature
+
+
+def _check_signature(params: Any, expected: ParamsSignature) -> None:
+    got = ParamsSignature.of(params)
+    if got != expected:
+        raise ValueError(
+            f"update got params with leaf shapes {got.shapes}, but the state was initialised "
+            f"for {expected.shapes}: call init with the params you train"
+        )
+
+
 def to_optax(
     optimizer: LearnedOptimizer, theta: MetaParams, num_steps: int | jax.Array | None
 ) -> optax.GradientTransformationExtraArgs:
@@ -76,6 +110,12 @@ def to_optax(
     convention; ``params`` is required, ``value`` only for optimizers built with ``use_loss``.
     ``num_steps`` is the training horizon that time features are relative to (ignored, and may be
     ``None``, for optimizers with ``uses_horizon = False``).
+
+    Non-finite gradients: the per-parameter networks (``mlp``, ``lstm``) normalise their features
+    per tensor, so a NaN or inf in one gradient entry makes the update of its whole tensor NaN
+    and leaves that tensor's moments NaN for every later step (other tensors are unaffected);
+    ``optax.adam``, and lopt's ``adam`` and ``sgdm``, confine it to the entry. Wrap the transform
+    in ``optax.apply_if_finite`` to skip such steps and keep the state clean.
     """
     if num_steps is None:
         if optimizer.uses_horizon:
@@ -86,8 +126,8 @@ def to_optax(
         num_steps = 1
     theta = jax.tree.map(jnp.asarray, theta)
 
-    def init_fn(params: Any) -> Any:
-        return optimizer.init(theta, params, num_steps)
+    def init_fn(params: Any) -> TransformState:
+        return TransformState(optimizer.init(theta, params, num_steps), ParamsSignature.of(params))
 
     def update_fn(
         updates: Any, state: Any, params: Any = None, *, value: Any = None, **extra_args: Any
@@ -97,7 +137,9 @@ def to_optax(
             raise ValueError(
                 "learned optimizers need the params: call update(grads, state, params)"
             )
-        return optimizer.update(theta, state, updates, params, value)
+        _check_signature(params, state.signature)
+        updates, inner = optimizer.update(theta, state.inner, updates, params, value)
+        return updates, TransformState(inner, state.signature)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -141,7 +141,8 @@ def test_composes_with_optax_chain_flax_train_state_and_orbax_checkpoints(export
         tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, state.opt_state)
     )
     checkpointer.close()
-    lstm_state = restored_opt_state[1]
+    assert restored_opt_state[1].signature == state.opt_state[1].signature
+    lstm_state = restored_opt_state[1].inner
     assert isinstance(lstm_state, lopt.LSTMOptState)
     assert np.abs(np.asarray(lstm_state.hidden)).max() > 0
     resumed = state.replace(opt_state=restored_opt_state)
