@@ -16,14 +16,18 @@ from lopt.export import (
     UnknownArchitectureError,
     load,
     load_optimizer,
+    load_rule,
+    rule_transform,
     save,
     to_optax,
+    with_learning_rate,
 )
 from lopt.hand_designed import AdamState, LearnableAdam, LearnableSGDM, SGDMState
 from lopt.lstm import LSTMOptimizer, LSTMOptState
 from lopt.mlp import MLPOptimizer, MLPOptState
 from lopt.normalized import NormalizedOptimizer, NormalizedOptState
 from lopt.registry import architecture_names, get_optimizer, register
+from lopt.shipped import pretrained, pretrained_info, pretrained_names, pretrained_path
 
 __all__ = [
     "AdamState",
@@ -46,7 +50,14 @@ __all__ = [
     "get_optimizer",
     "load",
     "load_optimizer",
+    "load_rule",
+    "pretrained",
+    "pretrained_info",
+    "pretrained_names",
+    "pretrained_path",
     "register",
+    "rule_transform",
     "save",
     "to_optax",
+    "with_learning_rate",
 ]

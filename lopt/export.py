@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -125,6 +126,22 @@ def to_optax(
             )
         num_steps = 1
     theta = jax.tree.map(jnp.asarray, theta)
+    warned = []
+
+    def warn_once() -> None:
+        if not warned:
+            warned.append(True)
+            warnings.warn(
+                f"{type(optimizer).__name__} has run past num_steps={num_steps}, the horizon its "
+                "time features (or schedule) are relative to; rebuild it with the run's length "
+                "(lopt.load(path, num_steps=...))",
+                stacklevel=1,
+            )
+
+    def warn_past_horizon(inner: Any) -> None:
+        step, horizon = getattr(inner, "step", None), getattr(inner, "num_steps", None)
+        if step is not None and horizon is not None:
+            jax.lax.cond(step > horizon, lambda: jax.debug.callback(warn_once), lambda: None)
 
     def init_fn(params: Any) -> TransformState:
         return TransformState(optimizer.init(theta, params, num_steps), ParamsSignature.of(params))
@@ -139,6 +156,8 @@ def to_optax(
             )
         _check_signature(params, state.signature)
         updates, inner = optimizer.update(theta, state.inner, updates, params, value)
+        if optimizer.uses_horizon:
+            warn_past_horizon(inner)
         return updates, TransformState(inner, state.signature)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -366,11 +385,42 @@ def load_optimizer(path: str | os.PathLike) -> tuple[LearnedOptimizer, MetaParam
     return optimizer, theta, config.get("metadata", {})
 
 
+def _rule_with_lr_outside(optimizer: LearnedOptimizer) -> bool:
+    return callable(getattr(optimizer, "direction", None))
+
+
 def load(
-    path: str | os.PathLike, num_steps: int | None = None
+    path: str | os.PathLike,
+    num_steps: int | None = None,
+    learning_rate: float | optax.Schedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """The optax transform of an export; ``num_steps`` defaults to the metadata's ``num_steps``."""
+    """The optax transform of an export, ready to train with (its updates are added to params).
+
+    A rule with the learning rate outside it (architecture ``normalized``) loads as
+    ``with_learning_rate(load_rule(path), schedule, weight_decay)``: ``learning_rate`` is a float
+    (the peak of the rule's own schedule; default: the rule's default learning rate) or an optax
+    schedule used as it is; the ``cosine`` schedule needs ``num_steps``, the length of the run.
+    Other architectures fold their learning rate into the network and take no ``learning_rate``;
+    ``num_steps`` (the horizon of their time features) defaults to the meta-training horizon.
+    """
     optimizer, theta, metadata = load_optimizer(path)
+    if _rule_with_lr_outside(optimizer):
+        if callable(learning_rate):
+            schedule = learning_rate
+        else:
+            rule_optimizer = optimizer
+            if learning_rate is not None:
+                rule_optimizer = dataclasses.replace(optimizer, learning_rate=learning_rate)
+            schedule = rule_optimizer.learning_rate_schedule(num_steps)
+        return with_learning_rate(
+            rule_transform(optimizer, theta), schedule, optimizer.weight_decay
+        )
+    if learning_rate is not None:
+        raise ValueError(
+            f"{os.fspath(path)}: architecture {optimizer.architecture!r} learns its own step size, "
+            "so it takes no learning_rate; only rules with the learning rate outside them "
+            "(architecture 'normalized') do"
+        )
     if num_steps is None:
         num_steps = metadata.get("num_steps")
         if num_steps is None and optimizer.uses_horizon:
@@ -379,3 +429,63 @@ def load(
                 "the export's metadata has no 'num_steps': pass lopt.load(path, num_steps=...)"
             )
     return to_optax(optimizer, theta, num_steps)
+
+
+def rule_transform(
+    optimizer: LearnedOptimizer, theta: MetaParams
+) -> optax.GradientTransformationExtraArgs:
+    """The rule alone, in optax's ``scale_by_*`` convention: its updates are the direction with
+    the gradient's sign (unit RMS per tensor for ``normalized``), so a descent step needs
+    ``optax.scale_by_learning_rate`` after it (``with_learning_rate``)."""
+    if not _rule_with_lr_outside(optimizer):
+        raise ValueError(
+            f"architecture {optimizer.architecture!r} folds its step size into its update, so it "
+            "has no direction-only form; use to_optax (or lopt.load) for its full update"
+        )
+    theta = jax.tree.map(jnp.asarray, theta)
+
+    def init_fn(params: Any) -> TransformState:
+        return TransformState(optimizer.init(theta, params, 1), ParamsSignature.of(params))
+
+    def update_fn(
+        updates: Any, state: Any, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, Any]:
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "learned rules need the params: call update(grads, state, params)"
+            )
+        _check_signature(params, state.signature)
+        direction, inner = optimizer.direction(theta, state.inner, updates, params)
+        return direction, TransformState(inner, state.signature)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def with_learning_rate(
+    rule: optax.GradientTransformation,
+    learning_rate: float | optax.Schedule,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.chain(rule, optax.add_decayed_weights(weight_decay),
+    optax.scale_by_learning_rate(learning_rate))``: the update ``-lr(t) * (d + wd * params)``.
+
+    It is the one place lopt applies the learning rate's sign; ``optax.inject_hyperparams(
+    lopt.with_learning_rate, static_args="rule")(rule=rule, learning_rate=1e-3)`` makes the
+    learning rate a hyperparameter that can be changed mid-run.
+    """
+    return optax.chain(
+        rule,
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def load_rule(path: str | os.PathLike) -> optax.GradientTransformationExtraArgs:
+    """The direction-only transform of an export (``rule_transform``); compose it as
+    ``optax.chain(load_rule(path), optax.scale_by_learning_rate(schedule))``."""
+    optimizer, theta, _ = load_optimizer(path)
+    try:
+        return rule_transform(optimizer, theta)
+    except ValueError as error:
+        raise ValueError(f"{os.fspath(path)}: {error}") from None

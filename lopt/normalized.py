@@ -44,7 +44,11 @@ from lopt import features as feats
 from lopt import flat, schedules
 from lopt.base import LearnedOptimizer
 
-DIRECTION_EPS = 1e-12
+# Tiny next to any mean square of float32 gradients that matter, so a gradient scaled by 1e-6
+# still gives the same features (the MLP and LSTM rules use 1e-12, which 1e-3-sized gradients
+# times (1 - 0.999) already reach).
+FEATURE_EPS = 1e-30
+DIRECTION_EPS = 1e-30
 ADAM_EPS = 1e-8
 SKIP_DECAY = 0.9  # the momentum whose m / sqrt(v) column the skip connection starts from
 
@@ -187,7 +191,7 @@ class NormalizedOptimizer(LearnedOptimizer):
         self, momentum: jax.Array, second_moment: jax.Array, grad: jax.Array, param: jax.Array
     ) -> jax.Array:
         """``[n, F]`` features of one tensor, each column divided by its RMS over the tensor."""
-        inv_rms = jax.lax.rsqrt(second_moment + feats.RMS_EPS)
+        inv_rms = jax.lax.rsqrt(second_moment + FEATURE_EPS)
         columns = jnp.concatenate(
             [
                 grad[:, None],
@@ -200,7 +204,7 @@ class NormalizedOptimizer(LearnedOptimizer):
             axis=1,
         )
         mean_square = jnp.mean(jnp.square(columns), axis=0) if grad.shape[0] else 0.0
-        return columns * jax.lax.rsqrt(mean_square + feats.NORM_EPS)
+        return columns * jax.lax.rsqrt(mean_square + FEATURE_EPS)
 
     def direction(
         self, theta: dict, state: NormalizedOptState, grads: Any, params: Any

@@ -243,10 +243,12 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
     when it builds the family, still before anything is compiled.
     """
     import lopt
-    from tasks import registry
+    from meta_train import systems
+    from tasks import augment, registry
 
     _positive("num_outer_steps", config.num_outer_steps)
     _choose("meta_loss", config.meta_loss, META_LOSSES)
+    _choose("meta_loss_scale", config.meta_loss_scale, systems.META_LOSS_SCALES)
     _at_least("num_devices", config.num_devices, 0)
     if num_available_devices is not None and config.num_devices > num_available_devices:
         raise ConfigError(
@@ -305,6 +307,13 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
         _choose(f"groups.{name}.family", group.family, families)
         _positive(f"groups.{name}.weight", group.weight)
         _positive(f"groups.{name}.num_pairs", group.num_pairs)
+        _choose(f"groups.{name}.augmentation", group.augmentation, ("none", *augment.LEVELS))
+        low, high = group.augmentation_range
+        if not 0 < low <= high < math.inf:
+            raise ConfigError(
+                f"config key 'groups.{name}.augmentation_range' must be (low, high) with "
+                f"0 < low <= high < inf, got {tuple(group.augmentation_range)}"
+            )
     devices = config.num_devices
     if num_available_devices is not None:
         devices = num_devices_to_use(config, num_available_devices)

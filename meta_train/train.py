@@ -47,7 +47,7 @@ from jax.experimental import multihost_utils
 
 import lopt
 from meta_train import checkpoint, config_flags, engine, health, held_out, metrics, outer, systems
-from tasks import registry
+from tasks import augment, registry
 from tasks.datasets import DatasetNotFoundError
 
 DEFAULT_WORKDIR = os.path.join("runs", "default")
@@ -91,7 +91,16 @@ def build_groups(
             raise config_flags.ConfigError(
                 f"config key 'groups.{name}.overrides': {error}"
             ) from None
-        system = systems.TaskTrainingSystem(family, optimizer, meta_loss=config.meta_loss)
+        if group.augmentation != "none":
+            family = augment.reparameterize(
+                family, group.augmentation, tuple(group.augmentation_range)
+            )
+        system = systems.TaskTrainingSystem(
+            family,
+            optimizer,
+            meta_loss=config.meta_loss,
+            meta_loss_scale=config.meta_loss_scale,
+        )
         groups.append(
             outer.TaskGroup(name, system, engine_config(config, group.num_pairs), group.weight)
         )

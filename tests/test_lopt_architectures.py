@@ -21,6 +21,7 @@ OPTIMIZERS = {
     "mlp_adam_loss": lopt.MLPOptimizer(hidden_sizes=(8,), base="adam", use_loss=True),
     "lstm": lopt.LSTMOptimizer(hidden_size=4),
     "lstm_per_tensor": lopt.LSTMOptimizer(hidden_size=4, per_tensor=True, tensor_hidden_size=3),
+    "normalized": lopt.NormalizedOptimizer(adam_for_vectors=True, mup_base_fan_in=2),
     "adam_inverse_time": lopt.LearnableAdam(schedule="inverse_time", decay_steps=3.0),
     "sgdm": lopt.LearnableSGDM(),
 }
@@ -47,7 +48,13 @@ def quadratic_loss(params):
 
 # Every class and option (MLP: Adam base and loss; LSTM: per-tensor), without repeating the plain
 # variants whose code these include: the meta-gradient compile is this file's largest cost.
-META_GRADIENT_CASES = ["mlp_adam_loss", "lstm_per_tensor", "adam_inverse_time", "sgdm"]
+META_GRADIENT_CASES = [
+    "mlp_adam_loss",
+    "lstm_per_tensor",
+    "normalized",
+    "adam_inverse_time",
+    "sgdm",
+]
 
 
 def max_update_bound(optimizer, grads):
@@ -56,6 +63,9 @@ def max_update_bound(optimizer, grads):
         return optimizer.learning_rate * max(np.abs(g).max() for g in grads) * 1.01
     if isinstance(optimizer, lopt.LearnableAdam):
         return optimizer.learning_rate * 1.01
+    if isinstance(optimizer, lopt.NormalizedOptimizer):
+        # Unit RMS per tensor: no entry exceeds sqrt(size) times the learning rate.
+        return optimizer.learning_rate * np.sqrt(max(g.size for g in grads)) * 1.01
     if getattr(optimizer, "base", "none") == "adam":
         return optimizer.base_learning_rate * 1.2  # Adam's step plus a correction starting small
     # Normalised features are O(1), so the network's output is too; the step is step_mult times it.

@@ -21,6 +21,7 @@ import pytest
 
 import lopt
 from meta_train import checkpoint, config_flags, metrics, outer, train
+from meta_train.configs import default
 
 NUM_STEPS = 4
 TINY_OVERRIDES = {
@@ -47,9 +48,7 @@ def tiny_config(**changes) -> ml_collections.ConfigDict:
     config = config_flags.load_config("hpo_adam")
     for key, text in TINY_OVERRIDES.items():
         config_flags.apply_override(config, key, text)
-    config.groups.second = ml_collections.ConfigDict(
-        {"family": "quadratic", "weight": 3.0, "num_pairs": 4, "overrides": {"dim": 4}}
-    )
+    config.groups.second = default.task_group("quadratic", 4, weight=3.0, overrides={"dim": 4})
     for key, value in changes.items():
         config_flags.apply_override(config, key, str(value))
     return config

@@ -9,6 +9,28 @@ import ml_collections
 import lopt
 
 
+def task_group(
+    family: str,
+    num_pairs: int,
+    weight: float = 1.0,
+    overrides: dict | None = None,
+    augmentation: str = "none",
+    augmentation_range: tuple[float, float] = (1e-3, 1e3),
+) -> ml_collections.ConfigDict:
+    """One entry of ``config.groups``: a registered family with its static overrides, its number
+    of antithetic pairs and its weight in the combined estimate. Task augmentation: ``"none"``, or
+    reparameterized weights w' = w / s with s log-uniform in ``augmentation_range``, one s for all
+    weights (``"global"``), one per tensor (``"tensor"``) or per parameter (``"parameter"``)."""
+    group = ml_collections.ConfigDict()
+    group.family = family
+    group.weight = weight
+    group.num_pairs = num_pairs
+    group.overrides = ml_collections.ConfigDict(overrides or {})
+    group.augmentation = augmentation
+    group.augmentation_range = tuple(augmentation_range)
+    return group
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -23,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     # What the estimator differentiates: the inner training loss ("train"), the same batch
     # re-evaluated after the step ("reeval"), or a fresh batch of the outer-valid split.
     config.meta_loss = "train"
+    # "initial": each inner problem's meta-losses are divided by its loss at initialisation, so
+    # families whose losses differ in scale weigh alike.
+    config.meta_loss_scale = "none"
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.architecture = "mlp"
@@ -43,11 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Task groups: one static task configuration each, with its own particles. The estimate is
     # the weight-averaged estimate of the groups.
     config.groups = ml_collections.ConfigDict()
-    config.groups.digits = ml_collections.ConfigDict()
-    config.groups.digits.family = "mlp_digits"
-    config.groups.digits.weight = 1.0
-    config.groups.digits.num_pairs = 16
-    config.groups.digits.overrides = ml_collections.ConfigDict()
+    config.groups.digits = task_group("mlp_digits", num_pairs=16)
 
     config.outer = ml_collections.ConfigDict()
     config.outer.optimizer = "adam"

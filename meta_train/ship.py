@@ -1,0 +1,110 @@
+"""Ship a finished meta-training run as a pretrained optimizer (package data of ``lopt``).
+
+    python -m meta_train.ship runs/pretrained --name normalized-v1 --command "lopt meta-train ..."
+
+copies ``<workdir>/export`` to ``lopt/weights/<name>/export`` and writes ``training.json`` beside
+it: the config the run used, its budget (outer steps, inner particle-steps, wall time when
+logged), the commit and versions it was shipped from, the date, the command, and the meta-loss
+curve (thinned to at most ``MAX_CURVE_POINTS`` points). ``lopt.pretrained(name)`` loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+import lopt
+from lopt import shipped
+from meta_train import metrics
+
+MAX_CURVE_POINTS = 300
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def training_record(workdir: str, command: str) -> dict[str, Any]:
+    """What ``training.json`` holds for the run in ``workdir``."""
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    rows = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL_FILE))
+    if not rows:
+        raise ValueError(f"{workdir} has no logged metrics: is it a finished lopt meta-train run?")
+    steps = np.asarray([row["step"] for row in rows])
+    losses = np.asarray([row["meta_loss"] for row in rows], np.float64)
+    keep = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), MAX_CURVE_POINTS)).astype(int))
+    pairs = sum(group["num_pairs"] for group in config["groups"].values())
+    outer_steps = int(steps[-1])
+    wall = [row.get("wall_time") for row in rows if row.get("wall_time") is not None]
+    _, _, metadata = lopt.load_optimizer(os.path.join(workdir, "export"))
+    return {
+        "config": config,
+        "budget": {
+            "outer_steps": outer_steps,
+            "inner_particle_steps": outer_steps * pairs * 2 * config["estimator"]["window"],
+            "wall_seconds": float(wall[-1] - wall[0]) if len(wall) > 1 else None,
+            "platform": jax.default_backend(),
+            "num_devices": jax.device_count(),
+        },
+        "export_metadata": metadata,
+        "commit": _commit(),
+        "lopt_version": lopt.export.package_version(),
+        "jax_version": jax.__version__,
+        "shipped": datetime.datetime.now(datetime.UTC).isoformat(),
+        "command": command,
+        "meta_loss_curve": {
+            "step": steps[keep].tolist(),
+            "meta_loss": losses[keep].tolist(),
+        },
+    }
+
+
+def ship(
+    workdir: str, name: str, command: str, weights_dir: str = shipped.WEIGHTS_DIR
+) -> str:
+    """Copy the run's export into ``weights_dir`` (the package's) as ``name``; return the export's
+    new path."""
+    record = training_record(workdir, command)
+    target = os.path.join(weights_dir, name)
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    destination = os.path.join(target, shipped.EXPORT_DIR)
+    shutil.copytree(os.path.join(workdir, "export"), destination)
+    with open(os.path.join(target, shipped.TRAINING_FILE), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    return destination
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("workdir", help="a finished `lopt meta-train` workdir")
+    parser.add_argument("--name", default=shipped.DEFAULT_PRETRAINED)
+    parser.add_argument("--command", required=True, help="the command that produced the run")
+    args = parser.parse_args(argv)
+    path = ship(args.workdir, args.name, args.command)
+    lopt.load_optimizer(path)  # verifies the copy (checksum) before anyone ships it
+    print(f"shipped {args.workdir} as {args.name!r} at {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The normalized rule: its invariances, its optax forms (rule alone, chain with the learning rate
+outside, injected hyperparameters) and their agreement with the update meta-training uses, and
+the export round trip."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+
+RULE = lopt.NormalizedOptimizer(learning_rate=1e-2)
+
+
+def make_params():
+    rng = np.random.default_rng(0)
+    return {
+        "w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+    }
+
+
+def gradient_sequence(num_steps: int):
+    rng = np.random.default_rng(1)
+    return [
+        {
+            "w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+        }
+        for _ in range(num_steps)
+    ]
+
+
+@jax.jit
+def directions(theta, params, grads_list, grad_scale, param_scale):
+    """The rule's directions over a sequence of gradients, with tensor ``w``'s gradients scaled
+    by ``grad_scale`` and its parameter by ``param_scale``."""
+    params = {"w": params["w"] * param_scale, "b": params["b"]}
+    state = RULE.init(theta, params, 10)
+    out = []
+    for grads in grads_list:
+        grads = {"w": grads["w"] * grad_scale, "b": grads["b"]}
+        d, state = RULE.direction(theta, state, grads, params)
+        out.append(d)
+    return out
+
+
+@pytest.fixture(scope="module")
+def theta():
+    # A trained-looking theta: a random MLP of full scale, not the small-output initialisation.
+    optimizer = dataclasses.replace(RULE, output_init_scale=1.0)
+    return optimizer.init_meta_params(jax.random.key(3))
+
+
+@pytest.mark.parametrize("grad_scale, param_scale", [(1e3, 1.0), (1e-3, 1.0), (1.0, 50.0)])
+def test_direction_is_invariant_to_rescaling_a_tensor(theta, grad_scale, param_scale):
+    grads = gradient_sequence(4)
+    reference = directions(theta, make_params(), grads, 1.0, 1.0)
+    scaled = directions(theta, make_params(), grads, grad_scale, param_scale)
+    for a, b in zip(reference, scaled, strict=True):
+        np.testing.assert_allclose(a["w"], b["w"], rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(a["b"], b["b"], rtol=1e-6, atol=1e-7)
+
+
+def test_direction_has_unit_rms_per_tensor_and_changes_with_theta(theta):
+    d = directions(theta, make_params(), gradient_sequence(2), 1.0, 1.0)[-1]
+    for leaf in jax.tree.leaves(d):
+        assert float(jnp.sqrt(jnp.mean(leaf**2))) == pytest.approx(1.0, rel=1e-5)
+    other = RULE.init_meta_params(jax.random.key(4))
+    d_other = directions(other, make_params(), gradient_sequence(2), 1.0, 1.0)[-1]
+    assert not np.allclose(d["w"], d_other["w"], atol=1e-3)
+
+
+def test_untrained_rule_starts_as_normalized_momentum_over_rms():
+    """The skip path starts at m_0.9 / sqrt(v): at the first step m = 0.1 g and v = 0.05 g^2,
+    so the direction is sign(g) up to the small MLP, which therefore agrees in sign mostly."""
+    theta = RULE.init_meta_params(jax.random.key(0))
+    grads = gradient_sequence(1)
+    d = directions(theta, make_params(), grads, 1.0, 1.0)[0]
+    agreement = np.mean(np.sign(d["w"]) == np.sign(grads[0]["w"]))
+    assert agreement > 0.9
+
+
+def test_mup_multiplier_and_adam_for_vectors():
+    rule = lopt.NormalizedOptimizer(mup_base_fan_in=32, adam_for_vectors=True)
+    assert rule.mup_multiplier((512, 512)) == pytest.approx(32 / 512)
+    assert rule.mup_multiplier((3, 3, 16, 8)) == pytest.approx(32 / 144)
+    assert rule.mup_multiplier((8, 8)) == 1.0  # narrower than the base: capped at 1
+    assert rule.mup_multiplier((512,)) == 1.0
+    theta = rule.init_meta_params(jax.random.key(0))
+    params = make_params()
+    grads = gradient_sequence(1)[0]
+    d, _ = rule.direction(theta, rule.init(theta, params, 10), grads, params)
+    # Adam's first bias-corrected step is g / |g| (up to epsilon): sign(g).
+    np.testing.assert_allclose(d["b"], np.sign(grads["b"]), rtol=1e-5)
+
+
+def train_losses(transform, num_steps: int = 60):
+    """Losses of a small least-squares problem trained with ``transform``."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(64, 6)), jnp.float32)
+    y = x @ jnp.asarray(rng.normal(size=(6, 5)), jnp.float32) + 0.3
+
+    def loss_fn(params):
+        return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+    @jax.jit
+    def run(params):
+        def body(carry, _):
+            params, state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, state = transform.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), loss
+
+        return jax.lax.scan(body, (params, transform.init(params)), None, length=num_steps)[1]
+
+    return np.asarray(run(make_params()))
+
+
+def test_update_equals_the_optax_chain_with_the_learning_rate_outside():
+    rule = dataclasses.replace(RULE, weight_decay=0.1)
+    theta = rule.init_meta_params(jax.random.key(0))
+    chain = lopt.with_learning_rate(
+        lopt.rule_transform(rule, theta), rule.learning_rate_schedule(30), rule.weight_decay
+    )
+    full = lopt.to_optax(rule, theta, 30)
+    np.testing.assert_allclose(train_losses(chain, 30), train_losses(full, 30), rtol=1e-5)
+
+
+def test_rule_composes_with_scale_by_learning_rate_and_a_schedule():
+    theta = RULE.init_meta_params(jax.random.key(0))
+    schedule = optax.cosine_decay_schedule(0.05, 60)
+    tx = optax.chain(lopt.rule_transform(RULE, theta), optax.scale_by_learning_rate(schedule))
+    losses = train_losses(tx)
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_inject_hyperparams_changes_the_learning_rate_mid_run():
+    theta = RULE.init_meta_params(jax.random.key(0))
+    tx = optax.inject_hyperparams(lopt.with_learning_rate, static_args="rule")(
+        rule=lopt.rule_transform(RULE, theta), learning_rate=0.05
+    )
+    params = make_params()
+    state = tx.init(params)
+    grads = gradient_sequence(1)[0]
+    updates, state = tx.update(grads, state, params)
+    assert float(jnp.abs(updates["w"]).max()) > 0
+    state.hyperparams["learning_rate"] = jnp.asarray(0.0)
+    updates, _ = tx.update(grads, state, params)
+    assert float(jnp.abs(updates["w"]).max()) == 0.0
+
+
+def test_export_round_trip_and_learning_rate_arguments(tmp_path):
+    theta = RULE.init_meta_params(jax.random.key(5))
+    path = tmp_path / "export"
+    lopt.save(path, RULE, theta, {"num_steps": 500})
+    expected = train_losses(lopt.to_optax(RULE, theta, 60))
+    np.testing.assert_allclose(train_losses(lopt.load(path, num_steps=60)), expected, rtol=1e-6)
+    # A different peak learning rate goes through the rule's own schedule.
+    faster = dataclasses.replace(RULE, learning_rate=3e-2)
+    np.testing.assert_allclose(
+        train_losses(lopt.load(path, num_steps=60, learning_rate=3e-2)),
+        train_losses(lopt.to_optax(faster, theta, 60)),
+        rtol=1e-6,
+    )
+    constant = train_losses(lopt.load(path, learning_rate=optax.constant_schedule(1e-2)))
+    assert constant[-1] < constant[0]
+    with pytest.raises(ValueError, match="needs num_steps"):
+        lopt.load(path)
+    rule = lopt.load_rule(path)
+    d, _ = rule.update(gradient_sequence(1)[0], rule.init(make_params()), make_params())
+    assert float(jnp.sqrt(jnp.mean(d["w"] ** 2))) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_learning_rate_is_refused_for_rules_that_learn_their_step(tmp_path):
+    mlp = lopt.MLPOptimizer(hidden_sizes=(4,))
+    path = tmp_path / "mlp"
+    lopt.save(path, mlp, mlp.init_meta_params(jax.random.key(0)), {"num_steps": 10})
+    with pytest.raises(ValueError, match="takes no learning_rate"):
+        lopt.load(path, learning_rate=1e-3)
+    with pytest.raises(ValueError, match="no direction-only form"):
+        lopt.load_rule(path)
+
+
+def test_running_past_the_horizon_warns_once():
+    mlp = lopt.MLPOptimizer(hidden_sizes=(4,))
+    tx = lopt.to_optax(mlp, mlp.init_meta_params(jax.random.key(0)), 3)
+    with pytest.warns(UserWarning, match="past num_steps=3") as record:
+        train_losses(tx, 8)
+        jax.effects_barrier()
+    assert len(record) == 1
+
+
+def test_bad_hyperparameters_are_named():
+    with pytest.raises(ValueError, match="momentum_decays"):
+        lopt.NormalizedOptimizer(momentum_decays=(0.5, 0.99))
+    with pytest.raises(ValueError, match="learning_rate"):
+        lopt.NormalizedOptimizer(learning_rate=float("inf"))
+    with pytest.raises(ValueError, match="schedule"):
+        lopt.NormalizedOptimizer(schedule="linear")
+    with pytest.raises(ValueError, match=r"needs\s+num_steps"):
+        RULE.init(RULE.init_meta_params(jax.random.key(0)), make_params(), None)
