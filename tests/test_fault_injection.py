@@ -11,35 +11,27 @@ import time
 import jax
 import numpy as np
 import pytest
+from tiny_run import tiny_argv, tiny_config
 
 import lopt
 from meta_train import metrics, train
 
 NUM_STEPS = 12
-ARGV = [
-    "--config",
-    "hpo_adam",
-    "--config.groups.digits.family=quadratic",
-    "--config.groups.digits.overrides.dim=4",
-    "--config.groups.digits.num_pairs=2",
-    "--config.estimator.horizon=12",
-    "--config.estimator.window=3",
-    "--config.estimator.sigma=0.05",
-    "--config.outer.learning_rate=0.05",
-    f"--config.num_outer_steps={NUM_STEPS}",
-    "--config.num_devices=1",
-    "--config.log_every=1",
-    "--config.checkpoint_every=1",
-    "--config.export_every=1",
-    "--config.eval.num_tasks=0",
-    "--config.comparison.num_tasks=0",
-    "--config.progress=false",
-]
+# Checkpoint and export after every step, so that most kills land in one of them.
+CHANGES = {"num_outer_steps": NUM_STEPS, "checkpoint_every": 1, "export_every": 1}
 
 
 def launch(workdir):
     return subprocess.Popen(
-        [sys.executable, "-m", "meta_train.cli", "meta-train", *ARGV, "--workdir", str(workdir)],
+        [
+            sys.executable,
+            "-m",
+            "meta_train.cli",
+            "meta-train",
+            *tiny_argv(CHANGES),
+            "--workdir",
+            str(workdir),
+        ],
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -52,17 +44,9 @@ def logged_steps(workdir) -> int:
     return len(metrics.read_jsonl(str(path))) if path.exists() else 0
 
 
-def _config():
-    config = train.config_flags.load_config("hpo_adam")
-    _, overrides = train.config_flags.split_overrides(ARGV[2:])
-    for key, text in overrides:
-        train.config_flags.apply_override(config, key, text)
-    return config
-
-
 @pytest.mark.slow
 def test_kills_at_random_points_resume_bit_exact(tmp_path):
-    reference = train.meta_train(_config(), str(tmp_path / "reference"))["theta"]
+    reference = train.meta_train(tiny_config(CHANGES), str(tmp_path / "reference"))["theta"]
     workdir = tmp_path / "run"
     for seed in (0, 1, 2):  # one kill per seed, each at a random point of a fresh process
         process = launch(workdir)

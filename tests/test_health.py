@@ -7,26 +7,9 @@ import math
 import jax
 import jax.numpy as jnp
 import pytest
+from tiny_run import tiny_argv
 
 from meta_train import health, outer, train
-
-TINY = [
-    "--config",
-    "hpo_adam",
-    "--config.groups.digits.family=quadratic",
-    "--config.groups.digits.overrides.dim=4",
-    "--config.groups.digits.num_pairs=2",
-    "--config.estimator.horizon=12",
-    "--config.estimator.window=3",
-    "--config.num_outer_steps=4",
-    "--config.num_devices=1",
-    "--config.log_every=1",
-    "--config.checkpoint_every=2",
-    "--config.export_every=100",
-    "--config.eval.num_tasks=0",
-    "--config.comparison.num_tasks=0",
-    "--config.progress=false",
-]
 
 
 def interval(skipped=0.0, masked=0.0, norm=1.0):
@@ -96,7 +79,7 @@ def test_a_run_whose_estimates_are_all_zero_fails_without_exporting(tmp_path, ca
     """sigma = 1e30: 2 sigma^2 overflows, so every estimate is exactly zero and theta never
     moves; the run used to end rc 0 with a normal summary."""
     workdir = tmp_path / "run"
-    line = run_failing([*TINY, "--config.estimator.sigma=1e30", "--workdir", str(workdir)], capsys)
+    line = run_failing([*tiny_argv({"estimator.sigma": 1e30}), "--workdir", str(workdir)], capsys)
     assert "no usable update in the 4 outer steps to step 4" in line
     assert "skipped updates 0 of 4" in line
     assert not (workdir / "export").exists()
@@ -114,7 +97,7 @@ def test_nonfinite_theta_is_never_saved_or_exported(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(outer.OuterStep, "__call__", poisoned_at_step_3)
     workdir = tmp_path / "run"
-    line = run_failing([*TINY, "--workdir", str(workdir)], capsys)
+    line = run_failing([*tiny_argv(), "--workdir", str(workdir)], capsys)
     assert "theta is not finite after outer step 3 (not saved or exported)" in line
     assert not (workdir / "export").exists()
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]

@@ -14,30 +14,11 @@ import sys
 import textwrap
 
 import pytest
+from tiny_run import tiny_argv, tiny_config
 
 from meta_train import checkpoint, config_flags, train
 
-TINY = [
-    "--config",
-    "hpo_adam",
-    "--config.groups.digits.family=quadratic",
-    "--config.groups.digits.overrides.dim=4",
-    "--config.groups.digits.num_pairs=2",
-    "--config.estimator.horizon=12",
-    "--config.estimator.window=3",
-    "--config.num_outer_steps=2",
-    "--config.eval.num_tasks=0",
-    "--config.comparison.num_tasks=0",
-    "--config.progress=false",
-]
-
-
-def tiny_config(**changes):
-    config = config_flags.load_config("hpo_adam")
-    _, overrides = config_flags.split_overrides(TINY[2:])
-    for key, text in overrides + [(key, str(value)) for key, value in changes.items()]:
-        config_flags.apply_override(config, key, text)
-    return config
+TINY = tiny_argv()
 
 
 def snapshot(folder) -> dict[str, str]:
@@ -156,7 +137,7 @@ def test_overwrite_removes_only_what_lopt_wrote_and_says_so(tmp_path):
         (workdir / entry).write_text(entry)
     before = snapshot(workdir)
 
-    removed = checkpoint.prepare_workdir(str(workdir), tiny_config(seed=1), overwrite=True)
+    removed = checkpoint.prepare_workdir(str(workdir), tiny_config({"seed": 1}), overwrite=True)
 
     assert "checkpoints/4" in removed and "export" in removed and "notes.txt" not in removed
     after = snapshot(workdir)
