@@ -4,7 +4,8 @@ Times, in one run and interleaved round by round (so machine load hits every var
 
 * a whole jitted train step (forward, backward, update, apply; buffers donated) of an MLP
   classifier with about 1M parameters on a batch of 128, with ``optax.adam`` and with the exported
-  (``lopt.to_optax``) MLP, small-MLP, Adam-base MLP and LSTM optimizers;
+  (``lopt.to_optax``) normalized rule (the shipped architecture), MLP, small-MLP, Adam-base MLP and
+  LSTM optimizers;
 * the optimizer update alone (``tx.update``) of each learned optimizer;
 * the bare forward pass of each per-parameter network over a ready ``[num_params, num_features]``
   matrix: the arithmetic an update cannot avoid.
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import lopt
+from benchmarks.provenance import provenance
 
 BATCH_SIZE = 128
 NUM_CLASSES = 10
@@ -123,6 +129,7 @@ def run(quick: bool, rounds: int) -> dict:
     num_steps = 1000
 
     learned = {
+        "normalized": lopt.get_optimizer("normalized", mup_base_fan_in=32),
         "mlp": lopt.get_optimizer("mlp"),
         "mlp_small": lopt.get_optimizer("mlp_small"),
         "mlp_adam": lopt.get_optimizer("mlp_adam"),
@@ -154,13 +161,18 @@ def run(quick: bool, rounds: int) -> dict:
             features = jax.random.normal(
                 key_features, (num_params, optimizer.num_features), jnp.float32
             )
-            context = jnp.zeros((len(thetas[name]["context_w"]),), jnp.float32)
+            # The MLP and LSTM rules take per-step context; the normalized rule has none.
+            context = (
+                (jnp.zeros((len(thetas[name]["context_w"]),), jnp.float32),)
+                if "context_w" in thetas[name]
+                else ()
+            )
             bare = jax.jit(optimizer.apply_network)
             bare, compile_times[f"bare/{name}"] = compile_seconds(
-                bare, thetas[name], features, context
+                bare, thetas[name], features, *context
             )
             timers[f"bare/{name}"] = Timer(
-                lambda b=bare, t=thetas[name], f=features, c=context: b(t, f, c), number
+                lambda b=bare, t=thetas[name], f=features, c=context: b(t, f, *c), number
             )
     for _ in range(rounds):
         for timer in timers.values():
@@ -306,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (20 if args.quick else 7)
     if rounds < 1:
         parser.error(f"--rounds must be >= 1, got {rounds}")
-    result = run(args.quick, rounds)
+    result = {"provenance": provenance(argv), **run(args.quick, rounds)}
     print(format_table(result))
     result["toy"] = toy_comparison()
     print(format_toy(result["toy"]))
