@@ -25,6 +25,7 @@ import numpy as np
 PAPER = os.path.join("benchmarks", "results", "paper")
 VARIANCE = os.path.join("benchmarks", "results", "variance.json")
 BEFORE = " (before)"
+IDENTICAL = " (rerun: identical)"
 MAX_LENGTH_SHOWN = 5
 
 
@@ -52,14 +53,27 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([_row(header), _row(["---"] * len(header)), *map(_row, rows)])
 
 
+def same_result(new: Any, old: Any) -> bool:
+    """Whether two results agree in everything but wall times (keys naming seconds)."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        keys = {k for k in new.keys() | old.keys() if "seconds" not in k}
+        return all(same_result(new.get(k), old.get(k)) for k in keys)
+    return new == old
+
+
 def _with_superseded(payload: dict, section: str) -> list[tuple[str, dict]]:
-    """``(label, run)`` for every run, each replaced run right after its replacement."""
+    """``(label, run)`` for every run, each replaced run right after its replacement; a rerun
+    that reproduced the replaced run is one row marked ``IDENTICAL``."""
     old = payload.get("superseded", {})
     items = []
     for label, run in payload[section].items():
-        items.append((label, run))
-        if label in old and section in old[label]:
-            items.append((label + BEFORE, old[label][section]))
+        replaced = old.get(label, {}).get(section)
+        if replaced is None:
+            items.append((label, run))
+        elif same_result(run, replaced):
+            items.append((label + IDENTICAL, run))
+        else:
+            items.extend([(label, run), (label + BEFORE, replaced)])
     return items
 
 
@@ -184,13 +198,18 @@ def variance(payload: dict) -> str:
     rows = []
     old = payload.get("superseded", {})
     for row in payload["rows"]:
-        rows.append(_variance_row(row, row["estimator"]))
-        superseded = [
+        (replaced,) = [
             r
             for r in old.get(row["estimator"], {}).get("rows", [])
             if (r["system"], r["T_over_K"]) == (row["system"], row["T_over_K"])
-        ]
-        rows.extend(_variance_row(r, r["estimator"] + BEFORE) for r in superseded)
+        ] or [None]
+        if replaced is None:
+            rows.append(_variance_row(row, row["estimator"]))
+        elif same_result(row, replaced):
+            rows.append(_variance_row(row, row["estimator"] + IDENTICAL))
+        else:
+            rows.append(_variance_row(row, row["estimator"]))
+            rows.append(_variance_row(replaced, replaced["estimator"] + BEFORE))
     return _table(header, rows)
 
 
