@@ -286,18 +286,22 @@ def plot(reports: dict[str, report.Report], subject: str, path: str) -> str:
     names = list(dict.fromkeys(name for by_task in groups.values() for name in by_task))
     finite = [r for g in groups.values() for pair in g.values() for r in pair if np.isfinite(r)]
     ceiling = max([10.0, *finite]) * 2
+    floor = 1e-3  # a learned loss of exactly 0 (a memorised training set) is drawn here
     fig, axes = plt.subplots(figsize=(7.5, 0.4 * len(names) + 2.0))
     height = 0.8 / len(groups)
     for i, (horizon, by_task) in enumerate(groups.items()):
         y = [names.index(name) + (i - (len(groups) - 1) / 2) * height for name in by_task]
         default, swept = (np.array(values) for values in zip(*by_task.values(), strict=True))
-        shown = np.where(np.isfinite(default), default, ceiling)
+        shown = np.clip(np.nan_to_num(default, nan=1.0, posinf=ceiling), floor, ceiling)
         container = axes.barh(y, shown - 1.0, left=1.0, height=height, label=horizon)
-        axes.plot(np.where(np.isfinite(swept), swept, np.nan), y, "k.", markersize=4)
+        axes.plot(np.clip(swept, floor, ceiling), y, "k.", markersize=4)
         for bar, ratio in zip(container, default, strict=True):
-            if not np.isfinite(ratio):
+            if ratio == np.inf:
                 bar.set_hatch("//")
-                axes.text(ceiling, bar.get_y(), " diverged", fontsize=6, va="bottom")
+            if _note(ratio, floor):
+                middle = bar.get_y() + bar.get_height() / 2
+                box = {"facecolor": "white", "alpha": 0.7, "linewidth": 0}
+                axes.text(1.0, middle, _note(ratio, floor), fontsize=6, va="center", bbox=box)
     axes.axvline(1.0, color="black", linewidth=1)
     axes.set_xscale("log")
     axes.set_yticks(range(len(names)), names, fontsize=7)
@@ -326,6 +330,15 @@ def plot(reports: dict[str, report.Report], subject: str, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _note(ratio: float, floor: float) -> str:
+    """What a bar cannot show: no ratio (Adam's loss is 0), divergence, or a ratio below floor."""
+    if np.isnan(ratio):
+        return " n/a (Adam's loss is 0)"
+    if ratio == np.inf:
+        return " diverged"
+    return f" < {floor:g}" if ratio < floor else ""
 
 
 def _ratio(task: report.TaskResult, label: str) -> float:
