@@ -149,6 +149,8 @@ def main(argv: Sequence[str]) -> int:
 
     rows = headline_rows(reports)
     subject = reports["suite"].subject
+    per_task = per_task_rows(reports, subject)
+    print(format_per_task(per_task, subject))
     print(format_headline(rows, reports["suite"].description, subject))
     print(f"({seconds / 60:.1f} min on {os.cpu_count()} CPU cores)")
     os.makedirs(args.out, exist_ok=True)
@@ -164,6 +166,7 @@ def main(argv: Sequence[str]) -> int:
         },
         "seconds": seconds,
         "headline": rows,
+        "per_task": per_task,
         "reports": {part: report.to_dict(r) for part, r in reports.items()},
     }
     path = os.path.join(args.out, f"{NAME}.json")
@@ -225,6 +228,61 @@ def headline_rows(reports: dict[str, report.Report]) -> list[dict[str, Any]]:
     order = {label: i for i, label in enumerate(dict.fromkeys(r["contender"] for r in rows))}
     rows.sort(key=lambda r: order[r["contender"]])
     return [{k: report.plain(v) for k, v in row.items()} for row in rows]
+
+
+def per_task_rows(reports: dict[str, report.Report], subject: str) -> list[dict[str, Any]]:
+    """Per task and horizon: the subject's (and its tuned-lr variant's) final train loss over tuned
+    Adam's, its speed-up and its diverged runs."""
+    rows = []
+    for part, part_report in reports.items():
+        for task in part_report.tasks:
+            comparison = report.compare(task, subject)
+            speed = comparison.speedup if comparison else None
+            rows.append(
+                {
+                    "task": task.task,
+                    "horizon": "16x width"
+                    if part == "wide"
+                    else report.horizon_label(task.horizon),
+                    "steps": task.num_steps,
+                    "normalized_train_loss": _ratio(task, subject),
+                    "normalized_train_loss_tuned_lr": _ratio(task, f"{subject} (tuned lr)"),
+                    "speedup": None if speed is None else speed.format(),
+                    "diverged_runs": task.runs[subject].train.num_diverged,
+                }
+            )
+    return rows
+
+
+def format_per_task(rows: list[dict[str, Any]], subject: str) -> str:
+    header = [
+        "task",
+        "horizon",
+        "steps",
+        f"{subject} / Adam train loss",
+        "with its lr tuned",
+        "speed-up",
+        "diverged",
+    ]
+    table = [
+        [
+            row["task"],
+            row["horizon"],
+            str(row["steps"]),
+            _ratio_cell(row["normalized_train_loss"]),
+            _ratio_cell(row["normalized_train_loss_tuned_lr"]),
+            row["speedup"] or "-",
+            str(row["diverged_runs"]),
+        ]
+        for row in rows
+    ]
+    return report.markdown_table(header, table)
+
+
+def _ratio_cell(ratio: float) -> str:
+    if np.isnan(ratio):
+        return "n/a (Adam at 0)"
+    return "diverged" if ratio == np.inf else f"{ratio:.3g}"
 
 
 def format_headline(rows: list[dict[str, Any]], description: str, subject: str) -> str:

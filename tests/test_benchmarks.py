@@ -58,3 +58,10 @@ def test_generalization_quick(tmp_path):
     assert normalized["count"] == 1 and normalized["value"] == pytest.approx(ours / adams)
     assert rows[("untrained", "1x")]["win_rate_train_loss"]["value"] == float(ours < adams)
     assert task["runs"]["untrained (tuned lr)"]["tuned"] and task["runs"]["adam"]["tuned"]
+    per_task = {(row["task"], row["horizon"]): row for row in saved["per_task"]}
+    assert set(per_task) == {
+        ("mlp_digits_tiny", "1x"),
+        ("mlp_digits_tiny", "10x"),
+        ("quadratic_d8", "16x width"),
+    }
+    assert per_task[("mlp_digits_tiny", "1x")]["normalized_train_loss"] == normalized["value"]
