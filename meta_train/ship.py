@@ -42,11 +42,18 @@ def _commit() -> str:
         return "unknown"
 
 
-def training_record(workdir: str, command: str) -> dict[str, Any]:
-    """What ``training.json`` holds for the run in ``workdir``."""
+def training_record(
+    workdir: str, command: str, commit: str | None = None, code_changes: str = ""
+) -> dict[str, Any]:
+    """What ``training.json`` holds for the run in ``workdir``; ``commit`` is the code the run
+    used (default: this checkout's HEAD), ``code_changes`` what it had beyond that commit."""
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    rows = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL_FILE))
+    rows = [
+        row
+        for row in metrics.read_jsonl(os.path.join(workdir, metrics.JSONL_FILE))
+        if "meta_loss" in row  # held-out evaluation rows have none
+    ]
     if not rows:
         raise ValueError(f"{workdir} has no logged metrics: is it a finished lopt meta-train run?")
     steps = np.asarray([row["step"] for row in rows])
@@ -61,12 +68,11 @@ def training_record(workdir: str, command: str) -> dict[str, Any]:
         "budget": {
             "outer_steps": outer_steps,
             "inner_particle_steps": outer_steps * pairs * 2 * config["estimator"]["window"],
-            "wall_seconds": float(wall[-1] - wall[0]) if len(wall) > 1 else None,
-            "platform": jax.default_backend(),
-            "num_devices": jax.device_count(),
+            "logged_wall_seconds": float(wall[-1] - wall[0]) if len(wall) > 1 else None,
         },
         "export_metadata": metadata,
-        "commit": _commit(),
+        "commit": commit or _commit(),
+        "code_changes": code_changes,
         "lopt_version": lopt.export.package_version(),
         "jax_version": jax.__version__,
         "shipped": datetime.datetime.now(datetime.UTC).isoformat(),
@@ -79,11 +85,16 @@ def training_record(workdir: str, command: str) -> dict[str, Any]:
 
 
 def ship(
-    workdir: str, name: str, command: str, weights_dir: str = shipped.WEIGHTS_DIR
+    workdir: str,
+    name: str,
+    command: str,
+    weights_dir: str = shipped.WEIGHTS_DIR,
+    commit: str | None = None,
+    code_changes: str = "",
 ) -> str:
     """Copy the run's export into ``weights_dir`` (the package's) as ``name``; return the export's
     new path."""
-    record = training_record(workdir, command)
+    record = training_record(workdir, command, commit, code_changes)
     target = os.path.join(weights_dir, name)
     if os.path.exists(target):
         shutil.rmtree(target)
@@ -99,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", help="a finished `lopt meta-train` workdir")
     parser.add_argument("--name", default=shipped.DEFAULT_PRETRAINED)
     parser.add_argument("--command", required=True, help="the command that produced the run")
+    parser.add_argument("--commit", default=None, help="the code the run used (default: HEAD)")
+    parser.add_argument("--code-changes", default="", help="what the run's code had beyond it")
     args = parser.parse_args(argv)
-    path = ship(args.workdir, args.name, args.command)
+    path = ship(
+        args.workdir, args.name, args.command, commit=args.commit, code_changes=args.code_changes
+    )
     lopt.load_optimizer(path)  # verifies the copy (checksum) before anyone ships it
     print(f"shipped {args.workdir} as {args.name!r} at {path}", file=sys.stderr)
     return 0

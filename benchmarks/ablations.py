@@ -1,0 +1,124 @@
+"""Which element of the pretrained recipe buys how much: each ablation (``meta_train/configs/
+ablation_<name>.py``, one element changed, equal reduced budget) is meta-trained, then evaluated
+with ``benchmarks/generalization.py``'s protocol on a cheaper slice of the generalization suite
+(1x horizon, the tasks in ``TASKS``, 2 seeds); the table compares each against per-task tuned Adam.
+
+    for n in reference mlp no_augmentation one_family fixed_horizon; do
+      lopt meta-train --config ablation_$n --workdir runs/ablation_$n; done
+    python benchmarks/ablations.py                 # evaluates runs/ablation_<name>/export
+
+Writes ``benchmarks/results/ablations/ablations.json`` (with provenance) beside each ablation's
+generalization JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import generalization
+from benchmarks.provenance import provenance
+from meta_train.configs import _ablation
+
+TASKS = (
+    "mlp_digits_w128",
+    "mlp_digits_gelu",
+    "mlp_digits_deep4",
+    "conv_digits_c16x32",
+    "lm_markov_lstm",
+    "mlp_wine",
+    "mlp_gmm_d32_c8",
+)
+SEEDS = 2
+DEFAULT_OUT = os.path.join("benchmarks", "results", "ablations")
+COLUMNS = (
+    "win_rate_train_loss",
+    "win_rate_test_loss",
+    "normalized_train_loss_iqm",
+    "speedup_iqm",
+    "diverged_runs",
+)
+
+
+def evaluate_ablation(export: str, out: str, seeds: int) -> list[dict]:
+    """Run the generalization protocol on ``TASKS`` at 1x; return its headline rows."""
+    argv = [
+        "--optimizer",
+        export,
+        "--tasks",
+        ",".join(TASKS),
+        "--horizons",
+        "1",
+        "--long-tasks",
+        "",
+        "--wide-task",
+        "",
+        "--seeds",
+        str(seeds),
+        "--out",
+        out,
+    ]
+    generalization.main(argv)
+    with open(os.path.join(out, f"{generalization.NAME}.json")) as f:
+        return json.load(f)["headline"]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):  # an aggregate with its interval
+        value = value.get("value", value.get("iqm"))
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def format_table(results: dict[str, list[dict]]) -> str:
+    lines = ["ablation          contender                      " + "  ".join(COLUMNS)]
+    for name, rows in results.items():
+        for row in rows:
+            cells = "  ".join(_cell(row.get(column)).rjust(len(column)) for column in COLUMNS)
+            lines.append(f"{name:<17} {row['contender'][:30]:<30} {cells}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default="runs", help="folder holding runs/ablation_<name>/")
+    parser.add_argument("--ablations", default=",".join(_ablation.ABLATIONS))
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    results = {}
+    for name in [n.strip() for n in args.ablations.split(",") if n.strip()]:
+        export = os.path.join(args.runs, f"ablation_{name}", "export")
+        if not os.path.isdir(export):
+            raise SystemExit(
+                f"{export} is missing: run `lopt meta-train --config ablation_{name} "
+                f"--workdir {os.path.join(args.runs, f'ablation_{name}')}` first"
+            )
+        results[name] = evaluate_ablation(export, os.path.join(args.out, name), args.seeds)
+    print(format_table(results))
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "ablations.json")
+    with open(path, "w") as f:
+        json.dump(
+            {
+                "provenance": provenance(["benchmarks/ablations.py", *(argv or sys.argv[1:])]),
+                "tasks": list(TASKS),
+                "seeds": args.seeds,
+                "results": results,
+            },
+            f,
+            indent=1,
+        )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

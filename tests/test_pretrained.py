@@ -1,0 +1,82 @@
+"""The shipped pretrained optimizer: it is package data (loads with the network cut off), says how it
+was made, trains a small task as a full optax transform, and ``meta_train.ship`` writes one from a
+finished run."""
+
+import socket
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tiny_run
+
+import lopt
+from meta_train import ship, train
+
+
+def least_squares_losses(tx, num_steps: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(128, 8)), jnp.float32)
+    y = x @ jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)
+    params = {"w": jnp.zeros((8, 3), jnp.float32), "b": jnp.zeros((3,), jnp.float32)}
+
+    def loss_fn(p):
+        return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+    @jax.jit
+    def run(params):
+        def body(carry, _):
+            params, state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), loss
+
+        return jax.lax.scan(body, (params, tx.init(params)), None, length=num_steps)[1]
+
+    return np.asarray(run(params))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test of offline loading")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_default_pretrained_loads_offline_and_trains_a_small_task(no_network):
+    assert lopt.shipped.DEFAULT_PRETRAINED in lopt.pretrained_names()
+    losses = least_squares_losses(lopt.pretrained(num_steps=300), 300)
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 1e-2 * losses[0]
+
+
+def test_pretrained_records_how_it_was_made():
+    info = lopt.pretrained_info()
+    assert info["config"]["optimizer"]["architecture"] == "normalized"
+    assert info["budget"]["outer_steps"] >= 1
+    assert len(info["commit"]) == 40
+    curve = info["meta_loss_curve"]
+    assert len(curve["step"]) == len(curve["meta_loss"]) >= 2
+    optimizer, _, _ = lopt.load_optimizer(lopt.pretrained_path())
+    assert optimizer.hyperparameters() == info["config"]["optimizer"]["hyperparameters"]
+
+
+def test_pretrained_needs_the_run_length_and_names_what_ships():
+    with pytest.raises(ValueError, match="num_steps"):
+        lopt.pretrained()
+    with pytest.raises(lopt.NotAnExportError, match="shipped"):
+        lopt.pretrained("no-such-optimizer")
+
+
+def test_ship_copies_a_finished_run_with_its_record(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert train.main([*tiny_run.tiny_argv(), "--workdir", workdir]) == 0
+    path = ship.ship(workdir, "tiny", "lopt meta-train (tiny)", weights_dir=str(tmp_path / "w"))
+    optimizer, theta, _ = lopt.load_optimizer(path)
+    assert optimizer.architecture == "adam"
+    record = ship.training_record(workdir, "lopt meta-train (tiny)")
+    assert record["budget"]["outer_steps"] == 4
+    assert record["command"] == "lopt meta-train (tiny)"
+    assert record["meta_loss_curve"]["step"] == [1, 2, 3, 4]
