@@ -60,7 +60,8 @@ def test_pretrained_records_how_it_was_made():
     curve = info["meta_loss_curve"]
     assert len(curve["step"]) == len(curve["meta_loss"]) >= 2
     optimizer, _, _ = lopt.load_optimizer(lopt.pretrained_path())
-    assert optimizer.hyperparameters() == info["config"]["optimizer"]["hyperparameters"]
+    recorded = info["config"]["optimizer"]["hyperparameters"]
+    assert optimizer == lopt.get_optimizer(info["config"]["optimizer"]["architecture"], **recorded)
 
 
 def test_pretrained_needs_the_run_length_and_names_what_ships():
