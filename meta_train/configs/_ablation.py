@@ -16,7 +16,7 @@ import lopt
 from meta_train.configs import default, pretrained
 
 ABLATIONS = ("reference", "mlp", "no_augmentation", "one_family", "fixed_horizon")
-NUM_OUTER_STEPS = 400
+NUM_OUTER_STEPS = 200
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
