@@ -1,6 +1,6 @@
-"""The shipped pretrained optimizer: it is package data (loads with the network cut off), says how it
-was made, trains a small task as a full optax transform, and ``meta_train.ship`` writes one from a
-finished run."""
+"""The shipped pretrained optimizer: it is package data (loads with the network cut off), says how
+it was made, trains a small task as a full optax transform, and ``meta_train.ship`` writes one
+from a finished run."""
 
 import socket
 
@@ -75,7 +75,7 @@ def test_ship_copies_a_finished_run_with_its_record(tmp_path):
     workdir = str(tmp_path / "run")
     assert train.main([*tiny_run.tiny_argv(), "--workdir", workdir]) == 0
     path = ship.ship(workdir, "tiny", "lopt meta-train (tiny)", weights_dir=str(tmp_path / "w"))
-    optimizer, theta, _ = lopt.load_optimizer(path)
+    optimizer, _, _ = lopt.load_optimizer(path)
     assert optimizer.architecture == "adam"
     record = ship.training_record(workdir, "lopt meta-train (tiny)")
     assert record["budget"]["outer_steps"] == 4
