@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+# Slow tier (benchmark quick modes); `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 
 

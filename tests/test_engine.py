@@ -18,6 +18,9 @@ from meta_train.system import UnrolledSystem
 from tasks import quadratic
 from tasks.dynamical import InfluenceBalancing
 
+# Slow tier (statistical and invariance runs of the engine); `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 # These programs are tiny and run for milliseconds: compile them without backend optimisation,
 # which takes most of the compile time.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}

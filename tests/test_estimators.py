@@ -21,6 +21,9 @@ from jax.flatten_util import ravel_pytree
 
 from meta_train import engine, estimators, systems
 
+# Slow tier (statistical tests with thousands of pairs); `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 Z_AGREE = 4.0  # two-sided P(|z| > 4) = 6e-5 per coordinate
 Z_BIASED = 10.0
 NUM_PAIRS = 4096

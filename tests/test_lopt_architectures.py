@@ -14,6 +14,9 @@ from jax.flatten_util import ravel_pytree
 
 import lopt
 
+# Slow tier (meta-gradient compiles of every architecture); `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 NUM_STEPS = 20
 # One instance per code path (the learnable baselines' plain Adam path is checked against optax).
 OPTIMIZERS = {

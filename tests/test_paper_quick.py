@@ -11,6 +11,9 @@ import sys
 import numpy as np
 import pytest
 
+# Slow tier (the paper scripts' quick modes); `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 # The scripts live in ``benchmarks/paper`` (not an installed package) and import each other as
 # ``benchmarks.paper.*``, so the repository root must be importable.
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])

@@ -23,6 +23,9 @@ import lopt
 from meta_train import checkpoint, config_flags, metrics, outer, train
 from meta_train.configs import default
 
+# Slow tier (multi-device and multi-process meta-training runs); `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 NUM_STEPS = 4
 TINY_OVERRIDES = {
     "groups.digits.family": "quadratic",

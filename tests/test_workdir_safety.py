@@ -18,6 +18,9 @@ from tiny_run import tiny_argv, tiny_config
 
 from meta_train import checkpoint, config_flags, train
 
+# Slow tier (the CLI in subprocesses); `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 TINY = tiny_argv()
 
 
