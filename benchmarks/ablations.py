@@ -97,20 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         results[name] = evaluate_ablation(export, args.seeds)
         print(format_table({name: results[name]}), flush=True)
-    print(format_table(results))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "ablations.json")
+    # Ablations evaluated by earlier invocations are kept; each result keeps its own provenance.
+    stored = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)["results"]
+    run_provenance = provenance(["benchmarks/ablations.py", *(argv or sys.argv[1:])])
+    for name, rows in results.items():
+        stored[name] = {"headline": rows, "provenance": run_provenance, "seeds": args.seeds}
+    print(format_table({name: entry["headline"] for name, entry in stored.items()}))
     with open(path, "w") as f:
-        json.dump(
-            {
-                "provenance": provenance(["benchmarks/ablations.py", *(argv or sys.argv[1:])]),
-                "tasks": list(TASKS),
-                "seeds": args.seeds,
-                "results": results,
-            },
-            f,
-            indent=1,
-        )
+        json.dump({"tasks": list(TASKS), "results": stored}, f, indent=1)
     print(f"wrote {path}")
     return 0
 
