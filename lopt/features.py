@@ -194,6 +194,34 @@ def loss_feature(
     return feature, LOSS_EMA_DECAY * previous + (1.0 - LOSS_EMA_DECAY) * loss
 
 
+def updated_tensors(
+    config: FeatureConfig, state: Any, grads: Any, params: Any
+) -> tuple[flat.FlatLayout, list[tuple[jax.Array, jax.Array, jax.Array, jax.Array]]]:
+    """``(layout, [(g, p, m, v)] per tensor)``: flat float32 gradient and parameter, and the
+    moments of ``state`` (fields ``momenta, second_moment``) updated with the gradient. Checks
+    that the gradients and the state match the params."""
+    layout = flat.layout_of(params)
+    flat.check_same_structure(layout, grads, "grads")
+    state_sizes = tuple(v.shape[0] for v in state.second_moment)
+    if state_sizes != layout.sizes:
+        raise ValueError(
+            f"the optimizer state was initialised for tensors of sizes {state_sizes} but params "
+            f"have {layout.sizes}: call init with these params"
+        )
+    tensors = []
+    for grad, param, m_old, v_old in zip(
+        jax.tree.leaves(grads),
+        jax.tree.leaves(params),
+        state.momenta,
+        state.second_moment,
+        strict=True,
+    ):
+        g = jnp.ravel(jnp.asarray(grad, jnp.float32))
+        p = jnp.ravel(jnp.asarray(param, jnp.float32))
+        tensors.append((g, p, *update_moments(config, m_old, v_old, g)))
+    return layout, tensors
+
+
 def prepare_inputs(
     config: FeatureConfig,
     optimizer_name: str,
@@ -209,29 +237,13 @@ def prepare_inputs(
             f"{optimizer_name} was built with use_loss=True and needs the loss: pass "
             "update(..., loss=loss), or value=loss to the optax transform"
         )
-    layout = flat.layout_of(params)
-    flat.check_same_structure(layout, grads, "grads")
-    state_sizes = tuple(v.shape[0] for v in state.second_moment)
-    if state_sizes != layout.sizes:
-        raise ValueError(
-            f"the optimizer state was initialised for tensors of sizes {state_sizes} but params "
-            f"have {layout.sizes}: call init with these params"
-        )
+    layout, tensors = updated_tensors(config, state, grads, params)
     # Tensor by tensor, on per-tensor state: the mean squares are reduced straight from g, p, m
     # and v (sqrt(v)**2 = v, (g / sqrt(v))**2 = g**2 / v), so XLA never materialises an
     # unnormalised [N, F] matrix (nor slices of one): the normalised matrix is written once, by
     # the final concatenation.
     blocks, mean_squares, momenta, second_moment = [], [], [], []
-    for grad, param, m_old, v_old in zip(
-        jax.tree.leaves(grads),
-        jax.tree.leaves(params),
-        state.momenta,
-        state.second_moment,
-        strict=True,
-    ):
-        g_i = jnp.ravel(jnp.asarray(grad, jnp.float32))
-        p_i = jnp.ravel(jnp.asarray(param, jnp.float32))
-        m_i, v_i = update_moments(config, m_old, v_old, g_i)
+    for g_i, p_i, m_i, v_i in tensors:
         momenta.append(m_i)
         second_moment.append(v_i)
         size = g_i.shape[0]

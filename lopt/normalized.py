@@ -211,31 +211,14 @@ class NormalizedOptimizer(LearnedOptimizer):
     ) -> tuple[Any, NormalizedOptState]:
         """``(direction, new_state)``: the rule alone, with the gradient's sign (a descent step
         subtracts it), unit RMS per tensor before the μP multiplier."""
-        layout = flat.layout_of(params)
-        flat.check_same_structure(layout, grads, "grads")
-        state_sizes = tuple(v.shape[0] for v in state.second_moment)
-        if state_sizes != layout.sizes:
-            raise ValueError(
-                f"the optimizer state was initialised for tensors of sizes {state_sizes} but "
-                f"params have {layout.sizes}: call init with these params"
-            )
         config = feats.FeatureConfig(self.momentum_decays, self.rms_decay, (), (), False)
+        layout, tensors = feats.updated_tensors(config, state, grads, params)
         step = state.step + 1
-        blocks, momenta, second_moments = [], [], []
-        for grad, param, m_old, v_old in zip(
-            jax.tree.leaves(grads),
-            jax.tree.leaves(params),
-            state.momenta,
-            state.second_moment,
-            strict=True,
-        ):
-            g = jnp.ravel(jnp.asarray(grad, jnp.float32))
-            p = jnp.ravel(jnp.asarray(param, jnp.float32))
-            m, v = feats.update_moments(config, m_old, v_old, g)
-            momenta.append(m)
-            second_moments.append(v)
-            blocks.append(self._features(m, v, g, p))
-        raw = self.apply_network(theta, jnp.concatenate(blocks))
+        momenta = [m for _, _, m, _ in tensors]
+        second_moments = [v for _, _, _, v in tensors]
+        raw = self.apply_network(
+            theta, jnp.concatenate([self._features(m, v, g, p) for g, p, m, v in tensors])
+        )
         skip_index = self.momentum_decays.index(SKIP_DECAY)
         pieces = []
         for i, (offset, size, shape) in enumerate(
