@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import least_squares
 import numpy as np
 import optax
 import pytest
@@ -100,24 +101,7 @@ def test_mup_multiplier_and_adam_for_vectors():
 
 def train_losses(transform, num_steps: int = 60):
     """Losses of a small least-squares problem trained with ``transform``."""
-    rng = np.random.default_rng(2)
-    x = jnp.asarray(rng.normal(size=(64, 6)), jnp.float32)
-    y = x @ jnp.asarray(rng.normal(size=(6, 5)), jnp.float32) + 0.3
-
-    def loss_fn(params):
-        return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
-
-    @jax.jit
-    def run(params):
-        def body(carry, _):
-            params, state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, state = transform.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state), loss
-
-        return jax.lax.scan(body, (params, transform.init(params)), None, length=num_steps)[1]
-
-    return np.asarray(run(make_params()))
+    return least_squares.train_losses(transform, make_params(), 2, num_steps, offset=0.3)
 
 
 def test_update_equals_the_optax_chain_with_the_learning_rate_outside():
