@@ -24,8 +24,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from benchmarks import generalization
 from benchmarks.provenance import provenance
-from meta_train import evaluate
 from meta_train.configs import _ablation
+from meta_train.evaluation import evaluate
 from tasks import registry
 
 # Cheap to compile and run on a CPU: width, activation, depth, tabular data, a new mixture.

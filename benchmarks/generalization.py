@@ -13,7 +13,7 @@ exactly; ``lopt tasks list``):
 - per horizon, against per-task tuned Adam: win rate in final training loss and in test loss,
   speed-up IQM (only where Adam's final loss is reached and kept), normalized final training loss
   IQM (learned / Adam), each with a 95% bootstrap interval over tasks, and divergences
-  (``meta_train.report.summarize``, ``meta_train.aggregate``).
+  (``meta_train.evaluation.report.summarize``, ``meta_train.evaluation.aggregate``).
 
 Writes ``generalization.json`` (every report, the aggregates, provenance) and one figure,
 ``generalization.png``: per task and horizon, the learned rule's final training loss over tuned
@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.provenance import provenance
-from meta_train import aggregate, evaluate, report
+from meta_train.evaluation import aggregate, evaluate, report
 from tasks import registry
 
 NAME = "generalization"

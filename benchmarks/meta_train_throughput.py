@@ -51,7 +51,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lopt
-from meta_train import engine, outer, systems
+from meta_train import outer, unrolled_tasks
+from meta_train.es import engine
 from tasks import registry
 
 
@@ -120,7 +121,7 @@ class EngineVariant(Variant):
             horizon=setting.horizon,
             pairs_per_chunk=pairs_per_chunk,
         )
-        system = systems.TaskTrainingSystem(family, optimizer)
+        system = unrolled_tasks.TaskTrainingSystem(family, optimizer)
         self.groups = [outer.TaskGroup("digits", system, config, 1.0)]
         self.settings = outer.OuterSettings("adam", setting.outer_learning_rate)
         self.mesh = outer.make_mesh(num_devices)

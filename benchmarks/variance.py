@@ -54,7 +54,7 @@ def run_setting(
     system, theta, horizon, windows, estimator, num_pairs, sigma, seed, compiler_options
 ):
     """Per-pair per-window estimates ``[windows, N, P]`` and seconds (compile, run)."""
-    from meta_train import engine
+    from meta_train.es import engine
 
     config = engine.EngineConfig(
         num_pairs=num_pairs,
@@ -104,24 +104,24 @@ def summarise(samples: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def independent_system():
-    from meta_train import systems
+    from meta_train.es import reference_systems
 
     curvature = jnp.linspace(0.5, 2.0, 8)
     target = jnp.linspace(-1.0, 1.0, 8)
-    system = systems.IndependentGradientSystem.create(curvature, target)
+    system = reference_systems.IndependentGradientSystem.create(curvature, target)
     theta = jnp.zeros(8)
     return system, theta, np.asarray(system.gradient(theta))
 
 
 def mlp_system():
     import lopt
-    from meta_train import systems
+    from meta_train import unrolled_tasks
     from tasks import registry
 
     family = registry.get_family("mlp_digits")
     optimizer = lopt.LearnableSGDM(learning_rate=0.01, momentum=0.9, learnable=("log_lr",))
     theta = optimizer.init_meta_params(jax.random.key(0))
-    return systems.TaskTrainingSystem(family, optimizer, "train"), theta
+    return unrolled_tasks.TaskTrainingSystem(family, optimizer, "train"), theta
 
 
 def measure(

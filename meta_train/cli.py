@@ -93,7 +93,7 @@ def _meta_train(argv: list[str]) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     argv = _import_user_modules(argv)
-    from meta_train import evaluate
+    from meta_train.evaluation import evaluate
 
     return evaluate.main(argv)
 

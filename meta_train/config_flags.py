@@ -243,12 +243,12 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
     when it builds the family, still before anything is compiled.
     """
     import lopt
-    from meta_train import systems
+    from meta_train import unrolled_tasks
     from tasks import augment, registry
 
     _positive("num_outer_steps", config.num_outer_steps)
     _choose("meta_loss", config.meta_loss, META_LOSSES)
-    _choose("meta_loss_scale", config.meta_loss_scale, systems.META_LOSS_SCALES)
+    _choose("meta_loss_scale", config.meta_loss_scale, unrolled_tasks.META_LOSS_SCALES)
     _at_least("num_devices", config.num_devices, 0)
     if num_available_devices is not None and config.num_devices > num_available_devices:
         raise ConfigError(

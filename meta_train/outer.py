@@ -30,9 +30,9 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from meta_train import engine, estimators
+from meta_train.es import engine, estimators
+from meta_train.es.system import UnrolledSystem
 from meta_train.metrics import OuterMetrics
-from meta_train.system import UnrolledSystem
 
 AXIS = "particles"
 

@@ -46,7 +46,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import lopt
-from meta_train import checkpoint, config_flags, engine, health, held_out, metrics, outer, systems
+from meta_train import checkpoint, config_flags, health, metrics, outer, unrolled_tasks
+from meta_train.es import engine
+from meta_train.evaluation import held_out
 from tasks import augment, registry
 from tasks.datasets import DatasetNotFoundError
 
@@ -95,7 +97,7 @@ def build_groups(
             family = augment.reparameterize(
                 family, group.augmentation, tuple(group.augmentation_range)
             )
-        system = systems.TaskTrainingSystem(
+        system = unrolled_tasks.TaskTrainingSystem(
             family,
             optimizer,
             meta_loss=config.meta_loss,
@@ -156,9 +158,10 @@ def _compare_with_adam(
     workdir: str,
 ) -> dict[str, Any]:
     """Train a few held-out tasks with the meta-trained optimizer, the untrained one and Adam at
-    each of ``config.comparison.adam_learning_rates`` (``meta_train.evaluate``); write the report
-    to ``<workdir>/comparison`` and return the final training losses (mean over seeds)."""
-    from meta_train import evaluate
+    each of ``config.comparison.adam_learning_rates`` (``meta_train.evaluation.evaluate``); write
+    the report to ``<workdir>/comparison`` and return the final training losses (mean over
+    seeds)."""
+    from meta_train.evaluation import evaluate
 
     section = config.comparison
     tasks = held_out.held_out_tasks(section.suite, section.num_tasks)

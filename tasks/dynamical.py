@@ -13,7 +13,8 @@ pushes it down in the long run. A gradient through a short window sees only the 
 moves theta the wrong way; the long-run (steady-state) loss is minimised at ``optimum()``, which is
 -1/6 for the default sizes. The horizon is infinite: inner problems never restart.
 
-Plain JAX/numpy, no meta-training imports; ``meta_train.systems.InfluenceBalancingSystem`` wraps it.
+Plain JAX/numpy, no meta-training imports; ``meta_train.unrolled_tasks.InfluenceBalancingSystem``
+wraps it.
 """
 
 from __future__ import annotations

@@ -414,7 +414,8 @@ def format_listing() -> str:
                 )
             )
         lines += ["", f"suite {suite!r}:", *_table(rows)]
-    lines += ["", "Dynamical systems (meta_train.systems wraps them)", "", *_dynamical_listing()]
+    heading = "Dynamical systems (meta_train.unrolled_tasks wraps them)"
+    lines += ["", heading, "", *_dynamical_listing()]
     return "\n".join(lines)
 
 
@@ -573,7 +574,7 @@ def held_out_tasks(
     """``count`` held-out tasks of ``family`` (a registered name, built with ``overrides``, or a
     family) trained for ``num_steps``: its default configuration with seeds that
     ``family.sample`` never draws (``held_out_config``), e.g. for
-    ``meta_train.evaluate.evaluate(export, tasks.held_out_tasks("sine", 200, 3))``."""
+    ``meta_train.evaluation.evaluate.evaluate(export, tasks.held_out_tasks("sine", 200, 3))``."""
     if isinstance(family, str):
         family = get_family(family, **overrides)
     elif overrides:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meta_train import aggregate
+from meta_train.evaluation import aggregate
 
 
 def test_iqm_drops_a_quarter_at_each_end():

@@ -13,8 +13,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lopt.base import LearnedOptimizer
-from meta_train import engine, estimators, systems
-from meta_train.system import UnrolledSystem
+from meta_train import unrolled_tasks
+from meta_train.es import engine, estimators, reference_systems
+from meta_train.es.system import UnrolledSystem
 from tasks import quadratic
 from tasks.dynamical import InfluenceBalancing
 
@@ -51,7 +52,7 @@ RESET_WINDOWS = 6
 
 @pytest.fixture(scope="module")
 def counter_system():
-    return systems.IndependentGradientSystem.create([1.0, 3.0], [0.5, 0.5])
+    return reference_systems.IndependentGradientSystem.create([1.0, 3.0], [0.5, 0.5])
 
 
 def reset_config(estimator, resample_every=1, num_pairs=64):
@@ -229,7 +230,7 @@ def test_shard_map_matches_one_device(estimator):
     """Pairs split over 4 forced CPU devices give the one-device estimate (psum of the sums).
     TBPTT checks that the gradient of the replicated theta is not summed over devices twice."""
     assert jax.device_count() >= 4
-    system = systems.LinearQuadraticSystem.create(jax.random.key(0))
+    system = reference_systems.LinearQuadraticSystem.create(jax.random.key(0))
     theta = {"b": jnp.asarray(-0.2), "w": jnp.asarray([0.3])}
     config = engine.EngineConfig(16, 2, SIGMA, (2, 6), stagger=False, estimator=estimator)
     particles, _ = engine.init_particles(
@@ -295,7 +296,7 @@ def test_influence_balancing_es_single_long_run_gradient():
     below), which ES-Single recovers from windows of one step."""
     dynamics = InfluenceBalancing()
     assert dynamics.optimum() == pytest.approx(-1 / 6)
-    system = systems.InfluenceBalancingSystem()
+    system = unrolled_tasks.InfluenceBalancingSystem()
     theta = system.init_theta()
     truth = dynamics.steady_state_gradient(0.5)
     assert truth == pytest.approx(24.0)
@@ -335,7 +336,7 @@ def quadratic_family():
 @pytest.mark.parametrize("meta_loss", ["train", "reeval", "outer_valid"])
 def test_task_training_system_step(quadratic_family, meta_loss):
     optimizer = LearnableSGD()
-    system = systems.TaskTrainingSystem(quadratic_family, optimizer, meta_loss)
+    system = unrolled_tasks.TaskTrainingSystem(quadratic_family, optimizer, meta_loss)
     theta = optimizer.init_meta_params(None)
     config = quadratic_family.sample(jax.random.key(0))
     state = system.init_state(theta, jax.random.key(1), config, jnp.asarray(17))
@@ -360,7 +361,7 @@ def test_task_training_system_step(quadratic_family, meta_loss):
 def test_hyperparameter_optimisation_gradient_sign(quadratic_family):
     """Too small a learning rate: ES-Single says increase it (d loss / d log_lr < 0)."""
     optimizer = LearnableSGD()
-    system = systems.TaskTrainingSystem(quadratic_family, optimizer, "train")
+    system = unrolled_tasks.TaskTrainingSystem(quadratic_family, optimizer, "train")
     theta = optimizer.init_meta_params(None)
     config = engine.EngineConfig(256, 5, 0.1, 20, stagger=False)
     particles, _ = engine.init_particles(
@@ -386,7 +387,8 @@ def test_bad_inputs_give_clear_errors():
         engine.EngineConfig(4, 2, 0.1, 10, estimator="pes", resample_every=3)
     assert engine.EngineConfig(4, 2, 0.1, [5, 9]).horizon == (5, 9)  # lists from configs
     with pytest.raises(ValueError, match="meta_loss"):
-        systems.TaskTrainingSystem(quadratic.quadratic_family(dim=2), LearnableSGD(), "valid")
+        family = quadratic.quadratic_family(dim=2)
+        unrolled_tasks.TaskTrainingSystem(family, LearnableSGD(), "valid")
     config = engine.EngineConfig(2, 2, 0.1, 5, stagger=False)
     with pytest.raises(ValueError, match=r"floating-point.*\['steps'\]: int32"):
         engine.init_particles(

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from meta_train import engine, estimators, systems
+from meta_train.es import engine, estimators, reference_systems
 
 # Slow tier (statistical tests with thousands of pairs); `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def run_windows(system, config, theta, num_windows, seed=1):
 
 @pytest.fixture(scope="module")
 def lq():
-    system = systems.LinearQuadraticSystem.create(jax.random.key(0))
+    system = reference_systems.LinearQuadraticSystem.create(jax.random.key(0))
     theta = {"b": jnp.asarray(-0.2), "w": jnp.asarray([0.3])}
     return system, theta
 
@@ -177,7 +177,7 @@ def test_truncated_es_and_tbptt_biased(lq, lockstep_runs):
 # number per window, and TES's randomness is its own noise alone.
 @pytest.fixture(scope="module")
 def deterministic_lq():
-    system = systems.LinearQuadraticSystem.create(
+    system = reference_systems.LinearQuadraticSystem.create(
         jax.random.key(0), init_scale=0.0, noise_scale=0.0
     )
     theta = {"b": jnp.asarray(-0.2), "w": jnp.asarray([0.3])}
@@ -298,7 +298,7 @@ VARIANCE_THETA = jnp.asarray([0.0, 0.3, -0.4])
 
 @pytest.fixture(scope="module")
 def memoryless():
-    return systems.IndependentGradientSystem.create(CURVATURE, TARGET)
+    return reference_systems.IndependentGradientSystem.create(CURVATURE, TARGET)
 
 
 def variance_config(estimator, window):

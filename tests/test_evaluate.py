@@ -17,8 +17,8 @@ from flax import struct
 
 from lopt import schedules
 from lopt.base import LearnedOptimizer
-from meta_train import evaluate as evaluation
-from meta_train import report as reporting
+from meta_train.evaluation import evaluate as evaluation
+from meta_train.evaluation import report as reporting
 from tasks.base import Task
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8

@@ -7,7 +7,8 @@ import jax
 import pytest
 
 import lopt
-from meta_train import checkpoint, evaluate
+from meta_train import checkpoint
+from meta_train.evaluation import evaluate
 
 
 @pytest.fixture()

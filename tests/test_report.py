@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from meta_train import report as reporting
-from meta_train.report import RunResult, Selection, TaskResult, smooth
+from meta_train.evaluation import report as reporting
+from meta_train.evaluation.report import RunResult, Selection, TaskResult, smooth
 
 
 def test_smooth_is_a_trailing_mean():

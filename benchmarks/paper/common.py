@@ -22,8 +22,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from benchmarks.provenance import ROOT, provenance
-from meta_train import engine
-from meta_train.system import UnrolledSystem
+from meta_train.es import engine
+from meta_train.es.system import UnrolledSystem
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "paper")
 # XLA:CPU compiles about 4x faster at backend optimisation level 0 and runs slower: for --quick.

@@ -19,7 +19,8 @@ import numpy as np
 import optax
 
 from benchmarks.paper import common
-from meta_train import engine, systems
+from meta_train import unrolled_tasks
+from meta_train.es import engine
 
 NAME = "influence_balancing"
 # (label, estimator, num_pairs)
@@ -46,7 +47,7 @@ def run(
     compiler_options: dict | None = None,
 ) -> common.OuterRun:
     """Meta-train theta from 0.5 with seeds ``0..num_seeds-1``; ``theta`` is ``[S, steps+1, 1]``."""
-    system = systems.InfluenceBalancingSystem()
+    system = unrolled_tasks.InfluenceBalancingSystem()
     config = engine.EngineConfig(
         num_pairs=num_pairs,
         window=1,
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = common.selected(args, ESTIMATORS)
     runs = tuple(run for run in runs if run[1] in chosen)
     options = common.FAST_COMPILE if args.quick else None
-    optimum = systems.InfluenceBalancingSystem().dynamics.optimum()
+    optimum = unrolled_tasks.InfluenceBalancingSystem().dynamics.optimum()
     print(f"influence balancing: theta* = {optimum:.4f}, theta_0 = 0.5, {num_steps} outer steps")
     results = {}
     for label, estimator, num_pairs in runs:

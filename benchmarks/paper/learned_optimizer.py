@@ -6,7 +6,7 @@ the package default) is meta-trained on the digits MLP family with each estimato
 (staggered), sigma, outer optimizer and number of outer steps (so the same inner-step budget), for
 several seeds (``vmap``ped). We plot the meta-loss curves and evaluate every result on a held-out
 task (the digits MLP with tanh units, never sampled in meta-training) against Adam tuned over a
-learning-rate grid (``meta_train.evaluate``).
+learning-rate grid (``meta_train.evaluation.evaluate``).
 
     python -m benchmarks.paper.learned_optimizer [--quick] [--out DIR]
 """
@@ -23,7 +23,9 @@ from jax.flatten_util import ravel_pytree
 
 import lopt
 from benchmarks.paper import common
-from meta_train import engine, evaluate, systems
+from meta_train import unrolled_tasks
+from meta_train.es import engine
+from meta_train.evaluation import evaluate
 from tasks import registry
 
 NAME = "learned_optimizer"
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_steps, eval_seeds, adam_grid = 4, 1, (1e-3,)
     options = common.FAST_COMPILE if args.quick else None
     optimizer = lopt.get_optimizer("mlp", base="adam")
-    system = systems.TaskTrainingSystem(family, optimizer, meta_loss="train")
+    system = unrolled_tasks.TaskTrainingSystem(family, optimizer, meta_loss="train")
     theta0 = optimizer.init_meta_params(jax.random.key(0))
     num_theta = ravel_pytree(theta0)[0].size
     outer_optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.outer_lr))

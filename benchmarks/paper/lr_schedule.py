@@ -22,14 +22,15 @@ import optax
 
 import lopt
 from benchmarks.paper import common
-from meta_train import engine, systems
+from meta_train import unrolled_tasks
+from meta_train.es import engine
 from tasks import registry
 
 NAME = "lr_schedule"
 LABELS = {"tes": "TES", "pes": "PES", "es_single": "ES-Single"}
 
 
-def make_system(quick: bool) -> tuple[systems.TaskTrainingSystem, lopt.LearnableSGDM]:
+def make_system(quick: bool) -> tuple[unrolled_tasks.TaskTrainingSystem, lopt.LearnableSGDM]:
     overrides = {"hidden": (8,), "batch_size": 32} if quick else {}
     family = registry.get_family("mlp_digits", **overrides)
     optimizer = lopt.LearnableSGDM(
@@ -40,11 +41,11 @@ def make_system(quick: bool) -> tuple[systems.TaskTrainingSystem, lopt.Learnable
         decay_power=0.5,
         learnable=("log_lr", "decay_power"),
     )
-    return systems.TaskTrainingSystem(family, optimizer, meta_loss="train"), optimizer
+    return unrolled_tasks.TaskTrainingSystem(family, optimizer, meta_loss="train"), optimizer
 
 
 def make_objective(
-    system: systems.TaskTrainingSystem,
+    system: unrolled_tasks.TaskTrainingSystem,
     horizon: int,
     num_seeds: int,
     compiler_options: dict | None = None,

@@ -26,8 +26,8 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from benchmarks.paper import common
-from meta_train import engine
-from meta_train.system import UnrolledSystem
+from meta_train.es import engine
+from meta_train.es.system import UnrolledSystem
 
 NAME = "lstm_copy"
 NUM_SYMBOLS = 2

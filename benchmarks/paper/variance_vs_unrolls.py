@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.paper import common
-from meta_train import engine, systems
+from meta_train.es import engine, reference_systems
 
 NAME = "variance_vs_unrolls"
 NUM_THETA = 4  # P for the memoryless systems
@@ -37,11 +37,11 @@ def make_systems() -> dict[str, tuple[object, jax.Array, object]]:
     """``name -> (system, theta, exact_gradient(horizon) -> flat [P])``."""
     target = jnp.full((NUM_THETA,), 0.5)
     theta = jnp.zeros((NUM_THETA,))
-    independent = systems.IndependentGradientSystem.create(
+    independent = reference_systems.IndependentGradientSystem.create(
         jnp.ones(NUM_THETA), target, noise_scale=2.0
     )
-    correlated = systems.IndependentGradientSystem.create(jnp.ones(NUM_THETA), target)
-    linear = systems.LinearQuadraticSystem.create(
+    correlated = reference_systems.IndependentGradientSystem.create(jnp.ones(NUM_THETA), target)
+    linear = reference_systems.LinearQuadraticSystem.create(
         jax.random.key(3), state_dim=3, theta_dim=2, noise_scale=0.1
     )
     linear_theta = jnp.zeros((2,))

@@ -7,7 +7,7 @@ rules use (``lopt.schedules.warmup_cosine`` over the run). A learned rule with a
 (``"<label> (tuned lr)"``). All grid points and seeds of one trainer on one task run in a single
 jitted ``lax.scan`` (vmapped over ``[grid, seeds]``); the same seeds give every optimizer the same
 initialisations and minibatches, so comparisons are paired. A tuned optimizer's learning rate is
-chosen twice (``meta_train.report``): by mean final training loss for the training-loss
+chosen twice (``meta_train.evaluation.report``): by mean final training loss for the training-loss
 comparison, by mean final *inner-valid* loss for every held-out figure (the test split is never
 used to choose).
 
@@ -19,7 +19,7 @@ the steps tuned Adam needs to reach its own final training loss over the steps t
 to reach that loss, on seed-mean curves smoothed by a trailing moving average; only where the
 optimizer reaches that loss and keeps it.
 
-Python: ``evaluate(optimizer, tasks, ...) -> Report`` (``meta_train.report``). CLI:
+Python: ``evaluate(optimizer, tasks, ...) -> Report`` (``meta_train.evaluation.report``). CLI:
 ``lopt evaluate --optimizer <export dir | adam | sgdm | untrained:<arch>> --suite <name>``.
 """
 
@@ -48,7 +48,7 @@ import optax
 
 from lopt import schedules
 from lopt.base import LearnedOptimizer
-from meta_train.report import (
+from meta_train.evaluation.report import (
     CRITERIA,
     GridPoint,
     Report,

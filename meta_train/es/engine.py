@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from meta_train import estimators
-from meta_train.estimators import ESTIMATORS, Estimate, Noise, WindowOutputs
-from meta_train.system import UnrolledSystem
+from meta_train.es import estimators
+from meta_train.es.estimators import ESTIMATORS, Estimate, Noise, WindowOutputs
+from meta_train.es.system import UnrolledSystem
 
 __all__ = [
     "ESTIMATORS",

@@ -1,9 +1,9 @@
 """Held-out evaluation reports: frozen results, their summary, and free render and write functions.
 
-``meta_train.evaluate`` builds a ``Report``; ``summarize`` applies the comparison policy; the
-``format_*`` / ``to_*`` / ``write`` functions render it. Per-seed numbers are kept as arrays so that
-every rendering shows mean +- std over seeds and the count of diverged runs (diverged runs stay in
-every mean: a mean that is ``inf`` or ``nan`` says so).
+``meta_train.evaluation.evaluate`` builds a ``Report``; ``summarize`` applies the comparison
+policy; the ``format_*`` / ``to_*`` / ``write`` functions render it. Per-seed numbers are kept
+as arrays so that every rendering shows mean +- std over seeds and the count of diverged runs
+(diverged runs stay in every mean: a mean that is ``inf`` or ``nan`` says so).
 
 The policy, in one place:
 
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from meta_train import aggregate
+from meta_train.evaluation import aggregate
 
 # How a tuned learning rate is chosen from a grid: criterion -> the final metric it minimises.
 CRITERIA = {"train": "train_loss", "valid": "inner_valid_loss"}
