@@ -23,16 +23,17 @@ peak memory, and writes ``benchmarks/results/meta_train_throughput[_<mode>].json
 
 On a CPU it forces two host devices (``XLA_FLAGS``) before jax starts, so the 2-device runs share
 the same cores as the 1-device runs: they measure how well sharding uses the cores, not more
-hardware. evosax is a benchmark-only dependency (``pip install evosax``); without it the evosax
-row is skipped.
+hardware. evosax is a benchmark-only dependency (``pip install -c constraints.txt -e ".[bench]"``);
+without it the evosax row is skipped. The JSON carries ``provenance`` (commit, versions, argv,
+date, platform, devices, load average before the run) and the load average after it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -50,7 +51,11 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import lopt
+from benchmarks.provenance import provenance
 from meta_train import outer, unrolled_tasks
 from meta_train.es import engine
 from tasks import registry
@@ -265,6 +270,13 @@ class AdamVariant(JittedVariant):
         self.jitted = jax.jit(sharded, donate_argnums=0)
 
 
+def _evosax_version() -> str | None:
+    try:
+        return importlib.metadata.version("evosax")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -280,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args(argv)
+    # Taken before anything compiles: the load average is the machine's, not this run's.
+    run_provenance = provenance(["benchmarks/meta_train_throughput.py", *(argv or sys.argv[1:])])
     mode_name = "quick" if args.quick else "accelerator" if args.accelerator else "reference"
     setting = SETTINGS[mode_name]
     device_counts = [int(n) for n in args.devices.split(",") if int(n) <= jax.device_count()]
@@ -344,12 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS {_rss_peak_mb():.0f} MB; device peak {_device_peak_mb() or 'n/a'} MB")
 
     record = {
+        "provenance": run_provenance | {"evosax_version": _evosax_version()},
         "mode": mode_name,
         "setting": setting._asdict(),
         "steps_timed": setting.steps_per_round * setting.rounds,
-        "devices": [str(d) for d in jax.devices()],
-        "platform": platform.platform(),
-        "jax": jax.__version__,
+        "load_average_after": list(os.getloadavg()),
         "results": results,
     }
     suffix = "" if mode_name == "reference" else f"_{mode_name}"
