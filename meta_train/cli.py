@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 
 
@@ -38,12 +40,25 @@ def _import_user_modules(argv: list[str]) -> list[str]:
     return rest
 
 
+def _add_import_flag(parser: argparse.ArgumentParser) -> None:
+    """List ``--import`` in ``--help``; ``_import_user_modules`` consumes it before parsing."""
+    parser.add_argument(
+        "--import",
+        metavar="MODULE",
+        dest="imported_modules",
+        action="append",
+        help="a module name or a path to a .py file that registers your own task families and "
+        "suites (tasks.register_family, tasks.register_suite); repeatable",
+    )
+
+
 def _tasks(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lopt tasks",
         description="Task families and suites (with --import MODULE: also those it registers).",
     )
     parser.add_argument("action", choices=["list"])
+    _add_import_flag(parser)
     parser.parse_args(_import_user_modules(argv))
     from tasks import registry
 
@@ -85,17 +100,245 @@ def _one_device_per_core() -> None:
 def _meta_train(argv: list[str]) -> int:
     _one_device_per_core()
     # After the device split: a user's module may start jax.
-    argv = _import_user_modules(argv)
-    from meta_train import train
+    return _run_meta_train(_import_user_modules(argv))
 
-    return train.main(argv)
+
+def _meta_train_parser() -> argparse.ArgumentParser:
+    from meta_train import config_flags
+
+    parser = argparse.ArgumentParser(
+        prog="lopt meta-train",
+        description="Meta-train a learned optimizer. Override any config key with "
+        "--config.<key>=<value>, e.g. --config.num_outer_steps=50 --config.estimator.sigma=0.03.",
+    )
+    parser.add_argument(
+        "--config",
+        default="default",
+        help=f"a shipped config ({', '.join(config_flags.config_names())}) or a path to a "
+        "Python file with get_config() (default: default)",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=os.path.join("runs", "default"),
+        help="run directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a lopt workdir: first delete what lopt wrote there (config.json, "
+        "metrics.jsonl, parameter_overview.txt, curves.png, export/, the step folders in "
+        "checkpoints/, the event files in tensorboard/, the report files in comparison/ and in "
+        "lopt evaluate's eval_*/export.eval_* folders) and print it; nothing else is deleted. "
+        "Without it, a run with the same config resumes and one with another config is refused. "
+        "A folder lopt did not start (no lopt-workdir.json) is refused either way",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-process runs; settings below, else "
+        "detected from the cluster's environment, e.g. SLURM or Cloud TPU)",
+    )
+    parser.add_argument("--coordinator-address", help="with --distributed: host:port of process 0")
+    parser.add_argument("--num-processes", type=int, help="with --distributed")
+    parser.add_argument("--process-id", type=int, help="with --distributed")
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    _add_import_flag(parser)
+    return parser
+
+
+def _run_meta_train(argv: list[str]) -> int:
+    """``lopt meta-train``: exit status 0 when done, 2 for a bad config or a refused workdir
+    (before anything is written or compiled) or unusable checkpoints, 3 when the run stopped
+    because it cannot produce a usable optimizer (non-finite theta, no usable update, every
+    particle diverged), 128 + signal number when stopped by SIGINT/SIGTERM (after saving)."""
+    import jax
+
+    from meta_train import checkpoint, config_flags, health, train
+    from tasks.datasets import DatasetNotFoundError
+
+    parser = _meta_train_parser()
+    try:
+        rest, overrides = config_flags.split_overrides(argv)
+    except config_flags.ConfigError as error:
+        parser.error(str(error))
+    args = parser.parse_args(rest)
+    if args.distributed:
+        # Cross-process collectives between CPU devices need gloo; accelerators ignore this.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    try:
+        config = config_flags.load_config(args.config)
+        for key, text in overrides:
+            config_flags.apply_override(config, key, text)
+        if args.print_config:
+            print(config)
+            return 0
+        config_flags.validate(config, jax.device_count())
+        summary = train.meta_train(config, args.workdir, overwrite=args.overwrite)
+    except (
+        config_flags.ConfigError,
+        checkpoint.WorkdirError,
+        checkpoint.CheckpointError,
+        DatasetNotFoundError,
+    ) as error:
+        print(f"lopt meta-train: error: {error}", file=sys.stderr)
+        return 2
+    except health.RunHealthError as error:
+        print(f"lopt meta-train: failed: {error}", file=sys.stderr)
+        return 3
+    if summary["interrupted"]:
+        return 128 + int(signal.Signals[summary["interrupted"]])
+    return 0
 
 
 def _evaluate(argv: list[str]) -> int:
-    argv = _import_user_modules(argv)
+    return _run_evaluate(_import_user_modules(argv))
+
+
+def _positive_floats(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from error
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _evaluate_parser() -> argparse.ArgumentParser:
+    from lopt import schedules
+    from meta_train.evaluation.evaluate import DEFAULT_DIVERGENCE_FACTOR
+
+    parser = argparse.ArgumentParser(
+        prog="lopt evaluate",
+        description="Train a held-out suite with an optimizer and with tuned Adam and SGD-M; "
+        "write a table, report.md, report.json and loss-curve PNGs.",
+    )
+    parser.add_argument(
+        "--optimizer",
+        required=True,
+        help="an export directory, 'adam', 'sgdm', or 'untrained:<architecture>'",
+    )
+    parser.add_argument(
+        "--suite",
+        default="default",
+        help="held-out suite (lopt tasks list); your own with `lopt evaluate --import MODULE`, "
+        "a module that calls tasks.register_suite",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="override every task's horizon")
+    parser.add_argument("--seeds", type=int, default=5, help="runs per task and optimizer")
+    parser.add_argument(
+        "--horizons",
+        type=_positive_floats,
+        default=[1.0, 2.0, 5.0],
+        help="multiples of each task's horizon to evaluate at (default: 1,2,5)",
+    )
+    parser.add_argument(
+        "--grid-points", type=int, default=7, help="log-spaced learning rates per baseline"
+    )
+    parser.add_argument(
+        "--divergence-factor",
+        type=float,
+        default=DEFAULT_DIVERGENCE_FACTOR,
+        help="a run whose final training loss exceeds this multiple of its initial one diverged",
+    )
+    parser.add_argument(
+        "--baseline-schedule",
+        choices=("auto", *schedules.SCHEDULES),
+        default="auto",
+        help="the baselines' learning-rate schedule; auto: the learned rule's own 'schedule' "
+        "field if it has one, else constant (default: auto)",
+    )
+    parser.add_argument(
+        "--sweep-learned-lr",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also tune the learned rule's run-time learning_rate over 7 points around its "
+        "default, reported as '<name> (tuned lr)' (for rules that have one)",
+    )
+    parser.add_argument(
+        "--untrained-floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also evaluate the untrained learned optimizer (for export directories)",
+    )
+    parser.add_argument(
+        "--fast-compile",
+        action="store_true",
+        help="compile faster, run slower (XLA backend optimisation level 0): for short runs",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder: new, empty, or one lopt evaluate wrote before (its files are "
+        "replaced); never inside an export (default: <export>.eval_<suite> beside the export, "
+        "e.g. runs/default/export.eval_default, or runs/<optimizer>.eval_<suite>)",
+    )
+    _add_import_flag(parser)
+    return parser
+
+
+def _run_evaluate(argv: list[str]) -> int:
+    """``lopt evaluate``: print the table and summary line, write the report files. Exit status 2
+    for bad arguments or an output folder it must not write to (checked before anything runs)."""
+    import numpy as np
+
     from meta_train.evaluation import evaluate
 
-    return evaluate.main(argv)
+    parser = _evaluate_parser()
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.grid_points < 1:
+        parser.error(f"--grid-points must be at least 1, got {args.grid_points}")
+    if not args.divergence_factor > 1:
+        parser.error(f"--divergence-factor must exceed 1, got {args.divergence_factor}")
+    known = os.path.isdir(args.optimizer) or args.optimizer in evaluate.BASELINES
+    if not (known or args.optimizer.startswith("untrained:")):
+        parser.error(
+            f"--optimizer {args.optimizer!r} is not 'adam', 'sgdm', 'untrained:<architecture>' "
+            "or an existing export directory"
+        )
+    from tasks import registry
+
+    if args.suite not in registry.suite_names():
+        parser.error(
+            f"--suite {args.suite!r} is unknown; known suites: {', '.join(registry.suite_names())}"
+        )
+    out = args.out or evaluate.default_out_folder(args.optimizer, args.suite)
+    try:
+        evaluate.check_out_folder(out)
+    except ValueError as error:
+        print(f"lopt evaluate: error: {error}", file=sys.stderr)
+        return 2
+    evaluate.claim_out_folder(out, args.optimizer, args.suite)
+    report = evaluate.evaluate(
+        args.optimizer,
+        registry.get_suite(args.suite),
+        num_steps=args.steps,
+        horizons=args.horizons,
+        seeds=args.seeds,
+        adam_grid=tuple(float(lr) for lr in np.logspace(-4, -1, args.grid_points)),
+        sgdm_grid=tuple(float(lr) for lr in np.logspace(-3, 0, args.grid_points)),
+        baseline_schedule=evaluate.baseline_schedule(args.baseline_schedule, args.optimizer),
+        learned_lr_multipliers=evaluate.LEARNED_LR_MULTIPLIERS if args.sweep_learned_lr else (),
+        untrained_floor=args.untrained_floor,
+        divergence_factor=args.divergence_factor,
+        progress=not args.no_progress,
+        compiler_options=evaluate.FAST_COMPILE if args.fast_compile else None,
+        settings={"suite": args.suite, "command": "lopt evaluate " + shlex.join(argv)},
+    )
+    paths = report.save(out, plots=not args.no_plots)
+    print(report.format_console())
+    num_plots = sum(kind.startswith("plot:") for kind in paths)
+    print(f"wrote {paths['markdown']}, {paths['json']} and {num_plots} plots to {out}")
+    return 0
 
 
 COMMANDS = {

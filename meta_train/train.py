@@ -32,7 +32,6 @@ theta, and process 0 writes the logs and the export.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -50,10 +49,6 @@ from meta_train import checkpoint, config_flags, health, metrics, outer, unrolle
 from meta_train.es import engine
 from meta_train.evaluation import held_out
 from tasks import augment, registry
-from tasks.datasets import DatasetNotFoundError
-
-DEFAULT_WORKDIR = os.path.join("runs", "default")
-
 
 # --- Building the pieces from the config.
 
@@ -459,84 +454,3 @@ def _meta_train(
             f"{monitor.summary()}; outputs in {workdir}"
         )
     return summary
-
-
-# --- The command line.
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lopt meta-train",
-        description="Meta-train a learned optimizer. Override any config key with "
-        "--config.<key>=<value>, e.g. --config.num_outer_steps=50 --config.estimator.sigma=0.03.",
-    )
-    parser.add_argument(
-        "--config",
-        default="default",
-        help=f"a shipped config ({', '.join(config_flags.config_names())}) or a path to a "
-        "Python file with get_config() (default: default)",
-    )
-    parser.add_argument(
-        "--workdir", default=DEFAULT_WORKDIR, help="run directory (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start afresh in a lopt workdir: first delete what lopt wrote there (config.json, "
-        "metrics.jsonl, parameter_overview.txt, curves.png, export/, the step folders in "
-        "checkpoints/, the event files in tensorboard/, the report files in comparison/ and in "
-        "lopt evaluate's eval_*/export.eval_* folders) and print it; nothing else is deleted. "
-        "Without it, a run with the same config resumes and one with another config is refused. "
-        "A folder lopt did not start (no lopt-workdir.json) is refused either way",
-    )
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-process runs; settings below, else "
-        "detected from the cluster's environment, e.g. SLURM or Cloud TPU)",
-    )
-    parser.add_argument("--coordinator-address", help="with --distributed: host:port of process 0")
-    parser.add_argument("--num-processes", type=int, help="with --distributed")
-    parser.add_argument("--process-id", type=int, help="with --distributed")
-    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    """``lopt meta-train``: exit status 0 when done, 2 for a bad config or a refused workdir
-    (before anything is written or compiled) or unusable checkpoints, 3 when the run stopped
-    because it cannot produce a usable optimizer (non-finite theta, no usable update, every
-    particle diverged), 128 + signal number when stopped by SIGINT/SIGTERM (after saving)."""
-    parser = _parser()
-    try:
-        rest, overrides = config_flags.split_overrides(argv)
-    except config_flags.ConfigError as error:
-        parser.error(str(error))
-    args = parser.parse_args(rest)
-    if args.distributed:
-        # Cross-process collectives between CPU devices need gloo; accelerators ignore this.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    try:
-        config = config_flags.load_config(args.config)
-        for key, text in overrides:
-            config_flags.apply_override(config, key, text)
-        if args.print_config:
-            print(config)
-            return 0
-        config_flags.validate(config, jax.device_count())
-        summary = meta_train(config, args.workdir, overwrite=args.overwrite)
-    except (
-        config_flags.ConfigError,
-        checkpoint.WorkdirError,
-        checkpoint.CheckpointError,
-        DatasetNotFoundError,
-    ) as error:
-        print(f"lopt meta-train: error: {error}", file=sys.stderr)
-        return 2
-    except health.RunHealthError as error:
-        print(f"lopt meta-train: failed: {error}", file=sys.stderr)
-        return 3
-    if summary["interrupted"]:
-        return 128 + int(signal.Signals[summary["interrupted"]])
-    return 0

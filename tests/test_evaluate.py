@@ -17,6 +17,7 @@ from flax import struct
 
 from lopt import schedules
 from lopt.base import LearnedOptimizer
+from meta_train import cli
 from meta_train.evaluation import evaluate as evaluation
 from meta_train.evaluation import report as reporting
 from tasks.base import Task
@@ -399,7 +400,7 @@ def test_bad_inputs_fail_with_clear_messages(capsys):
     with pytest.raises(ValueError, match="learning rates"):
         evaluation.evaluate("adam", [Bowl()], num_steps=5, adam_grid=(0.1, -1.0))
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main(["--optimizer", "no-such-optimizer", "--suite", "tiny"])
+        cli.main(["evaluate", "--optimizer", "no-such-optimizer", "--suite", "tiny"])
     assert exit_info.value.code == 2
     assert "untrained:<architecture>" in capsys.readouterr().err
 
@@ -413,7 +414,7 @@ def test_tiny_suite_runs_from_an_export_through_the_cli(tmp_path, capsys):
     export = tmp_path / "export"
     lopt.save(export, optimizer, optimizer.init_meta_params(jax.random.key(0)), {"num_steps": 30})
     argv = ["--optimizer", str(export), "--suite", "tiny", "--seeds", "2", "--horizons", "1"]
-    assert evaluation.main([*argv, "--fast-compile", "--no-progress", "--no-plots"]) == 0
+    assert cli.main(["evaluate", *argv, "--fast-compile", "--no-progress", "--no-plots"]) == 0
 
     out_dir = export.parent / "export.eval_tiny"  # the default: beside the export, not in it
     saved = json.loads((out_dir / "report.json").read_text())

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 import lopt
-from meta_train import checkpoint
+from meta_train import checkpoint, cli
 from meta_train.evaluation import evaluate
 
 
@@ -20,7 +20,7 @@ def export_dir(tmp_path):
 
 
 def refused(argv, capsys) -> str:
-    assert evaluate.main([*argv, "--suite", "tiny", "--no-progress"]) == 2
+    assert cli.main(["evaluate", *argv, "--suite", "tiny", "--no-progress"]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert err.startswith("lopt evaluate: error: ") and "\n" not in err, err

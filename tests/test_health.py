@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 from tiny_run import tiny_argv
 
-from meta_train import health, outer, train
+from meta_train import cli, health, outer
 
 
 def interval(skipped=0.0, masked=0.0, norm=1.0):
@@ -68,7 +68,7 @@ def test_warnings_come_once_per_crossing():
 
 
 def run_failing(argv, capsys) -> str:
-    assert train.main(argv) == 3
+    assert cli.main(["meta-train", *argv]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lopt meta-train: failed: ")
     return err[-1]

@@ -11,7 +11,7 @@ import pytest
 import tiny_run
 
 import lopt
-from meta_train import ship, train
+from meta_train import cli, ship
 
 
 def least_squares_losses(tx, num_steps: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_pretrained_needs_the_run_length_and_names_what_ships():
 
 def test_ship_copies_a_finished_run_with_its_record(tmp_path):
     workdir = str(tmp_path / "run")
-    assert train.main([*tiny_run.tiny_argv(), "--workdir", workdir]) == 0
+    assert cli.main(["meta-train", *tiny_run.tiny_argv(), "--workdir", workdir]) == 0
     path = ship.ship(workdir, "tiny", "lopt meta-train (tiny)", weights_dir=str(tmp_path / "w"))
     optimizer, _, _ = lopt.load_optimizer(path)
     assert optimizer.architecture == "adam"

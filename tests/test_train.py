@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import lopt
-from meta_train import checkpoint, config_flags, metrics, outer, train
+from meta_train import checkpoint, cli, config_flags, metrics, outer, train
 from meta_train.configs import default
 
 # Slow tier (multi-device and multi-process meta-training runs); `pytest -m "not slow"` skips it.
@@ -127,7 +127,7 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(runs, tmp_path,
     _, workdir = runs[4]
     argv = ["--config", "hpo_adam", "--workdir", workdir]
     argv += [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
-    assert train.main([*argv, "--config.estimator.sigma=0.2"]) == 2
+    assert cli.main(["meta-train", *argv, "--config.estimator.sigma=0.2"]) == 2
     message = capsys.readouterr().err
     assert "different config" in message and "estimator.sigma" in message
     assert "--overwrite" in message
@@ -163,7 +163,8 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(runs, tmp_path,
 )
 def test_bad_config_fails_before_anything_runs(override, named, tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert train.main(["--workdir", str(workdir), "--config.num_devices=2", override]) == 2
+    argv = ["meta-train", "--workdir", str(workdir), "--config.num_devices=2", override]
+    assert cli.main(argv) == 2
     message = capsys.readouterr().err
     for word in named:
         assert word in message, (word, message)

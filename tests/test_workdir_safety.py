@@ -2,8 +2,9 @@
 one line, the user's folder byte-identical), ``--overwrite`` removing only what lopt wrote, the
 exclusive lock, and config files and values that cannot be used.
 
-Refusals run ``train.main`` in-process on a config of tiny quadratic problems; every one is decided
-before the data is loaded or anything is compiled, so none takes more than a second or two.
+Refusals run ``lopt meta-train`` (``cli.main``) in-process on a config of tiny quadratic problems;
+every one is decided before the data is loaded or anything is compiled, so none takes more than a
+second or two.
 """
 
 import hashlib
@@ -16,7 +17,7 @@ import textwrap
 import pytest
 from tiny_run import tiny_argv, tiny_config
 
-from meta_train import checkpoint, config_flags, train
+from meta_train import checkpoint, cli, config_flags
 
 # Slow tier (the CLI in subprocesses); `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def snapshot(folder) -> dict[str, str]:
 
 def refused(argv, capsys) -> str:
     """Run ``lopt meta-train argv``; assert rc 2 and a one-line error; return that line."""
-    assert train.main(argv) == 2
+    assert cli.main(["meta-train", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lopt meta-train: error: ") and "\n" not in err, err
     return err
@@ -164,7 +165,7 @@ def test_overwrite_of_a_finished_run_with_the_same_config_starts_afresh(tmp_path
 
 def test_help_says_what_overwrite_removes(capsys):
     with pytest.raises(SystemExit):
-        train.main(["--help"])
+        cli.main(["meta-train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for promise in ("config.json", "checkpoints/", "tensorboard/", "export/", "nothing else"):
         assert promise in text, promise

@@ -26,7 +26,6 @@ Python: ``evaluate(optimizer, tasks, ...) -> Report`` (``meta_train.evaluation.r
 from __future__ import annotations
 
 import abc
-import argparse
 import copy
 import dataclasses
 import functools
@@ -35,7 +34,6 @@ import math
 import operator
 import os
 import re
-import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -858,92 +856,6 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, disable=not enabled, unit="task", file=sys.stderr)
 
 
-# --- CLI.
-
-
-def _positive_floats(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from error
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lopt evaluate",
-        description="Train a held-out suite with an optimizer and with tuned Adam and SGD-M; "
-        "write a table, report.md, report.json and loss-curve PNGs.",
-    )
-    parser.add_argument(
-        "--optimizer",
-        required=True,
-        help="an export directory, 'adam', 'sgdm', or 'untrained:<architecture>'",
-    )
-    parser.add_argument(
-        "--suite",
-        default="default",
-        help="held-out suite (lopt tasks list); your own with `lopt evaluate --import MODULE`, "
-        "a module that calls tasks.register_suite",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="override every task's horizon")
-    parser.add_argument("--seeds", type=int, default=5, help="runs per task and optimizer")
-    parser.add_argument(
-        "--horizons",
-        type=_positive_floats,
-        default=[1.0, 2.0, 5.0],
-        help="multiples of each task's horizon to evaluate at (default: 1,2,5)",
-    )
-    parser.add_argument(
-        "--grid-points", type=int, default=7, help="log-spaced learning rates per baseline"
-    )
-    parser.add_argument(
-        "--divergence-factor",
-        type=float,
-        default=DEFAULT_DIVERGENCE_FACTOR,
-        help="a run whose final training loss exceeds this multiple of its initial one diverged",
-    )
-    parser.add_argument(
-        "--baseline-schedule",
-        choices=("auto", *schedules.SCHEDULES),
-        default="auto",
-        help="the baselines' learning-rate schedule; auto: the learned rule's own 'schedule' "
-        "field if it has one, else constant (default: auto)",
-    )
-    parser.add_argument(
-        "--sweep-learned-lr",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also tune the learned rule's run-time learning_rate over 7 points around its "
-        "default, reported as '<name> (tuned lr)' (for rules that have one)",
-    )
-    parser.add_argument(
-        "--untrained-floor",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also evaluate the untrained learned optimizer (for export directories)",
-    )
-    parser.add_argument(
-        "--fast-compile",
-        action="store_true",
-        help="compile faster, run slower (XLA backend optimisation level 0): for short runs",
-    )
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder: new, empty, or one lopt evaluate wrote before (its files are "
-        "replaced); never inside an export (default: <export>.eval_<suite> beside the export, "
-        "e.g. runs/default/export.eval_default, or runs/<optimizer>.eval_<suite>)",
-    )
-    return parser
-
-
 def default_out_folder(optimizer: str, suite: str) -> str:
     """``<export>.eval_<suite>`` beside an export (one per export, and outside it: re-saving an
     export replaces its whole folder), else ``runs/<optimizer>.eval_<suite>``."""
@@ -980,7 +892,7 @@ def check_out_folder(out: str) -> None:
         )
 
 
-def _claim_out_folder(out: str, optimizer: str, suite: str) -> None:
+def claim_out_folder(out: str, optimizer: str, suite: str) -> None:
     """Create ``out`` with the marker that makes it lopt evaluate's (``--overwrite`` of a
     workdir removes such folders; a later evaluation may replace their files)."""
     from meta_train.checkpoint import EVAL_MARKER_FILE
@@ -990,62 +902,7 @@ def _claim_out_folder(out: str, optimizer: str, suite: str) -> None:
         json.dump({"format": "lopt-evaluation", "optimizer": optimizer, "suite": suite}, f)
 
 
-def main(argv: list[str]) -> int:
-    """``lopt evaluate``: print the table and summary line, write the report files. Exit status 2
-    for bad arguments or an output folder it must not write to (checked before anything runs)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be at least 1, got {args.seeds}")
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
-    if args.grid_points < 1:
-        parser.error(f"--grid-points must be at least 1, got {args.grid_points}")
-    if not args.divergence_factor > 1:
-        parser.error(f"--divergence-factor must exceed 1, got {args.divergence_factor}")
-    is_export = os.path.isdir(args.optimizer)
-    if not (is_export or args.optimizer in BASELINES or args.optimizer.startswith("untrained:")):
-        parser.error(
-            f"--optimizer {args.optimizer!r} is not 'adam', 'sgdm', 'untrained:<architecture>' "
-            "or an existing export directory"
-        )
-    from tasks import registry
-
-    if args.suite not in registry.suite_names():
-        parser.error(
-            f"--suite {args.suite!r} is unknown; known suites: {', '.join(registry.suite_names())}"
-        )
-    out = args.out or default_out_folder(args.optimizer, args.suite)
-    try:
-        check_out_folder(out)
-    except ValueError as error:
-        print(f"lopt evaluate: error: {error}", file=sys.stderr)
-        return 2
-    _claim_out_folder(out, args.optimizer, args.suite)
-    report = evaluate(
-        args.optimizer,
-        registry.get_suite(args.suite),
-        num_steps=args.steps,
-        horizons=args.horizons,
-        seeds=args.seeds,
-        adam_grid=tuple(float(lr) for lr in np.logspace(-4, -1, args.grid_points)),
-        sgdm_grid=tuple(float(lr) for lr in np.logspace(-3, 0, args.grid_points)),
-        baseline_schedule=_baseline_schedule(args.baseline_schedule, args.optimizer),
-        learned_lr_multipliers=LEARNED_LR_MULTIPLIERS if args.sweep_learned_lr else (),
-        untrained_floor=args.untrained_floor,
-        divergence_factor=args.divergence_factor,
-        progress=not args.no_progress,
-        compiler_options=FAST_COMPILE if args.fast_compile else None,
-        settings={"suite": args.suite, "command": "lopt evaluate " + shlex.join(argv)},
-    )
-    paths = report.save(out, plots=not args.no_plots)
-    print(report.format_console())
-    num_plots = sum(kind.startswith("plot:") for kind in paths)
-    print(f"wrote {paths['markdown']}, {paths['json']} and {num_plots} plots to {out}")
-    return 0
-
-
-def _baseline_schedule(choice: str, optimizer: str) -> str:
+def baseline_schedule(choice: str, optimizer: str) -> str:
     """``auto``: the export's rule's ``schedule`` field (the same schedule for every contender)."""
     if choice != "auto":
         return choice
