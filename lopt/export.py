@@ -26,6 +26,7 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -102,6 +103,30 @@ def _check_signature(params: Any, expected: ParamsSignature) -> None:
         )
 
 
+def _with_params_check(
+    init_inner: Callable[[Any], Any], apply: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
+) -> optax.GradientTransformationExtraArgs:
+    """An optax transform around a learned optimizer's state that refuses a missing ``params``
+    or params of other shapes than ``init`` saw; ``apply(inner, updates, params, value)``."""
+
+    def init_fn(params: Any) -> TransformState:
+        return TransformState(init_inner(params), ParamsSignature.of(params))
+
+    def update_fn(
+        updates: Any, state: Any, params: Any = None, *, value: Any = None, **extra_args: Any
+    ) -> tuple[Any, Any]:
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "learned optimizers need the params: call update(grads, state, params)"
+            )
+        _check_signature(params, state.signature)
+        updates, inner = apply(state.inner, updates, params, value)
+        return updates, TransformState(inner, state.signature)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def to_optax(
     optimizer: LearnedOptimizer, theta: MetaParams, num_steps: int | jax.Array | None
 ) -> optax.GradientTransformationExtraArgs:
@@ -143,24 +168,13 @@ def to_optax(
         if step is not None and horizon is not None:
             jax.lax.cond(step > horizon, lambda: jax.debug.callback(warn_once), lambda: None)
 
-    def init_fn(params: Any) -> TransformState:
-        return TransformState(optimizer.init(theta, params, num_steps), ParamsSignature.of(params))
-
-    def update_fn(
-        updates: Any, state: Any, params: Any = None, *, value: Any = None, **extra_args: Any
-    ) -> tuple[Any, Any]:
-        del extra_args
-        if params is None:
-            raise ValueError(
-                "learned optimizers need the params: call update(grads, state, params)"
-            )
-        _check_signature(params, state.signature)
-        updates, inner = optimizer.update(theta, state.inner, updates, params, value)
+    def apply(inner: Any, updates: Any, params: Any, value: Any) -> tuple[Any, Any]:
+        updates, inner = optimizer.update(theta, inner, updates, params, value)
         if optimizer.uses_horizon:
             warn_past_horizon(inner)
-        return updates, TransformState(inner, state.signature)
+        return updates, inner
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _with_params_check(lambda params: optimizer.init(theta, params, num_steps), apply)
 
 
 def _theta_digest(theta: MetaParams) -> str:
@@ -443,23 +457,10 @@ def rule_transform(
             "has no direction-only form; use to_optax (or lopt.load) for its full update"
         )
     theta = jax.tree.map(jnp.asarray, theta)
-
-    def init_fn(params: Any) -> TransformState:
-        return TransformState(optimizer.init(theta, params, 1), ParamsSignature.of(params))
-
-    def update_fn(
-        updates: Any, state: Any, params: Any = None, **extra_args: Any
-    ) -> tuple[Any, Any]:
-        del extra_args
-        if params is None:
-            raise ValueError(
-                "learned rules need the params: call update(grads, state, params)"
-            )
-        _check_signature(params, state.signature)
-        direction, inner = optimizer.direction(theta, state.inner, updates, params)
-        return direction, TransformState(inner, state.signature)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _with_params_check(
+        lambda params: optimizer.init(theta, params, 1),
+        lambda inner, updates, params, _: optimizer.direction(theta, inner, updates, params),
+    )
 
 
 def with_learning_rate(
