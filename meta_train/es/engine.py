@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
 
 from meta_train.es import estimators
@@ -172,10 +173,6 @@ def _flatten_theta(theta: Any) -> tuple[jax.Array, Callable]:
     return ravel_pytree(theta)
 
 
-def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 def _twin_thetas(flat_theta: jax.Array, unravel: Callable, eps: jax.Array) -> Any:
     """theta pytrees with a leading twin axis: ``theta + eps`` and ``theta - eps``."""
     signs = jnp.array([1.0, -1.0], flat_theta.dtype)
@@ -263,7 +260,7 @@ def _start_window(config: EngineConfig, pair: Particles) -> Particles:
     if estimators.shares_state_at_window_start(config.estimator):
         due = estimators.redraw_due(config.estimator, config.resample_every, pair.noise)
         shared = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), state)
-        state = _select(due, shared, state)
+        state = optax.tree.where(due, shared, state)
     return pair._replace(state=state, noise=noise, key=jax.random.key_data(key))
 
 
@@ -317,7 +314,7 @@ def _pair_step(
         return Particles(state, pair.config, step, pair.horizon, pair.noise, key_data)
 
     if config.pairs_per_chunk != 1:
-        return _select(reset, renewed(), continued()), losses, finite, reset
+        return optax.tree.where(reset, renewed(), continued()), losses, finite, reset
 
     # One pair at a time, a real branch skips building a fresh problem on the (T - 1) / T of
     # steps that do not reset. Under shard_map both branches must vary across devices alike:
@@ -325,7 +322,7 @@ def _pair_step(
     def varying_like_reset(branch: Callable[[], Particles]) -> Callable[[], Particles]:
         def run() -> Particles:
             out = branch()
-            return _select(reset, out, out)
+            return optax.tree.where(reset, out, out)
 
         return run
 
@@ -344,7 +341,7 @@ def _restart_unstepped(
     thetas = _twin_thetas(flat_theta, unravel, pair.noise.eps)
     init = jax.vmap(system.init_state, in_axes=(0, None, None, None))
     state = init(thetas, init_key, pair.config, pair.horizon)
-    return pair._replace(state=_select(pair.step == 0, state, pair.state))
+    return pair._replace(state=optax.tree.where(pair.step == 0, state, pair.state))
 
 
 def _pair_window(
@@ -569,6 +566,10 @@ def _with_system(fn, treedef, static, config, arrays, *args):
     return fn(jax.tree.unflatten(treedef, leaves), config, *args)
 
 
+# One jax.jit wrapper per set of compiler options, kept for the process. It saves no compile: a
+# fresh wrapper per call (plain jax.jit) hits jax's own trace and compile caches, and its first
+# call costs the same. It saves the dispatch: a repeated init_particles call takes about 1.5-1.8 ms
+# with it and 3.3-5.5 ms (2-3x) without (benchmarks/jit_cache.py, 2-core CPU, 3 repeats).
 @functools.cache
 def _jitted(options: tuple) -> Callable:
     """One jitted ``_with_system`` per set of compiler options (each keeps its own cache)."""

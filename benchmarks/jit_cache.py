@@ -1,0 +1,100 @@
+"""What the engine's jit-wrapper cache buys: ``engine._jitted`` (``functools.cache``: one
+``jax.jit`` wrapper per set of XLA compiler options) against a fresh ``jax.jit`` wrapper per call,
+which leaves the caching to jax (its trace and compile caches key on the function, the static
+arguments and the argument shapes).
+
+``init_particles`` is the engine's one self-jitted entry point. For each variant, in one process
+and in alternating order, ``--repeats`` times: all jax caches cleared, then the first call
+(trace + compile + run) and the median of ``--calls`` further identical calls (steady state).
+The machine is noisy: read the ratios between the variants of the same repeat.
+
+    python benchmarks/jit_cache.py [--out benchmarks/results/jit_cache.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.provenance import provenance
+from meta_train.es import engine, reference_systems
+
+VARIANTS = {
+    "cached_wrapper": lambda: engine._jitted,
+    "plain_jax_jit": lambda: engine._jitted.__wrapped__,  # a new jax.jit wrapper every call
+}
+
+
+def time_variant(variant: str, system, config, theta, calls: int) -> dict[str, float]:
+    jax.clear_caches()
+    engine._jitted.cache_clear()
+    run = lambda: jax.block_until_ready(
+        engine.init_particles(system, config, theta, jax.random.key(0))
+    )
+    with mock.patch.object(engine, "_jitted", VARIANTS[variant]()):
+        start = time.perf_counter()
+        run()
+        first = time.perf_counter() - start
+        steady = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            run()
+            steady.append(time.perf_counter() - start)
+    return {"first_call_s": first, "steady_call_s": statistics.median(steady)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args(argv)
+    run_provenance = provenance(["benchmarks/jit_cache.py", *(argv or sys.argv[1:])])
+
+    system = reference_systems.LinearQuadraticSystem.create(jax.random.key(0), 4, 3)
+    theta = {"a": jnp.zeros(2), "b": jnp.zeros(1)}
+    config = engine.EngineConfig(num_pairs=8, window=4, sigma=0.1, horizon=(8, 32))
+    rows = []
+    for repeat in range(args.repeats):
+        order = list(VARIANTS) if repeat % 2 == 0 else list(reversed(VARIANTS))
+        times = {name: time_variant(name, system, config, theta, args.calls) for name in order}
+        base = times["cached_wrapper"]
+        row = {"repeat": repeat, "order": order, **times}
+        for key in ("first_call_s", "steady_call_s"):
+            row[f"plain_over_cached_{key}"] = times["plain_jax_jit"][key] / base[key]
+        rows.append(row)
+        print(
+            f"repeat {repeat}: first call cached {base['first_call_s']:.3f}s "
+            f"plain {times['plain_jax_jit']['first_call_s']:.3f}s "
+            f"(ratio {row['plain_over_cached_first_call_s']:.2f}); steady cached "
+            f"{base['steady_call_s'] * 1e3:.3f}ms plain "
+            f"{times['plain_jax_jit']['steady_call_s'] * 1e3:.3f}ms "
+            f"(ratio {row['plain_over_cached_steady_call_s']:.2f})",
+            flush=True,
+        )
+    result = {
+        "provenance": run_provenance,
+        "setting": {"system": "LinearQuadraticSystem(4, 3)", "config": repr(config)},
+        "rows": rows,
+        "load_average_after": list(os.getloadavg()),
+    }
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
