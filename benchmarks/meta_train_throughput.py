@@ -25,7 +25,7 @@ On a CPU it forces two host devices (``XLA_FLAGS``) before jax starts, so the 2-
 the same cores as the 1-device runs: they measure how well sharding uses the cores, not more
 hardware. evosax is a benchmark-only dependency (``pip install -c constraints.txt -e ".[bench]"``);
 without it the evosax row is skipped. The JSON carries ``provenance`` (commit, versions, argv,
-date, platform, devices, load average before the run) and the load average after it.
+date, platform, devices, load average before the run) and the load average after each round.
 """
 
 from __future__ import annotations
@@ -324,11 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  compiled {variant.name} in {variant.compile_seconds:.1f}s {variant.extra or ''}")
 
     throughputs = {variant.name: [] for variant in variants}
+    load_per_round = []  # the 1-minute load average after each round: how busy the machine was
     for _ in range(setting.rounds):
         for variant in variants:
             seconds = variant.run(setting.steps_per_round)
             rate = variant.inner_steps_per_call * setting.steps_per_round / seconds
             throughputs[variant.name].append(rate)
+        load_per_round.append(os.getloadavg()[0])
 
     results = {}
     medians = {name: statistics.median(rates) for name, rates in throughputs.items()}
@@ -356,13 +358,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{ratio_es:>11}{ratio_adam:>9}"
         )
     print(f"peak RSS {_rss_peak_mb():.0f} MB; device peak {_device_peak_mb() or 'n/a'} MB")
+    print("1-minute load average after each round: " + ", ".join(f"{x:.1f}" for x in load_per_round))
 
     record = {
         "provenance": run_provenance | {"evosax_version": _evosax_version()},
         "mode": mode_name,
         "setting": setting._asdict(),
         "steps_timed": setting.steps_per_round * setting.rounds,
-        "load_average_after": list(os.getloadavg()),
+        "load_average_per_round": load_per_round,
         "results": results,
     }
     suffix = "" if mode_name == "reference" else f"_{mode_name}"
