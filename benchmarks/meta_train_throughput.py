@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{ratio_es:>11}{ratio_adam:>9}"
         )
     print(f"peak RSS {_rss_peak_mb():.0f} MB; device peak {_device_peak_mb() or 'n/a'} MB")
-    print("1-minute load average after each round: " + ", ".join(f"{x:.1f}" for x in load_per_round))
+    loads = ", ".join(f"{x:.1f}" for x in load_per_round)
+    print(f"1-minute load average after each round: {loads}")
 
     record = {
         "provenance": run_provenance | {"evosax_version": _evosax_version()},
