@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from lopt import features as feats
 from lopt import flat
@@ -47,11 +48,19 @@ class SGDMState(NamedTuple):
 
 def _zeros_like_f32(params: Any) -> Any:
     flat.layout_of(params)  # rejects non-float leaves with a clear message
-    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+    return optax.tree.zeros_like(params, jnp.float32)
 
 
-def _cast_like(updates: Any, params: Any) -> Any:
-    return jax.tree.map(lambda u, p: u.astype(jnp.result_type(p)), updates, params)
+def _chain_update(
+    tx: optax.GradientTransformation, inner_state: Any, grads: Any, params: Any
+) -> tuple[Any, Any]:
+    """One step of ``tx = chain(inner, scale_by_learning_rate)`` (as ``optax.adam``/``optax.sgd``
+    build it) from ``inner``'s state: ``(updates cast to the params' dtypes, new inner state)``.
+
+    Gradients enter in float32 so low-precision params keep float32 moments."""
+    grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)  # scalars too
+    updates, (inner_state, _) = tx.update(grads, (inner_state, optax.EmptyState()))
+    return optax.tree.cast_like(updates, params), inner_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +115,7 @@ class _Learnable(LearnedOptimizer):
 
 @dataclasses.dataclass(frozen=True)
 class LearnableAdam(_Learnable):
-    """Adam (as ``optax.adam``) with learnable log lr, logit betas, log epsilon, and schedule."""
+    """``optax.adam`` with learnable log lr, logit betas, log epsilon, and schedule."""
 
     architecture = "adam"
 
@@ -149,26 +158,21 @@ class LearnableAdam(_Learnable):
     ) -> tuple[Any, AdamState]:
         del loss
         values = self.values(theta)
-        b1 = jax.nn.sigmoid(values["logit_b1"])
-        b2 = jax.nn.sigmoid(values["logit_b2"])
-        eps = jnp.exp(values["log_eps"])
-        lr = self.learning_rate_at(values, state.step)
-        step = state.step + 1
-        g32 = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)
-        mu = jax.tree.map(lambda m, g: (1.0 - b1) * g + b1 * m, state.mu, g32)
-        nu = jax.tree.map(lambda v, g: (1.0 - b2) * (g * g) + b2 * v, state.nu, g32)
-        mu_correction = 1.0 - b1**step
-        nu_correction = 1.0 - b2**step
-        updates = jax.tree.map(
-            lambda m, v: (m / mu_correction) / (jnp.sqrt(v / nu_correction) + eps) * (-lr), mu, nu
+        # optax accepts traced hyperparameters, so theta flows (and differentiates) through it.
+        tx = optax.adam(
+            self.learning_rate_at(values, state.step),
+            b1=jax.nn.sigmoid(values["logit_b1"]),
+            b2=jax.nn.sigmoid(values["logit_b2"]),
+            eps=jnp.exp(values["log_eps"]),
         )
-        return _cast_like(updates, params), AdamState(step, mu, nu)
+        updates, adam = _chain_update(tx, optax.ScaleByAdamState(*state), grads, params)
+        return updates, AdamState(adam.count, adam.mu, adam.nu)
 
 
 @dataclasses.dataclass(frozen=True)
 class LearnableSGDM(_Learnable):
-    """SGD with heavy-ball momentum (as ``optax.sgd(lr, momentum)``: ``m <- g + beta m``,
-    ``update = -lr m``) with learnable log lr, logit momentum, and schedule."""
+    """``optax.sgd(lr, momentum)`` (heavy ball: ``m <- g + beta m``, ``update = -lr m``) with
+    learnable log lr, logit momentum, and schedule."""
 
     architecture = "sgdm"
 
@@ -201,10 +205,9 @@ class LearnableSGDM(_Learnable):
     ) -> tuple[Any, SGDMState]:
         del loss
         values = self.values(theta)
-        beta = jax.nn.sigmoid(values["logit_momentum"])
-        lr = self.learning_rate_at(values, state.step)
-        momentum = jax.tree.map(
-            lambda g, m: jnp.asarray(g, jnp.float32) + beta * m, grads, state.momentum
+        tx = optax.sgd(
+            self.learning_rate_at(values, state.step),
+            momentum=jax.nn.sigmoid(values["logit_momentum"]),
         )
-        updates = jax.tree.map(lambda m: m * (-lr), momentum)
-        return _cast_like(updates, params), SGDMState(state.step + 1, momentum)
+        updates, trace = _chain_update(tx, optax.TraceState(state.momentum), grads, params)
+        return updates, SGDMState(state.step + 1, trace.trace)

@@ -66,11 +66,12 @@ def lstm_cell_params(w_x: jax.Array, w_h: jax.Array) -> dict:
     return {"w_x": w_x, "w_h": w_h, "b": b}
 
 
-def lstm_cell(
-    gates_in: jax.Array, hidden: jax.Array, cell: jax.Array, w_h: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """One LSTM step given the input part of the gates ``gates_in[..., 4H]``: ``(hidden, cell)``."""
-    gates = gates_in + hidden @ w_h
+def lstm_cell(gates: jax.Array, cell: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One LSTM step from the gate pre-activations ``gates [..., 4H]`` (input, forget, cell,
+    output; e.g. ``x @ w_x + h @ w_h + b``) and ``cell [..., H]``: ``(hidden, cell)``, with
+    ``cell' = sigmoid(f) cell + sigmoid(i) tanh(g)``, ``hidden = sigmoid(o) tanh(cell')``.
+
+    Callers form ``gates`` themselves: the learned optimizer adds context and per-tensor terms."""
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
     return jax.nn.sigmoid(o) * jnp.tanh(cell), cell
@@ -184,14 +185,14 @@ class LSTMOptimizer(feats.FeatureFields, LearnedOptimizer):
             tensor_in = jnp.concatenate([log_scales, context], axis=1)
             tensor_theta = theta["tensor_cell"]
             tensor_hidden, tensor_cell = lstm_cell(
-                tensor_in @ tensor_theta["w_x"] + tensor_theta["b"],
-                tensor_hidden,
+                tensor_in @ tensor_theta["w_x"]
+                + tensor_theta["b"]
+                + tensor_hidden @ tensor_theta["w_h"],
                 tensor_cell,
-                tensor_theta["w_h"],
             )
             tensor_gates = tensor_hidden @ theta["tensor_to_gates"]
             gates_in = gates_in + flat.per_tensor_broadcast(inputs.layout, tensor_gates)
-        hidden, cell = lstm_cell(gates_in, state.hidden, state.cell, cell_theta["w_h"])
+        hidden, cell = lstm_cell(gates_in + state.hidden @ cell_theta["w_h"], state.cell)
         out = hidden @ theta["out"]["w"] + theta["out"]["b"]
         flat_updates = feats.scaled_step(out, self.exp_mult, self.step_mult)
         new_state = LSTMOptState(

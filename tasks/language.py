@@ -210,6 +210,11 @@ class LMConfig(NamedTuple):
 
 
 def _lstm_step(params: Params, carry, inputs: jax.Array):
+    """``((hidden, cell), hidden)`` of one LSTM step on ``inputs [batch, embed]``.
+
+    The gate maths of ``lopt.lstm.lstm_cell``, repeated because ``tasks`` and ``lopt`` are
+    independent packages (tests/test_layering.py); flax's cells would change this task's params
+    (one kernel per gate, the tensors a learned optimizer sees)."""
     hidden, cell = carry
     gates = inputs @ params["w_x"] + hidden @ params["w_h"] + params["b"]
     i, f, g, o = jnp.split(gates, 4, axis=-1)

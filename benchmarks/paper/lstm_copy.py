@@ -26,7 +26,9 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from benchmarks.paper import common
+from lopt.lstm import lstm_cell
 from meta_train.es import engine
+from meta_train.es.compile_options import FAST_COMPILE
 from meta_train.es.system import UnrolledSystem
 
 NAME = "lstm_copy"
@@ -86,10 +88,7 @@ class CopySystem(struct.PyTreeNode, UnrolledSystem):
 
     def logits(self, theta: Any, state: CopyState, token: jax.Array) -> tuple[CopyState, jax.Array]:
         inputs = jnp.concatenate([jax.nn.one_hot(token, NUM_INPUTS), state.h])
-        gates = inputs @ theta["w"] + theta["b"]
-        i, f, g, o = jnp.split(gates, 4)
-        c = jax.nn.sigmoid(f) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        h, c = lstm_cell(inputs @ theta["w"] + theta["b"], state.c)
         return CopyState(h, c, state.t + 1), h @ theta["out_w"] + theta["out_b"]
 
     def step(
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.outer_lr,
                 check,
                 seed,
-                common.FAST_COMPILE if args.quick else None,
+                FAST_COMPILE if args.quick else None,
             )
             for seed in range(num_seeds)
         ]
