@@ -557,7 +557,7 @@ def _call_jitted(
             "the system must be a pytree (e.g. a flax.struct.PyTreeNode) whose non-array parts "
             f"are hashable, or a hashable object; got {type(system).__name__}: {error}"
         ) from error
-    return _jitted(options)(fn, treedef, static, config, arrays, *args)
+    return _jit(options)(fn, treedef, static, config, arrays, *args)
 
 
 def _with_system(fn, treedef, static, config, arrays, *args):
@@ -566,11 +566,10 @@ def _with_system(fn, treedef, static, config, arrays, *args):
     return fn(jax.tree.unflatten(treedef, leaves), config, *args)
 
 
-# One jax.jit wrapper per set of compiler options, kept for the process. It saves no compile: a
-# fresh wrapper per call (plain jax.jit) hits jax's own trace and compile caches, and its first
-# call costs the same. It saves the dispatch: a repeated init_particles call takes about 1.5-1.8 ms
-# with it and 3.3-5.5 ms (2-3x) without (benchmarks/jit_cache.py, 2-core CPU, 3 repeats).
-@functools.cache
-def _jitted(options: tuple) -> Callable:
-    """One jitted ``_with_system`` per set of compiler options (each keeps its own cache)."""
+def _jit(options: tuple) -> Callable:
+    """``_with_system`` under ``jax.jit`` with these compiler options. A new wrapper per call:
+    jax's own trace and compile caches (keyed on the function, static arguments, shapes and
+    options) make a repeated call compile nothing. A wrapper cached per options set saved no
+    compile time and at most ~2 ms a repeated call, not reproducibly on a loaded 2-core machine
+    (``benchmarks/jit_cache.py``)."""
     return jax.jit(_with_system, static_argnums=(0, 1, 2, 3), compiler_options=dict(options))
