@@ -13,7 +13,6 @@ from lopt.export import (
     ExportError,
     NewerFormatError,
     NotAnExportError,
-    UnknownArchitectureError,
     load,
     load_optimizer,
     load_rule,
@@ -26,7 +25,7 @@ from lopt.hand_designed import AdamState, LearnableAdam, LearnableSGDM, SGDMStat
 from lopt.lstm import LSTMOptimizer, LSTMOptState
 from lopt.mlp import MLPOptimizer, MLPOptState
 from lopt.normalized import NormalizedOptimizer, NormalizedOptState
-from lopt.registry import architecture_names, get_optimizer, register
+from lopt.registry import UnknownArchitectureError, architecture_names, get_optimizer, register
 from lopt.shipped import pretrained, pretrained_info, pretrained_names, pretrained_path
 
 __all__ = [

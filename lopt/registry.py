@@ -22,8 +22,16 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-class UnknownArchitectureError(ValueError):
-    """An architecture name that is neither registered nor a preset."""
+class UnknownArchitectureError(KeyError, ValueError):
+    """An architecture name that is neither registered nor a preset.
+
+    Shaped like ``tasks.UnknownNameError`` (a ``KeyError`` and a ``ValueError``), so one ``except``
+    covers an unknown name in either registry. The two classes cannot share a base class: ``lopt``
+    and ``tasks`` do not import each other (``tests/test_layering.py``).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError's own str() would quote the message
 
 
 def register(cls: type[LearnedOptimizer]) -> type[LearnedOptimizer]:

@@ -264,12 +264,12 @@ SUITES: dict[str, tuple[SuiteEntry, ...]] = {
 
 
 class UnknownNameError(KeyError, ValueError):
-    """A family or suite name that is not registered: a ``ValueError`` like
-    ``lopt.registry.UnknownArchitectureError``, so one ``except ValueError`` (and the CLI's exit
-    status 2) covers every unknown name; still a ``KeyError`` for existing callers."""
+    """A family or suite name that is not registered: a ``KeyError`` and a ``ValueError``, like
+    ``lopt.UnknownArchitectureError``, so one ``except`` (and the CLI's exit status 2) covers an
+    unknown name in either registry."""
 
     def __str__(self) -> str:
-        return str(self.args[0])
+        return str(self.args[0])  # KeyError's own str() would quote the message
 
 
 def family_names() -> list[str]:
@@ -299,7 +299,7 @@ def family_options(name: str) -> dict[str, Any]:
     return {key: p.default for key, p in parameters.items()} | spec.defaults
 
 
-def _checked_options(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def checked_options(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Every option of family ``name`` with ``overrides`` applied; a clear error for an option
     the family does not have."""
     options = family_options(name)
@@ -315,7 +315,7 @@ def _checked_options(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
 def get_family(name: str, **overrides: Any) -> TaskFamily:
     """The family registered as ``name`` with its defaults replaced by ``overrides``."""
     spec = family_spec(name)
-    _checked_options(name, overrides)
+    checked_options(name, overrides)
     return spec.build(**(spec.defaults | overrides))
 
 
@@ -328,7 +328,7 @@ def static_configuration(name: str, overrides: dict[str, Any] | None = None) -> 
     builder and every option except those that only set how dynamic configurations are sampled
     or where files are (``SAMPLING_OPTIONS``). Equal results are the same static task
     configuration, e.g. ``("mlp_tabular", {"dataset": "digits"})`` and ``("mlp_digits", {})``."""
-    options = _checked_options(name, dict(overrides or {}))
+    options = checked_options(name, dict(overrides or {}))
     build = family_spec(name).build
     fixed = sorted((k, _hashable(v)) for k, v in options.items() if k not in SAMPLING_OPTIONS)
     return (f"{build.__module__}.{build.__qualname__}", tuple(fixed))
