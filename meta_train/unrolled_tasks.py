@@ -17,12 +17,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from lopt.base import LearnedOptimizer
 from meta_train.es.system import UnrolledSystem
+from meta_train.evaluation import inner_training
 from tasks.base import TaskFamily
 from tasks.dynamical import InfluenceBalancing
 
@@ -88,11 +88,10 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
     ) -> tuple[TrainingState, jax.Array]:
         task = self.family.task(config)
         batch_key, meta_key = jax.random.split(key)
-        loss, grads = jax.value_and_grad(task.loss)(state.params, batch_key)
-        updates, opt_state = self.optimizer.update(
-            theta, state.opt_state, grads, state.params, loss
+        update = inner_training.learned_update(self.optimizer, theta)
+        params, opt_state, loss = inner_training.train_step(
+            task, update, state.params, state.opt_state, batch_key
         )
-        params = optax.apply_updates(state.params, updates)
         if self.meta_loss == "train":
             meta_loss = loss
         elif self.meta_loss == "reeval":

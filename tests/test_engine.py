@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from lopt.base import LearnedOptimizer
 from meta_train import unrolled_tasks
 from meta_train.es import engine, estimators, reference_systems
+from meta_train.es.compile_options import FAST_COMPILE
 from meta_train.es.system import UnrolledSystem
 from tasks import quadratic
 from tasks.dynamical import InfluenceBalancing
@@ -22,9 +23,7 @@ from tasks.dynamical import InfluenceBalancing
 # Slow tier (statistical and invariance runs of the engine); `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
 
-# These programs are tiny and run for milliseconds: compile them without backend optimisation,
-# which takes most of the compile time.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# These programs are tiny and run for milliseconds: compiled with FAST_COMPILE.
 UNROLL = jax.jit(engine.unroll_window, static_argnums=(1,), compiler_options=FAST_COMPILE)
 WINDOW_STEP = jax.jit(engine.window_step, static_argnums=(1, 4), compiler_options=FAST_COMPILE)
 SIGMA = 0.3

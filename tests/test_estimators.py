@@ -20,6 +20,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from meta_train.es import engine, estimators, reference_systems
+from meta_train.es.compile_options import FAST_COMPILE
 
 # Slow tier (statistical tests with thousands of pairs); `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -29,9 +30,7 @@ Z_BIASED = 10.0
 NUM_PAIRS = 4096
 SIGMA = 0.3
 
-# Tiny programs that run for milliseconds: compile without backend optimisation (most of the
-# compile time).
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# Tiny programs that run for milliseconds: compiled with FAST_COMPILE.
 UNROLL = jax.jit(engine.unroll_window, static_argnums=(1,), compiler_options=FAST_COMPILE)
 
 

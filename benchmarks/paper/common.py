@@ -26,8 +26,6 @@ from meta_train.es import engine
 from meta_train.es.system import UnrolledSystem
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "paper")
-# XLA:CPU compiles about 4x faster at backend optimisation level 0 and runs slower: for --quick.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -227,7 +225,8 @@ def run_outer(
     compile for all of them), ``chunk`` outer steps ``lax.scan``ned per jitted call.
 
     ``callback(steps_done, flat_theta [S, P], meta_loss [S])`` runs after each chunk (e.g. a
-    progress line). ``compiler_options`` go to XLA (``FAST_COMPILE`` for smoke runs).
+    progress line). ``compiler_options`` go to XLA
+    (``meta_train.es.compile_options.FAST_COMPILE`` for smoke runs).
     """
     flat_theta = ravel_pytree(theta)[0]
     inits = [engine.init_particles(system, config, theta, key) for key in keys]

@@ -21,6 +21,7 @@ import optax
 from benchmarks.paper import common
 from meta_train import unrolled_tasks
 from meta_train.es import engine
+from meta_train.es.compile_options import FAST_COMPILE
 
 NAME = "influence_balancing"
 # (label, estimator, num_pairs)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         runs, num_steps, num_seeds = QUICK_RUNS, 20, 2
     chosen = common.selected(args, ESTIMATORS)
     runs = tuple(run for run in runs if run[1] in chosen)
-    options = common.FAST_COMPILE if args.quick else None
+    options = FAST_COMPILE if args.quick else None
     optimum = unrolled_tasks.InfluenceBalancingSystem().dynamics.optimum()
     print(f"influence balancing: theta* = {optimum:.4f}, theta_0 = 0.5, {num_steps} outer steps")
     results = {}

@@ -25,19 +25,14 @@ import lopt
 from benchmarks.paper import common
 from meta_train import unrolled_tasks
 from meta_train.es import engine
+from meta_train.es.compile_options import FAST_COMPILE
 from meta_train.evaluation import evaluate
+from meta_train.evaluation.report import smooth
 from tasks import registry
 
 NAME = "learned_optimizer"
 ESTIMATORS = (("es_single", "ES-Single"), ("pes", "PES"), ("tes", "TES"))
 HELD_OUT_TASK = "mlp_digits_tanh"
-
-
-def smoothed(curve: np.ndarray, width: int) -> np.ndarray:
-    """Trailing moving average of a ``[steps]`` curve (NaN-aware)."""
-    width = max(1, min(width, len(curve)))
-    kernel = np.ones(width) / width
-    return np.convolve(np.nan_to_num(curve, nan=np.nanmean(curve)), kernel, mode="valid")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         family = registry.get_family("mlp_digits", hidden=(8,), batch_size=32)
         held_out = {"tiny_digits": family.task(family.default_config())}
         eval_steps, eval_seeds, adam_grid = 4, 1, (1e-3,)
-    options = common.FAST_COMPILE if args.quick else None
+    options = FAST_COMPILE if args.quick else None
     optimizer = lopt.get_optimizer("mlp", base="adam")
     system = unrolled_tasks.TaskTrainingSystem(family, optimizer, meta_loss="train")
     theta0 = optimizer.init_meta_params(jax.random.key(0))
@@ -175,12 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     width = max(1, outer_steps // 20)
     for label, result in common.read_json(path)["meta_training"].items():
         losses = np.asarray(result["meta_loss"], float)  # JSON null (NaN) -> nan
-        median = np.median(np.stack([smoothed(c, width) for c in losses]), axis=0)
-        (line,) = curves.plot(np.arange(width, outer_steps + 1), median, label=label)
-        for curve in losses:
+        # A NaN step plots as its seed's mean loss rather than blanking every later average; only
+        # full windows are drawn.
+        filled = np.stack([np.nan_to_num(curve, nan=np.nanmean(curve)) for curve in losses])
+        smoothed = smooth(filled, width)[:, width - 1 :]
+        steps = np.arange(width, outer_steps + 1)
+        (line,) = curves.plot(steps, np.median(smoothed, axis=0), label=label)
+        for curve in smoothed:
             curves.plot(
-                np.arange(width, outer_steps + 1),
-                smoothed(curve, width),
+                steps,
+                curve,
                 color=line.get_color(),
                 alpha=0.25,
                 lw=0.8,

@@ -24,6 +24,7 @@ import lopt
 from benchmarks.paper import common
 from meta_train import unrolled_tasks
 from meta_train.es import engine
+from meta_train.es.compile_options import FAST_COMPILE
 from tasks import registry
 
 NAME = "lr_schedule"
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     mesh = np.stack(np.meshgrid(log_lrs, powers, indexing="ij"), -1).reshape(-1, 2)
     grid_thetas = {"log_lr": jnp.asarray(mesh[:, 0]), "decay_power": jnp.asarray(mesh[:, 1])}
-    options = common.FAST_COMPILE if quick else None
+    options = FAST_COMPILE if quick else None
     objective_of = make_objective(system, horizon, grid_seeds, options)
     grid = objective_of(grid_thetas).reshape(len(log_lrs), -1)
     best = np.unravel_index(np.argmin(grid), grid.shape)

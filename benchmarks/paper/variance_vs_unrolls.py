@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks.paper import common
 from meta_train.es import engine, reference_systems
+from meta_train.es.compile_options import FAST_COMPILE
 
 NAME = "variance_vs_unrolls"
 NUM_THETA = 4  # P for the memoryless systems
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                     horizon // num_windows,
                     samples,
                     seed=1,
-                    compiler_options=common.FAST_COMPILE if args.quick else None,
+                    compiler_options=FAST_COMPILE if args.quick else None,
                 )
                 mean = est.mean(axis=0)
                 variance = float(np.sum(est.var(axis=0, ddof=1)))

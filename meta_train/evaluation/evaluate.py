@@ -46,6 +46,8 @@ import optax
 
 from lopt import schedules
 from lopt.base import LearnedOptimizer
+from meta_train.es.compile_options import FAST_COMPILE
+from meta_train.evaluation import inner_training
 from meta_train.evaluation.report import (
     CRITERIA,
     GridPoint,
@@ -65,9 +67,6 @@ DEFAULT_DIVERGENCE_FACTOR = 2.0
 BASELINES = ("adam", "sgdm")
 # A learned rule's swept learning rates: its default times half-decade steps over +-1.5 decades.
 LEARNED_LR_MULTIPLIERS = tuple(float(m) for m in np.logspace(-1.5, 1.5, 7))
-# XLA:CPU spends most of a short evaluation compiling the vmapped training scan; backend
-# optimisation level 0 compiles it about 4x faster and runs its steps several times slower.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 # --- How each optimizer becomes an optax transform inside the jitted scan.
@@ -292,12 +291,6 @@ def valid_curve_steps(num_steps: int) -> np.ndarray:
     return every * np.arange(1, num_steps // every + 1)
 
 
-def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(init key, data key)`` of a seed; shared by training and the initial-loss evaluation."""
-    init_key, data_key = jax.random.split(key)
-    return init_key, data_key
-
-
 Options = tuple[tuple[str, Any], ...]  # XLA compiler options, hashable
 
 
@@ -324,14 +317,8 @@ def _train_grid(
 
     def run(row: jax.Array, key: jax.Array) -> _GridOutput:
         tx = candidate.transform(row, theta, num_steps)
-        init_key, data_key = _split_key(key)
+        init_key, data_key = inner_training.split_seed(key)
         params = task.init(init_key)
-
-        def step(carry, step_key):
-            params, state = carry
-            loss, grads = jax.value_and_grad(task.loss)(params, step_key)
-            updates, state = tx.update(grads, state, params, value=loss)
-            return (optax.apply_updates(params, updates), state), loss
 
         # Chunks of training steps, each followed by one inner-valid minibatch: the curve costs
         # V forward passes, where a per-step lax.cond would run both branches under vmap.
@@ -342,17 +329,20 @@ def _train_grid(
 
         def chunk(carry, keys):
             chunk_keys, valid_key = keys
-            carry, losses = jax.lax.scan(step, carry, chunk_keys)
-            return carry, (losses, task.eval_loss(carry[0], valid_key, "inner_valid"))
+            params, state, losses = inner_training.train(task, tx.update, *carry, chunk_keys)
+            return (params, state), (losses, task.eval_loss(params, valid_key, "inner_valid"))
 
         head = num_evals * every
         chunks = (step_keys[:head].reshape(num_evals, every), valid_keys)
         carry, (losses, valid_losses) = jax.lax.scan(chunk, (params, tx.init(params)), chunks)
+        params, state = carry
         losses = losses.reshape(head)
         if head < num_steps:
-            carry, tail = jax.lax.scan(step, carry, step_keys[head:])
+            params, state, tail = inner_training.train(
+                task, tx.update, params, state, step_keys[head:]
+            )
             losses = jnp.concatenate([losses, tail])
-        return _GridOutput(losses, valid_losses, carry[0])
+        return _GridOutput(losses, valid_losses, params)
 
     return jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None))(rows, keys)
 
@@ -363,7 +353,7 @@ def _train_grid(
 
 
 def _initial_params(task_args: Any, key: jax.Array, *, build_task: Callable[[Any], Task]) -> Any:
-    return build_task(task_args).init(_split_key(key)[0])
+    return build_task(task_args).init(inner_training.split_seed(key)[0])
 
 
 def _metrics(
@@ -825,7 +815,7 @@ def plan(
     }
     step_seconds = sum(sum(rows) * num_seeds * steps * per_step[t.name] for t, _, steps in jobs)
     num_compiles = len(jobs) * len(contenders) + 2 * len(sizes)
-    fast = dict(options).get("xla_backend_optimization_level") == 0
+    fast = FAST_COMPILE.items() <= dict(options).items()
     return Plan(
         num_tasks=len(sizes),
         horizons=tuple(dict.fromkeys(horizon for _, horizon, _ in jobs)),

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt.base import LearnedOptimizer
+from meta_train.evaluation import inner_training
 from tasks import registry
 
 
@@ -48,18 +49,12 @@ def train_curve(
     """Train ``family.task(config)`` with ``optimizer`` for ``num_steps``: final params and the
     ``[num_steps]`` training losses (not jitted itself)."""
     task = family.task(config)
-    init_key, data_key = jax.random.split(key)
+    init_key, data_key = inner_training.split_seed(key)
     params = task.init(init_key)
     state = optimizer.init(theta, params, num_steps)
-
-    def step(carry, step_key):
-        params, state = carry
-        loss, grads = jax.value_and_grad(task.loss)(params, step_key)
-        updates, state = optimizer.update(theta, state, grads, params, loss)
-        params = jax.tree.map(lambda p, u: p + u, params, updates)
-        return (params, state), loss
-
-    (params, _), losses = jax.lax.scan(step, (params, state), jax.random.split(data_key, num_steps))
+    update = inner_training.learned_update(optimizer, theta)
+    keys = jax.random.split(data_key, num_steps)
+    params, _, losses = inner_training.train(task, update, params, state, keys)
     return params, losses
 
 
