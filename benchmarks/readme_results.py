@@ -1,0 +1,474 @@
+"""The measured figures of ``README.md``, generated from the result JSONs.
+
+    python -m benchmarks.readme_results                    # check README.md against the JSONs
+    python -m benchmarks.readme_results --write README.md  # refresh its tables and figures
+
+Two kinds of quotation:
+
+* tables, rendered whole between ``<!-- readme: NAME -->`` and ``<!-- /readme -->``;
+* figures in prose: a ``Figure`` is a phrase of the README with ``{...}`` format fields (the
+  phrase's own words around them, white space matching any line break) and the JSON values that
+  fill them. The phrase must stand in the README exactly once; ``--write`` replaces only the
+  numbers, so the prose around them stays as written.
+
+``tests/test_readme_figures.py`` checks that every table and every figure of the README is the
+one its JSON gives, so a rerun of a benchmark shows up as a failing test until the README follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import string
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+GENERALIZATION = os.path.join(RESULTS, "generalization", "generalization.json")
+ABLATIONS = os.path.join(RESULTS, "ablations", "ablations.json")
+OPTIMIZER_STEP = os.path.join(RESULTS, "optimizer_step.json")
+THROUGHPUT = os.path.join(RESULTS, "meta_train_throughput.json")
+VARIANCE = os.path.join(RESULTS, "variance.json")
+VARIANCE_SEED = os.path.join(RESULTS, "paper", "variance_independent_seed{}.json")
+PRETRAINED = os.path.join(ROOT, "lopt", "weights", "normalized-v1", "training.json")
+
+ABLATION_DESCRIPTIONS = {
+    "reference": "reference (the recipe)",
+    "mlp": "mlp: the per-parameter MLP rule with an Adam base step instead",
+    "no_augmentation": "no_augmentation: no reparameterization",
+    "one_family": "one_family: the digits MLP alone (same 40 pairs)",
+    "fixed_horizon": "fixed_horizon: one horizon of 200 instead of log-uniform [50, 500]",
+}
+
+
+@functools.cache
+def load(path: str) -> Any:
+    with open(path) as file:
+        return json.load(file)
+
+
+def num(value: float | None) -> str:
+    """Two significant digits below 1, three from 1 up; no trailing zeros (``1``, ``0.5``)."""
+    if value is None or not np.isfinite(value):
+        return "n/a" if value is None else str(value)
+    text = f"{value:.{2 if abs(value) < 1 else 3}g}"
+    return text.rstrip("0").rstrip(".") if "." in text and "e" not in text else text
+
+
+def estimate(entry: dict, tasks: int, suffix: str = "") -> str:
+    """``value [low, high]`` (the interval left out when it is one point), ``(n=...)`` when fewer
+    than all tasks count."""
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    text = num(entry["value"]) + suffix
+    if not entry["low"] == entry["high"] == entry["value"]:
+        text += f" [{num(entry['low'])}, {num(entry['high'])}]"
+    if entry["count"] != tasks:
+        text += f" (n={entry['count']})"
+    return text
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    line = lambda cells: "| " + " | ".join(cells) + " |"
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
+def _rows(contender: str = "learned") -> list[dict]:
+    return [row for row in load(GENERALIZATION)["headline"] if row["contender"] == contender]
+
+
+def _row(horizon: str, contender: str = "learned") -> dict:
+    return next(row for row in _rows(contender) if row["horizon"] == horizon)
+
+
+def generalization_table() -> str:
+    steps = {row["horizon"]: row["steps"] for row in load(GENERALIZATION)["per_task"]}
+    table = []
+    for row in _rows():
+        label = row["horizon"]
+        if label in steps:
+            label += f" ({steps[label]} steps)"
+        tasks = row["tasks"]
+        table.append(
+            [
+                label,
+                str(tasks),
+                estimate(row["win_rate_train_loss"], tasks),
+                estimate(row["win_rate_test_loss"], tasks),
+                estimate(row["speedup_iqm"], tasks, "x"),
+                estimate(row["normalized_train_loss_iqm"], tasks),
+                row["diverged_runs"],
+            ]
+        )
+    header = [
+        "horizon",
+        "tasks",
+        "better than tuned Adam, train loss",
+        "better, test loss",
+        "speed-up IQM",
+        "train loss / Adam's, IQM",
+        "diverged runs",
+    ]
+    return _table(header, table)
+
+
+def _ablation(name: str) -> dict:
+    (row,) = load(ABLATIONS)["results"][name]["headline"]
+    return row
+
+
+def ablations_table() -> str:
+    table = []
+    for name in load(ABLATIONS)["results"]:
+        row = _ablation(name)
+        table.append(
+            [
+                ABLATION_DESCRIPTIONS.get(name, name),
+                num(row["win_rate_train_loss"]["value"]),
+                num(row["win_rate_test_loss"]["value"]),
+                num(row["normalized_train_loss_iqm"]["value"]),
+                num(row["speedup_iqm"]["value"]) + "x",
+                row["diverged_runs"],
+            ]
+        )
+    header = [
+        "ablation",
+        "better than tuned Adam, train loss",
+        "better, test loss",
+        "train loss / Adam's, IQM",
+        "speed-up IQM",
+        "diverged",
+    ]
+    return _table(header, table)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "generalization": generalization_table,
+    "ablations": ablations_table,
+}
+
+
+class Figure(NamedTuple):
+    """A README phrase with format fields, and the values (from one JSON) that fill them."""
+
+    source: str
+    phrase: str
+    values: Callable[[], Sequence[Any]]
+
+    def rendered(self) -> list[str]:
+        fields = [
+            spec for _, name, spec, _ in string.Formatter().parse(self.phrase) if name is not None
+        ]
+        values = self.values()
+        assert len(fields) == len(values), (self.phrase, values)
+        return [format(value, spec) for spec, value in zip(fields, values, strict=True)]
+
+    def pattern(self) -> re.Pattern:
+        parts = []
+        for literal, name, _, _ in string.Formatter().parse(self.phrase):
+            parts.append(r"\s+".join(re.escape(word) for word in re.split(r"\s+", literal)))
+            if name is not None:
+                parts.append(r"(-?[0-9][0-9.,]*[0-9]%?|[0-9]%?)")
+        return re.compile("".join(parts))
+
+
+def _speedup(contender: str, horizon: str) -> float:
+    return _row(horizon, contender)["speedup_iqm"]["value"]
+
+
+def _win(horizon: str, criterion: str = "train", contender: str = "learned") -> float:
+    return _row(horizon, contender)[f"win_rate_{criterion}_loss"]["value"]
+
+
+def _step(name: str) -> float:
+    return load(OPTIMIZER_STEP)["ratios"][name]
+
+
+def _variance(system: str, estimator: str, key: str = "variance_ratio") -> list[float]:
+    rows = load(VARIANCE)["rows"]
+    by_ratio = {
+        r["T_over_K"]: r for r in rows if r["system"] == system and r["estimator"] == estimator
+    }
+    return [by_ratio[ratio][key] for ratio in sorted(by_ratio)]
+
+
+def _pes_independent() -> list[float]:
+    """PES at T/K = 1 (no SE: it equals ES-Single's), 10, 100, 1000 with SEs, then theory."""
+    ratios = _variance("independent", "pes")
+    errors = _variance("independent", "pes", "variance_ratio_se")
+    pairs = [value for pair in zip(ratios[1:], errors[1:], strict=True) for value in pair]
+    return [ratios[0], *pairs, *_variance("independent", "pes", "theory")]
+
+
+def _seed_variance(seed: int, ratio: int = 10) -> float:
+    rows = load(VARIANCE_SEED.format(seed))["rows"]
+    return next(
+        r["variance_ratio"] for r in rows if r["estimator"] == "pes" and r["T_over_K"] == ratio
+    )
+
+
+def _meta_loss_tenths() -> tuple[float, float]:
+    losses = np.asarray(load(PRETRAINED)["meta_loss_curve"]["meta_loss"], dtype=float)
+    tenth = max(len(losses) // 10, 1)
+    return float(losses[:tenth].mean()), float(losses[-tenth:].mean())
+
+
+def _throughput(prefix: str) -> float:
+    results = load(THROUGHPUT)["results"]
+    return next(v["particle_steps_per_s"] for k, v in results.items() if k.startswith(prefix))
+
+
+def _generalization_counts() -> tuple[int, int, int, int]:
+    row, record = _row("1x"), load(GENERALIZATION)
+    return (
+        row["tasks"],
+        round(row["win_rate_train_loss"]["value"] * row["tasks"]),
+        row["win_rate_test_loss"]["value"],
+        record["settings"]["seeds"],
+    )
+
+
+ENGINE_SHARDED, ENGINE_ONE = "engine, chunks of 1 (2 dev)", "engine, all pairs at once (1 dev)"
+
+FIGURES: list[Figure] = [
+    Figure(
+        PRETRAINED,
+        "`lopt meta-train --config pretrained`: {} outer steps, 40 antithetic pairs",
+        lambda: (load(PRETRAINED)["budget"]["outer_steps"],),
+    ),
+    Figure(
+        PRETRAINED,
+        "20 steps, each problem's meta-loss relative to its initial loss; {:.1f}M inner steps",
+        lambda: (load(PRETRAINED)["budget"]["inner_particle_steps"] / 1e6,),
+    ),
+    Figure(
+        GENERALIZATION,
+        "On {} held-out tasks at its one default learning rate it never diverged (also at 2x and "
+        "10x the horizon and 16x the width) and reached a lower final training loss than per-task "
+        "tuned Adam on {}, but its test-loss win rate is only {:.2f}",
+        lambda: _generalization_counts()[:3],
+    ),
+    Figure(
+        GENERALIZATION,
+        "`python benchmarks/generalization.py`\n({:.0f} min on a loaded 2-core CPU",
+        lambda: (load(GENERALIZATION)["seconds"] / 60,),
+    ),
+    Figure(
+        GENERALIZATION,
+        "Suite `generalization`: {} held-out tasks at {} steps",
+        lambda: (_row("1x")["tasks"], load(GENERALIZATION)["per_task"][0]["steps"]),
+    ),
+    Figure(
+        GENERALIZATION,
+        "the win rate ({:.0%} at\n1x, {:.0%} at 2x) and the speed-up ({:.2f}x at 1x) miss it",
+        lambda: (_win("1x"), _win("2x"), _speedup("learned", "1x")),
+    ),
+    Figure(
+        GENERALIZATION,
+        "The same rule with its learning rate tuned per task wins {:.0%} at 2x\n"
+        "with speed-up {:.2f}x",
+        lambda: (_win("2x", contender="learned (tuned lr)"), _speedup("learned (tuned lr)", "2x")),
+    ),
+    Figure(
+        PRETRAINED,
+        "loss) {:.3f} in the first tenth, {:.3f} in the last",
+        _meta_loss_tenths,
+    ),
+    Figure(
+        ABLATIONS,
+        "the per-parameter MLP with a learned step ends {:.0f}x above tuned Adam's training loss",
+        lambda: (_ablation("mlp")["normalized_train_loss_iqm"]["value"],),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "({:.2f}M-parameter MLP, batch {},",
+        lambda: (
+            load(OPTIMIZER_STEP)["model"]["num_params"] / 1e6,
+            load(OPTIMIZER_STEP)["batch_size"],
+        ),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "a train step with the normalized rule is {:.1f}x Adam's",
+        lambda: (_step("step/normalized_over_adam"),),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "its update is {:.1f}x the bare pass of its network",
+        lambda: (_step("update/normalized_over_bare"),),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "that bare pass alone ({:.0f} ms) is {:.0f}x Adam's whole step",
+        lambda: (
+            1e3 * load(OPTIMIZER_STEP)["seconds"]["bare/normalized"],
+            load(OPTIMIZER_STEP)["seconds"]["bare/normalized"]
+            / load(OPTIMIZER_STEP)["seconds"]["step/adam"],
+        ),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "The MLP rule's step is {:.0f}x, the LSTM's {:.0f}x",
+        lambda: (_step("step/mlp_over_adam"), _step("step/lstm_over_adam")),
+    ),
+    Figure(
+        THROUGHPUT,
+        "median of {} rounds of\n{} outer steps",
+        lambda: (
+            load(THROUGHPUT)["setting"]["rounds"],
+            load(THROUGHPUT)["setting"]["steps_per_round"],
+        ),
+    ),
+    Figure(
+        THROUGHPUT,
+        "1-minute load average {:.1f} to {:.1f} over the rounds",
+        lambda: (
+            min(load(THROUGHPUT)["load_average_per_round"]),
+            max(load(THROUGHPUT)["load_average_per_round"]),
+        ),
+    ),
+    Figure(
+        THROUGHPUT,
+        "(what `lopt meta-train` runs here) {:.0f} = **{:.2f}x** a hand-written evosax\n"
+        "{} NoiseReuseES (vmapped, scanned, 1 device: {:.0f})",
+        lambda: (
+            _throughput(ENGINE_SHARDED),
+            _throughput(ENGINE_SHARDED) / _throughput("evosax"),
+            load(THROUGHPUT)["provenance"]["evosax_version"],
+            _throughput("evosax"),
+        ),
+    ),
+    Figure(
+        THROUGHPUT,
+        "engine on 1 device {:.0f} (all pairs vectorised) = {:.2f}x",
+        lambda: (_throughput(ENGINE_ONE), _throughput(ENGINE_ONE) / _throughput("evosax")),
+    ),
+    Figure(
+        THROUGHPUT,
+        "the same 64 trainings with Adam run {:.1f}x faster",
+        lambda: (_throughput("adam, no ES (1 dev)") / _throughput(ENGINE_ONE),),
+    ),
+    Figure(
+        THROUGHPUT,
+        "(one device, one pair per chunk:\n{:.2f}x evosax)",
+        lambda: (_throughput("engine, chunks of 1 (1 dev)") / _throughput("evosax"),),
+    ),
+    Figure(
+        THROUGHPUT,
+        "plain Adam with no estimator {:.0f} (1 device) / {:.0f} (2 devices)",
+        lambda: (_throughput("adam, no ES (1 dev)"), _throughput("adam, no ES (2 dev)")),
+    ),
+    Figure(
+        VARIANCE,
+        "Var/||g||^2 of a window's ES-Single estimate is {:.2f} +- {:.2f} at every T/K",
+        lambda: (
+            _variance("independent", "es_single")[0],
+            _variance("independent", "es_single", "variance_ratio_se")[0],
+        ),
+    ),
+    Figure(
+        VARIANCE,
+        "PES is {:.1f}, {:.1f} +- {:.1f}, {:.0f} +- {:.0f}, {:.0f} +- {:.0f}\n"
+        "against theory {:.0f}, {:.0f}, {:.0f}, {:.0f}",
+        lambda: _pes_independent(),
+    ),
+    Figure(
+        VARIANCE_SEED,
+        "seeds 1 and 2 give {:.1f} and {:.1f} at T/K = 10",
+        lambda: (_seed_variance(1), _seed_variance(2)),
+    ),
+    Figure(
+        VARIANCE,
+        "ES-Single's per-window variance grows with T/K ({:.1f}, {:.1f}, {:.1f}, {:.1f})\n"
+        "while its whole-problem average stays at {:.1f}",
+        lambda: (
+            *_variance("mlp_digits", "es_single"),
+            _variance("mlp_digits", "es_single", "problem_variance_ratio")[0],
+        ),
+    ),
+    Figure(
+        VARIANCE,
+        "TES's per-window variance is {:.1f}, {:.2f}, {:.0f} at T/K = 10, 100,\n"
+        "1000, with bias {:.0%}, {:.0%}, {:.0%}",
+        lambda: (*_variance("mlp_digits", "tes")[1:], *_variance("mlp_digits", "tes", "bias")[1:]),
+    ),
+]
+
+
+def table_blocks(text: str) -> dict[str, str]:
+    """``name -> table`` for every ``<!-- readme: NAME -->`` block of ``text``."""
+    blocks = re.finditer(r"<!-- readme: (\w+) -->\n(.*?)\n<!-- /readme -->", text, re.S)
+    return {match.group(1): match.group(2) for match in blocks}
+
+
+def check_figure(figure: Figure, text: str) -> str | None:
+    """What is wrong with ``figure`` in ``text``, or ``None``."""
+    matches = list(figure.pattern().finditer(text))
+    if len(matches) != 1:
+        return f"{len(matches)} places (want 1) match the phrase {figure.phrase!r}"
+    quoted, rendered = list(matches[0].groups()), figure.rendered()
+    if quoted != rendered:
+        return f"README has {quoted} where {os.path.relpath(figure.source, ROOT)} gives {rendered}"
+    return None
+
+
+def problems(text: str) -> list[str]:
+    """Every table or figure of ``text`` that is not the one its JSON gives."""
+    found = []
+    blocks = table_blocks(text)
+    for name, render in TABLES.items():
+        if name not in blocks:
+            found.append(f"no <!-- readme: {name} --> block")
+        elif blocks[name] != render():
+            found.append(f"the {name} table is not the one its JSON gives")
+    for figure in FIGURES:
+        problem = check_figure(figure, text)
+        if problem:
+            found.append(problem)
+    return found
+
+
+def write(text: str) -> str:
+    """``text`` with every table and every figure's numbers replaced by the JSONs'."""
+    for name, render in TABLES.items():
+        pattern = re.compile(rf"(<!-- readme: {name} -->\n).*?(\n<!-- /readme -->)", re.S)
+        table = render()
+        text = pattern.sub(lambda m, table=table: m.group(1) + table + m.group(2), text)
+    for figure in FIGURES:
+        match = figure.pattern().search(text)
+        if match is None:
+            continue
+        for index in reversed(range(len(match.groups()))):
+            start, end = match.span(index + 1)
+            text = text[:start] + figure.rendered()[index] + text[end:]
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", metavar="README", help="refresh this README in place")
+    args = parser.parse_args(argv)
+    if args.write:
+        with open(args.write) as file:
+            text = file.read()
+        with open(args.write, "w") as file:
+            file.write(write(text))
+    with open(args.write or README) as file:
+        found = problems(file.read())
+    for name, render in TABLES.items():
+        print(f"<!-- readme: {name} -->\n{render()}\n<!-- /readme -->\n")
+    for problem in found:
+        print(problem, file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""README.md's code runs as written: every ```python block in a fresh interpreter, and every
+`lopt ...` command line names a subcommand and options that `lopt <command> --help` lists."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
+MODULE_HEADER = re.compile(r"^# (\w+\.py)\b")  # a block that is a file: "# my_tasks.py ..."
+SUBCOMMANDS = ("meta-train", "evaluate", "tasks", "data")
+TIMEOUT = 900  # seconds; compiles are slow on a loaded 2-core machine
+
+
+def _run(args: list[str], cwd: pathlib.Path | str = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), str(ROOT)])}
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+
+
+def _fake_sine_export(workdir: pathlib.Path) -> None:
+    """Stand in for the README's `lopt meta-train --import my_tasks --workdir runs/sine ...`
+    (tests/test_user_tasks.py runs that command itself): an export of the default config's
+    optimizer, untrained, where the block after it loads one."""
+    script = (
+        "import jax, lopt\n"
+        "from meta_train.configs import default\n"
+        "hparams = default.get_config().optimizer.hyperparameters.to_dict()\n"
+        "optimizer = lopt.get_optimizer('mlp', **hparams)\n"
+        "lopt.save('runs/sine/export', optimizer, optimizer.init_meta_params(jax.random.key(0)))\n"
+    )
+    result = _run([sys.executable, "-c", script], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_readme_has_the_blocks_this_test_runs():
+    assert len(BLOCKS) >= 5
+    assert any(MODULE_HEADER.match(block) for block in BLOCKS)
+    assert any("class Spring" in block for block in BLOCKS)
+
+
+@pytest.mark.slow
+def test_python_blocks_run_as_written(tmp_path):
+    """Each block in its own interpreter, in order, in one working directory; a block that is a
+    file (its first line names it) is written there, and imported to check it."""
+    outputs = []
+    for index, block in enumerate(BLOCKS):
+        header = MODULE_HEADER.match(block)
+        if header:
+            (tmp_path / header.group(1)).write_text(block)
+            code = f"import {header.group(1)[: -len('.py')]}"
+        else:
+            code = block
+        if "runs/sine/export" in block:
+            _fake_sine_export(tmp_path)
+        result = _run([sys.executable, "-c", code], cwd=tmp_path)
+        assert result.returncode == 0, f"README block {index}:\n{block}\n{result.stderr[-3000:]}"
+        outputs.append(result.stdout)
+    # The Spring example's claim in the sentence above it is what it prints.
+    spring = next(out for out, block in zip(outputs, BLOCKS, strict=True) if "Spring" in block)
+    printed = re.search(r"meta-loss (\S+) -> (\S+)", spring)
+    assert printed, spring
+    claim = re.search(r"Your own unrolled system.*?\(meta-loss (\S+) -> (\S+) in", README, re.S)
+    assert claim and claim.groups() == printed.groups(), (claim and claim.groups(), spring)
+
+
+def _code_lines() -> list[str]:
+    """Inline code spans and indented command lines of the README (fenced blocks left out)."""
+    text = re.sub(r"^```.*?^```", "", README, flags=re.S | re.M)
+    spans = re.findall(r"`([^`\n]+)`", text)
+    indented = [line.strip() for line in text.splitlines() if line.startswith("    ")]
+    return spans + indented
+
+
+def _commands() -> dict[str, set[str]]:
+    """``subcommand -> options`` over every ``lopt <subcommand> ...`` the README shows."""
+    commands: dict[str, set[str]] = {}
+    for line in _code_lines():
+        for match in re.finditer(r"(?:^|[\s/])lopt ([a-z][a-z-]*)(.*?)(?=&&|;|$)", line):
+            options = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*\.?)", match.group(2)))
+            action = re.match(r"\s+([a-z]+)\b", match.group(2))  # tasks list, data prepare
+            if match.group(1) in ("tasks", "data") and action:
+                options.add("{" + action.group(1) + "}")
+            commands.setdefault(match.group(1), set()).update(options)
+    return commands
+
+
+def test_readme_shows_every_subcommand():
+    assert set(_commands()) == set(SUBCOMMANDS)
+
+
+def test_readme_command_lines_parse():
+    """`python -m meta_train.cli <command> --help` for each subcommand the README shows (run in
+    parallel), and every option the README gives it is in that help."""
+    commands = _commands()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "meta_train.cli", name, "--help"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in commands
+    }
+    for name, process in running.items():
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+        assert process.returncode == 0, (name, stderr[-2000:])
+        assert f"lopt {name}" in stdout, (name, stdout)
+        for option in commands[name]:
+            # --config.a.b=VALUE: the help names the --config.<key>=<value> form.
+            wanted = "--config.<key>" if option == "--config." else option
+            assert wanted in stdout, f"README gives `lopt {name} {option}`; its --help lacks it"
