@@ -97,27 +97,36 @@ def test_readme_shows_every_subcommand():
     assert set(_commands()) == set(SUBCOMMANDS)
 
 
+# `python -m meta_train.cli <command> --help` for each command, in one interpreter (runpy is what
+# `-m` runs), so that jax is imported once: the help of each, between separator lines.
+HELP_SCRIPT = """
+import contextlib, io, runpy, sys
+for command in sys.argv[1:]:
+    sys.argv = ["lopt", command, "--help"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            runpy.run_module("meta_train.cli", run_name="__main__", alter_sys=True)
+        except SystemExit as exit:
+            code = exit.code
+    print(f"=== {command} exit {code}")
+    print(out.getvalue())
+"""
+
+
 def test_readme_command_lines_parse():
-    """`python -m meta_train.cli <command> --help` for each subcommand the README shows (run in
-    parallel), and every option the README gives it is in that help."""
+    """Every subcommand the README shows answers `--help` with exit 0, and every option the README
+    gives it is in that help."""
     commands = _commands()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    running = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "meta_train.cli", name, "--help"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in commands
-    }
-    for name, process in running.items():
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-        assert process.returncode == 0, (name, stderr[-2000:])
-        assert f"lopt {name}" in stdout, (name, stdout)
+    result = _run([sys.executable, "-c", HELP_SCRIPT, *commands])
+    assert result.returncode == 0, result.stderr[-3000:]
+    helps = dict(re.findall(r"^=== (\S+) (exit \S+)\n", result.stdout, re.M))
+    texts = re.split(r"^=== \S+ exit \S+\n", result.stdout, flags=re.M)[1:]
+    for (name, status), text in zip(helps.items(), texts, strict=True):
+        assert status in ("exit 0", "exit None"), (name, status, text)
+        assert f"lopt {name}" in text, (name, text)
         for option in commands[name]:
             # --config.a.b=VALUE: the help names the --config.<key>=<value> form.
             wanted = "--config.<key>" if option == "--config." else option
-            assert wanted in stdout, f"README gives `lopt {name} {option}`; its --help lacks it"
+            assert wanted in text, f"README gives `lopt {name} {option}`; its --help lacks it"
+    assert list(helps) == list(commands)
