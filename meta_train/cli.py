@@ -173,7 +173,6 @@ def _run_meta_train(argv: list[str]) -> int:
         if args.print_config:
             print(config)
             return 0
-        config_flags.validate(config, jax.device_count())
         summary = train.meta_train(config, args.workdir, overwrite=args.overwrite)
     except (
         config_flags.ConfigError,

@@ -10,21 +10,22 @@ value it replaces, so ``--config.estimator.window=ten`` fails naming the key and
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
 
+# The estimators ``estimator.name`` may choose, from their one home (re-exported).
+from meta_train.es.estimators import ESTIMATORS as ESTIMATORS
+
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 
-ESTIMATORS = ("es_single", "pes", "tes", "full_es", "tbptt", "gpes")
-META_LOSSES = ("train", "reeval", "outer_valid")
-OUTER_OPTIMIZERS = ("adam", "sgd", "sgdm")
-OUTER_SCHEDULES = ("constant", "cosine")
 # Keys whose value may change on an existing workdir: they change how long the run goes or how it
 # reports, not the trajectory of theta (num_outer_steps only with a constant outer schedule).
 # allow_short_horizon only relaxes validation.
@@ -199,24 +200,17 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str
     return rest, overrides
 
 
-def _choose(key: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config key {key!r} is {value!r}; allowed: {', '.join(allowed)}")
-
-
 def _finite(key: str, value: Any) -> None:
     if not math.isfinite(value):
         raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
 
 
 def _at_least(key: str, value: Any, minimum: float) -> None:
-    _finite(key, value)
     if not value >= minimum:
         raise ConfigError(f"config key {key!r} must be at least {minimum}, got {value!r}")
 
 
 def _positive(key: str, value: Any) -> None:
-    _finite(key, value)
     if not value > 0:
         raise ConfigError(f"config key {key!r} must be positive, got {value!r}")
 
@@ -229,48 +223,80 @@ def _finite_numbers(key: str, value: Any) -> None:
         _finite(key, value)
     elif isinstance(value, dict | ml_collections.ConfigDict):
         for name in value:
-            _finite_numbers(f"{key}.{name}", value[name])
+            _finite_numbers(f"{key}.{name}" if key else name, value[name])
     elif isinstance(value, tuple | list):
         for item in value:
             _finite_numbers(key, item)
 
 
-def validate(config: ml_collections.ConfigDict, num_available_devices: int | None = None) -> None:
-    """Check every choice of a meta-training config; raise ``ConfigError`` naming the key.
+@contextlib.contextmanager
+def _blame(keys: str | dict[str, str]) -> Iterator[None]:
+    """Re-raise a ``TypeError`` or ``ValueError`` of the block as a ``ConfigError`` naming config
+    keys: ``keys`` itself, or of a ``{field: config key}`` dict the keys of the fields the
+    message names (all of them when it names none). The objects' messages say what is allowed."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        fields = {"": keys} if isinstance(keys, str) else keys
+        named = [key for field, key in fields.items() if re.search(rf"\b{field}\b", str(error))]
+        blamed = list(dict.fromkeys(named or fields.values()))
+        quoted = ", ".join(map(repr, blamed))
+        raise ConfigError(f"config key{'s' * (len(blamed) > 1)} {quoted}: {error}") from None
 
-    It builds the optimizer (cheap) and checks each family override against the options the
-    family accepts, without loading any data; ``train.build_groups`` reports a bad override value
-    when it builds the family, still before anything is compiled.
+
+# Which config key sets each field of the objects the config builds (see ``_blame``).
+_ENGINE_KEYS = {
+    "window": "estimator.window",
+    "sigma": "estimator.sigma",
+    "horizon": "estimator.horizon",
+    "T_min": "estimator.min_horizon",
+    "stagger": "estimator.stagger",
+    "estimator": "estimator.name",
+    "resample_every": "estimator.resample_every",
+    "pairs_per_chunk": "pairs_per_chunk",
+}
+_OUTER_KEYS = {
+    field: f"outer.{field}"
+    for field in ("optimizer", "learning_rate", "clip_norm", "schedule", "warmup_steps")
+}
+
+
+def validate(config: ml_collections.ConfigDict, num_available_devices: int | None = None) -> None:
+    """Check a meta-training config; raise ``ConfigError`` naming the key and what is allowed.
+
+    Each rule has one home. The objects the config describes enforce their own: this builds the
+    engine config of every group, the outer settings, the optimizer, the meta-loss system and
+    the augmentation, and looks every family, family option and suite up in the task registry
+    (no data is loaded, nothing is compiled), and names the config key when one refuses a value
+    (``train.build_groups`` reports a bad override value when it loads the family). Checked here
+    is what only the config has: finite numbers, counts, the horizon against the window, how the
+    pairs split over the devices.
     """
     import lopt
     from meta_train import unrolled_tasks
     from tasks import augment, registry
 
-    _positive("num_outer_steps", config.num_outer_steps)
-    _choose("meta_loss", config.meta_loss, META_LOSSES)
-    _choose("meta_loss_scale", config.meta_loss_scale, unrolled_tasks.META_LOSS_SCALES)
+    _finite_numbers("", config)
+    for key in ("num_outer_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        _positive(key, config[key])
+    _positive("export_every", config.export_every)
+    _positive("eval.every", config.eval.every)
+    _positive("comparison.seeds", config.comparison.seeds)
+    for lr in config.comparison.adam_learning_rates:
+        _positive("comparison.adam_learning_rates", lr)
+    for section in ("eval", "comparison"):
+        _at_least(f"{section}.num_tasks", config[section].num_tasks, 0)
+        _at_least(f"{section}.num_steps", config[section].num_steps, 0)
+    _at_least("pairs_per_chunk", config.pairs_per_chunk, -1)  # -1 and 0 are the config's own
     _at_least("num_devices", config.num_devices, 0)
     if num_available_devices is not None and config.num_devices > num_available_devices:
         raise ConfigError(
             f"config key 'num_devices' is {config.num_devices} but only {num_available_devices} "
             "devices exist; use 0 for all of them"
         )
-    _at_least("pairs_per_chunk", config.pairs_per_chunk, -1)
-    for key in ("log_every", "checkpoint_every", "keep_checkpoints", "export_every"):
-        _positive(key, config[key])
-
     estimator = config.estimator
-    _choose("estimator.name", estimator.name, ESTIMATORS)
-    _positive("estimator.window", estimator.window)
-    _positive("estimator.sigma", estimator.sigma)
-    _positive("estimator.horizon", estimator.horizon)
-    _at_least("estimator.min_horizon", estimator.min_horizon, 0)
-    _positive("estimator.resample_every", estimator.resample_every)
-    if estimator.min_horizon > estimator.horizon:
-        raise ConfigError(
-            f"config key 'estimator.min_horizon' ({estimator.min_horizon}) exceeds "
-            f"'estimator.horizon' ({estimator.horizon}); use 0 for a fixed horizon"
-        )
     shortest = estimator.min_horizon or estimator.horizon
     if shortest < estimator.window and not estimator.get("allow_short_horizon", False):
         raise ConfigError(
@@ -279,68 +305,81 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
             "every window; raise the horizon, or set --config.estimator.allow_short_horizon=true "
             "if that is meant"
         )
-    if estimator.name == "full_es" and estimator.window != estimator.horizon:
-        raise ConfigError(
-            "full_es unrolls whole inner problems: set estimator.window equal to "
-            f"estimator.horizon (now {estimator.window} and {estimator.horizon})"
-        )
-
-    outer = config.outer
-    _choose("outer.optimizer", outer.optimizer, OUTER_OPTIMIZERS)
-    _choose("outer.schedule", outer.schedule, OUTER_SCHEDULES)
-    _positive("outer.learning_rate", outer.learning_rate)
-    _positive("outer.clip_norm", outer.clip_norm)
-    _at_least("outer.warmup_steps", outer.warmup_steps, 0)
-
-    _finite_numbers("optimizer.hyperparameters", config.optimizer.hyperparameters)
-    architectures = lopt.architecture_names()
-    _choose("optimizer.architecture", config.optimizer.architecture, architectures)
-    try:
-        lopt.get_optimizer(config.optimizer.architecture, **config.optimizer.hyperparameters)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"config key 'optimizer.hyperparameters': {error}") from None
-
     if not config.groups:
         raise ConfigError("config key 'groups' is empty: meta-train on at least one task family")
-    families = registry.family_names()
-    for name, group in config.groups.items():
-        _choose(f"groups.{name}.family", group.family, families)
-        _positive(f"groups.{name}.weight", group.weight)
-        _positive(f"groups.{name}.num_pairs", group.num_pairs)
-        _choose(f"groups.{name}.augmentation", group.augmentation, ("none", *augment.LEVELS))
-        low, high = group.augmentation_range
-        if not 0 < low <= high < math.inf:
-            raise ConfigError(
-                f"config key 'groups.{name}.augmentation_range' must be (low, high) with "
-                f"0 < low <= high < inf, got {tuple(group.augmentation_range)}"
-            )
     devices = config.num_devices
     if num_available_devices is not None:
         devices = num_devices_to_use(config, num_available_devices)
+
+    with _blame("optimizer.architecture"):
+        lopt.registry.architecture_class(config.optimizer.architecture)
+    with _blame("optimizer.hyperparameters"):
+        optimizer = lopt.get_optimizer(
+            config.optimizer.architecture, **config.optimizer.hyperparameters
+        )
+    with _blame({"meta_loss": "meta_loss", "meta_loss_scale": "meta_loss_scale"}):
+        unrolled_tasks.TaskTrainingSystem(None, optimizer, config.meta_loss, config.meta_loss_scale)
+    with _blame(_OUTER_KEYS):
+        outer_settings(config).build()
     for name, group in config.groups.items():
+        with _blame(_ENGINE_KEYS | {"num_pairs": f"groups.{name}.num_pairs"}):
+            engine_config(config, group.num_pairs)
         if devices and group.num_pairs % devices:
             raise ConfigError(
                 f"config key 'groups.{name}.num_pairs' ({group.num_pairs}) must be a multiple of "
                 f"the number of devices ({devices}) so the pairs split evenly; "
                 f"or set --config.num_devices"
             )
-        unknown = sorted(set(group.overrides) - set(registry.family_options(group.family)))
-        if unknown:
-            raise ConfigError(
-                f"config key 'groups.{name}.overrides' sets {', '.join(unknown)}, which family "
-                f"{group.family!r} does not take; its options: "
-                f"{', '.join(registry.family_options(group.family))}"
-            )
-
+        _positive(f"groups.{name}.weight", group.weight)
+        with _blame(f"groups.{name}.family"):
+            registry.family_spec(group.family)
+        with _blame(f"groups.{name}.overrides"):
+            registry.checked_options(group.family, dict(group.overrides))
+        if group.augmentation != "none":
+            augmentation = {"level": f"groups.{name}.augmentation"}
+            with _blame(augmentation | {"scale_range": f"groups.{name}.augmentation_range"}):
+                augment.ReparameterizedFamily(None, group.augmentation, group.augmentation_range)
     for section in ("eval", "comparison"):
-        _at_least(f"{section}.num_tasks", config[section].num_tasks, 0)
-        _at_least(f"{section}.num_steps", config[section].num_steps, 0)
         if config[section].num_tasks:
-            _choose(f"{section}.suite", config[section].suite, registry.suite_names())
-    _positive("eval.every", config.eval.every)
-    _positive("comparison.seeds", config.comparison.seeds)
-    for lr in config.comparison.adam_learning_rates:
-        _positive("comparison.adam_learning_rates", lr)
+            with _blame(f"{section}.suite"):
+                registry.suite_entries(config[section].suite)
+
+
+def engine_config(config: ml_collections.ConfigDict, num_pairs: int) -> Any:
+    """The ``engine.EngineConfig`` of a group of ``num_pairs`` pairs: the estimator section."""
+    import jax
+
+    from meta_train.es import engine
+
+    estimator = config.estimator
+    horizon = estimator.horizon
+    if estimator.min_horizon:
+        horizon = (estimator.min_horizon, estimator.horizon)
+    return engine.EngineConfig(
+        num_pairs=num_pairs,
+        window=estimator.window,
+        sigma=estimator.sigma,
+        horizon=horizon,
+        stagger=estimator.stagger,
+        estimator=estimator.name,
+        resample_every=estimator.resample_every,
+        pairs_per_chunk=pairs_per_chunk(config, jax.default_backend()),
+    )
+
+
+def outer_settings(config: ml_collections.ConfigDict) -> Any:
+    """The ``outer.OuterSettings`` of the ``outer`` section."""
+    from meta_train import outer
+
+    return outer.OuterSettings(
+        optimizer=config.outer.optimizer,
+        learning_rate=config.outer.learning_rate,
+        clip_norm=config.outer.clip_norm,
+        schedule=config.outer.schedule,
+        warmup_steps=config.outer.warmup_steps,
+        # Only the cosine schedule depends on the run length; elsewhere a longer run is a resume.
+        num_steps=config.num_outer_steps if config.outer.schedule == "cosine" else 1,
+    )
 
 
 def canonical(config: ml_collections.ConfigDict) -> dict:

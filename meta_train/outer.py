@@ -103,6 +103,12 @@ class OuterSettings(NamedTuple):
 
     def build(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
         """The optax transformation and its learning-rate schedule."""
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps!r}")
         peak, warmup = self.learning_rate, self.warmup_steps
         if self.schedule == "constant":
             lr = optax.join_schedules(
@@ -267,6 +273,10 @@ class OuterStep:
         return outputs
 
 
+# A fresh jax.jit wrapper per OuterStep misses jax's own caches (they key on the function), so
+# without this a second run of the same configuration in one process compiles again: measured
+# (tiny hpo_adam config, 1 CPU device, 3 repeats, loaded machine) 49-52 s with plain jax.jit
+# against 0.02 s or less here; steady step time showed no difference beyond noise (ratios 0.4-1.6).
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _MAX_COMPILED = 4
 
@@ -311,6 +321,8 @@ def _outer_step_fn(
         meta_loss = _weighted_sum([e.meta_loss for e in estimates], weights)
         updates, outer_state = outer_optimizer.update(grad, state.outer_state, state.theta)
         finite = _all_finite(grad)
+        # Not optax.apply_if_finite: that tests the updates and adds a state (counters) around the
+        # outer optimizer's, so checkpoints of this outer state would no longer restore.
         keep_if_finite = lambda new, old: jax.tree.map(
             lambda n, o: jnp.where(finite, n, o), new, old
         )
