@@ -43,6 +43,17 @@ def is_finite(tree: Any) -> bool:
     return all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(tree))
 
 
+def nonfinite_theta(step: int, theta: Any) -> str | None:
+    """Why the run must stop when ``theta`` is not finite after outer step ``step`` (syncs with
+    the device), or ``None``; such a theta is never evaluated, saved or exported."""
+    if is_finite(theta):
+        return None
+    return (
+        f"theta is not finite after outer step {step} (not saved or exported); lower "
+        "outer.learning_rate or the optimizer's learning rates"
+    )
+
+
 class HealthMonitor:
     """Accumulates the interval means of ``skipped_update`` and ``masked_fraction`` (one call of
     ``observe`` per log step) and decides."""

@@ -37,7 +37,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -45,8 +45,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import lopt
-from meta_train import checkpoint, config_flags, health, metrics, outer, unrolled_tasks
-from meta_train.es import engine
+from meta_train import checkpoint, chrono, config_flags, health, metrics, outer, unrolled_tasks
 from meta_train.evaluation import held_out
 from tasks import augment, registry
 
@@ -56,24 +55,6 @@ from tasks import augment, registry
 def build_optimizer(config: ml_collections.ConfigDict) -> lopt.LearnedOptimizer:
     """The learned optimizer named by ``config.optimizer``."""
     return lopt.get_optimizer(config.optimizer.architecture, **config.optimizer.hyperparameters)
-
-
-def engine_config(config: ml_collections.ConfigDict, num_pairs: int) -> engine.EngineConfig:
-    """The engine settings of one group: the estimator section with that group's pair count."""
-    estimator = config.estimator
-    horizon = estimator.horizon
-    if estimator.min_horizon:
-        horizon = (estimator.min_horizon, estimator.horizon)
-    return engine.EngineConfig(
-        num_pairs=num_pairs,
-        window=estimator.window,
-        sigma=estimator.sigma,
-        horizon=horizon,
-        stagger=estimator.stagger,
-        estimator=estimator.name,
-        resample_every=estimator.resample_every,
-        pairs_per_chunk=config_flags.pairs_per_chunk(config, jax.default_backend()),
-    )
 
 
 def build_groups(
@@ -99,7 +80,9 @@ def build_groups(
             meta_loss_scale=config.meta_loss_scale,
         )
         groups.append(
-            outer.TaskGroup(name, system, engine_config(config, group.num_pairs), group.weight)
+            outer.TaskGroup(
+                name, system, config_flags.engine_config(config, group.num_pairs), group.weight
+            )
         )
     return groups
 
@@ -232,15 +215,73 @@ def _restore_or_init(
     return state, 0, burn_in_steps
 
 
-def _nonfinite_theta(step: int) -> str:
-    return (
-        f"theta is not finite after outer step {step} (not saved or exported); lower "
-        "outer.learning_rate or the optimizer's learning rates"
-    )
-
-
 def _due(step: int, every: int) -> bool:
     return step % every == 0
+
+
+class _Saver(NamedTuple):
+    """Saves a step: the checkpoint of the whole state (every process writes its shards) and, on
+    the chief, the exported optimizer."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    optimizer: lopt.LearnedOptimizer
+    groups: list[outer.TaskGroup]
+    checkpointer: checkpoint.Checkpointer
+    meta: dict[str, Any]  # the checkpoint's metadata besides its step
+    chief: bool
+
+    def __call__(
+        self, step: int, state: outer.MetaState, *, checkpoint: bool = True, export: bool = True
+    ) -> None:
+        if checkpoint:
+            self.checkpointer.save(step, state, {"step": step} | self.meta)
+        if export and self.chief:
+            theta = jax.device_get(state.theta)
+            metadata = export_metadata(self.config, step, self.groups)
+            lopt.save(os.path.join(self.workdir, "export"), self.optimizer, theta, metadata)
+
+
+def _log_scalars(
+    accumulated: metrics.OuterMetrics,
+    group_losses: dict[str, jax.Array],
+    timer: chrono.Chrono,
+    steps_per_call: int,
+) -> tuple[dict[str, float], chrono.Lap]:
+    """A log step's scalars: the metrics accumulated since the last one, the inner steps per
+    second of the lap and, with several groups, each group's meta-loss; and the lap. Reading
+    the metrics waits for the step, so the lap ends after it."""
+    scalars = {k: float(v) for k, v in accumulated.compute().items()}
+    lap = timer.lap()
+    scalars["particle_steps_per_s"] = steps_per_call * lap.steps / lap.seconds
+    if len(group_losses) > 1:
+        scalars |= {f"group/{n}/meta_loss": float(v) for n, v in group_losses.items()}
+    return scalars, lap
+
+
+def _record_start(
+    writer: metrics.MetricWriter, config: ml_collections.ConfigDict, theta: Any
+) -> None:
+    """What a fresh run records once: theta's parameter overview (logged too) and the config."""
+    from clu import parameter_overview
+
+    overview = parameter_overview.get_parameter_overview(jax.device_get(theta))
+    writer.write_text(0, "parameter_overview", overview)
+    writer.write_config(config_flags.canonical(config))
+    _log(overview)
+
+
+def _evaluate(
+    evals: list, theta: Any, step: int, writer: metrics.MetricWriter, watch: metrics.HeldOutWatch
+) -> dict[str, float]:
+    """The held-out figures of ``theta``, recorded; the watch's warning, if any, is logged."""
+    scalars = held_out.run_held_out_evals(evals, theta)
+    writer.write_scalars(step, scalars)
+    warning = watch.add_eval(step, scalars)
+    if warning:
+        _log(warning)
+        writer.write_warning(step, warning)
+    return scalars
 
 
 def _mean_meta_loss(rows: list[dict], first: bool) -> float | None:
@@ -250,6 +291,39 @@ def _mean_meta_loss(rows: list[dict], first: bool) -> float | None:
         return None
     count = max(1, len(values) // 10)
     return float(np.mean(values[:count] if first else values[-count:]))
+
+
+def _finish(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    optimizer: lopt.LearnedOptimizer,
+    summary: dict[str, Any],
+    health_summary: str,
+    jsonl_path: str | None,
+) -> dict[str, Any]:
+    """The end of a run: ``summary`` with the meta-loss of the first and last tenth of the logged
+    rows (``jsonl_path``: the chief's log, else ``None``); a completed run's ``curves.png`` and
+    comparison with Adam (the chief's); the closing log line."""
+    rows = metrics.read_jsonl(jsonl_path) if jsonl_path else []
+    start, end = _mean_meta_loss(rows, first=True), _mean_meta_loss(rows, first=False)
+    summary |= {"meta_loss_start": start, "meta_loss_end": end}
+    if jsonl_path and not summary["interrupted"]:
+        eval_steps = f"{config.eval.num_steps} inner steps" if config.eval.num_steps else None
+        metrics.plot_curves(
+            jsonl_path,
+            os.path.join(workdir, metrics.CURVES_FILE),
+            title=f"{config.estimator.name}, {config.optimizer.architecture} optimizer",
+            eval_label=f"suite {config.eval.suite!r}, after {eval_steps or 'each horizon'}",
+        )
+        if config.comparison.num_tasks:
+            summary["comparison"] = _compare_with_adam(config, optimizer, summary["theta"], workdir)
+            _log(_format_comparison(summary["comparison"]))
+    if start is not None:
+        _log(
+            f"meta-loss {start:.4f} (first tenth of the run) -> {end:.4f} (last tenth) after "
+            f"{summary['step']} outer steps; {health_summary}; outputs in {workdir}"
+        )
+    return summary
 
 
 def meta_train(
@@ -296,34 +370,25 @@ def _meta_train(
     chief: bool,
 ) -> dict[str, Any]:
     """``meta_train`` in a checked and locked workdir."""
-    from clu import parameter_overview
     from tqdm.auto import tqdm
 
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("lopt meta-train: workdir ready")
     mesh = outer.make_mesh(config_flags.num_devices_to_use(config, jax.device_count()))
-    settings = outer.OuterSettings(
-        config.outer.optimizer,
-        config.outer.learning_rate,
-        config.outer.clip_norm,
-        config.outer.schedule,
-        config.outer.warmup_steps,
-        # Only the cosine schedule depends on the run length; elsewhere a longer run is a resume.
-        config.num_outer_steps if config.outer.schedule == "cosine" else 1,
-    )
+    settings = config_flags.outer_settings(config)
     checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
     theta_key, particles_key = jax.random.split(jax.random.key(config.seed))
     theta = optimizer.init_meta_params(theta_key)
     state, start_step, burn_in_steps = _restore_or_init(
         groups, theta, settings, mesh, checkpointer, particles_key
     )
-
+    meta = {"burn_in_steps": burn_in_steps, "num_devices": mesh.size}
+    meta["config"] = config_flags.canonical(config)
+    save = _Saver(config, workdir, optimizer, groups, checkpointer, meta, chief)
     writer = metrics.MetricWriter(workdir, resume_step=start_step, active=chief)
     if not start_step:
-        overview = parameter_overview.get_parameter_overview(jax.device_get(state.theta))
-        writer.write_text(0, "parameter_overview", overview)
-        writer.write_config(config_flags.canonical(config))
-        _log(overview)
+        _record_start(writer, config, state.theta)
+
     outer_step = outer.OuterStep(groups, settings, mesh)
     compile_seconds = outer_step.compile(state)
     steps_per_call = outer.inner_steps_per_outer_step(groups)
@@ -336,84 +401,47 @@ def _meta_train(
         )
     last_eval, watch = {}, metrics.HeldOutWatch()
     if evals and not start_step:
-        last_eval = held_out.run_held_out_evals(evals, state.theta)
-        writer.write_scalars(0, last_eval)
-        watch.add_eval(0, last_eval)
-
-    monitor, failure = health.HealthMonitor(_log), None
-
-    def save(step: int, write_checkpoint: bool = True, write_export: bool = True) -> None:
-        if write_checkpoint:
-            meta = {"step": step, "burn_in_steps": burn_in_steps, "num_devices": mesh.size}
-            checkpointer.save(step, state, meta | {"config": config_flags.canonical(config)})
-        if write_export and chief:
-            theta = jax.device_get(state.theta)
-            lopt.save(
-                os.path.join(workdir, "export"),
-                optimizer,
-                theta,
-                export_metadata(config, step, groups),
-            )
+        last_eval = _evaluate(evals, state.theta, 0, writer, watch)
 
     # The loop. Work is dispatched asynchronously; reading the metrics at a log step syncs. The
     # throughput counts outer-step time only: evaluations, checkpoints and exports are paused out.
-    step, accumulated, throughput = start_step, None, float("nan")
-    interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
-    bar = tqdm(
-        total=config.num_outer_steps,
-        initial=start_step,
-        disable=not (config.progress and chief),
-        unit="step",
-        file=sys.stderr,
-    )
+    monitor, failure, accumulated = health.HealthMonitor(_log), None, None
+    step, throughput, timer = start_step, float("nan"), chrono.Chrono()
+    quiet = not (config.progress and chief)
+    bar = tqdm(total=config.num_outer_steps, initial=start_step, disable=quiet, unit="step")
     with _StopSignals() as stop:
         while step < config.num_outer_steps and not stop.signum:
             state, step_metrics, group_losses = outer_step(state)
             accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
             step += 1
-            interval_steps += 1
+            timer.tick()
             bar.update()
             logged = _due(step, config.log_every) or step == config.num_outer_steps or stop.signum
             if logged:
-                scalars = {k: float(v) for k, v in accumulated.compute().items()}
-                elapsed = time.perf_counter() - interval_start - paused
-                throughput = steps_per_call * interval_steps / elapsed
-                scalars["particle_steps_per_s"] = throughput
-                if len(groups) > 1:
-                    scalars |= {f"group/{n}/meta_loss": float(v) for n, v in group_losses.items()}
+                scalars, lap = _log_scalars(accumulated, group_losses, timer, steps_per_call)
+                accumulated, throughput = None, scalars["particle_steps_per_s"]
                 writer.write_scalars(step, scalars)
                 watch.add_meta_loss(scalars["meta_loss"])
                 bar.set_postfix(meta_loss=f"{scalars['meta_loss']:.4g}")
-                failure = monitor.observe(step, scalars, interval_steps)
-                accumulated = None
-                interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+                failure = monitor.observe(step, scalars, lap.steps)
             evaluate_now = evals and _due(step, config.eval.every)
             checkpoint_now = _due(step, config.checkpoint_every)
             export_now = _due(step, config.export_every)
-            synced = logged or evaluate_now or checkpoint_now or export_now
-            if failure is None and synced and not health.is_finite(state.theta):
-                failure = _nonfinite_theta(step)  # never evaluated, saved or exported
+            if failure is None and (logged or evaluate_now or checkpoint_now or export_now):
+                failure = health.nonfinite_theta(step, state.theta)  # reading theta syncs
             if failure:
                 break
             if evaluate_now or checkpoint_now or export_now:
-                pause_start = time.perf_counter()
-                jax.block_until_ready(state)
-                outer_seconds = time.perf_counter() - pause_start
-                if evaluate_now:
-                    last_eval = held_out.run_held_out_evals(evals, state.theta)
-                    writer.write_scalars(step, last_eval)
-                    warning = watch.add_eval(step, last_eval)
-                    if warning:
-                        _log(warning)
-                        writer.write_warning(step, warning)
-                save(step, checkpoint_now, export_now)
-                paused += time.perf_counter() - pause_start - outer_seconds
+                with timer.paused(state):
+                    if evaluate_now:
+                        last_eval = _evaluate(evals, state.theta, step, writer, watch)
+                    save(step, state, checkpoint=checkpoint_now, export=export_now)
         bar.close()
-        failure = failure or monitor.final_verdict(step)
-        if failure is None and not health.is_finite(state.theta):
-            failure = _nonfinite_theta(step)
+        failure = (
+            failure or monitor.final_verdict(step) or health.nonfinite_theta(step, state.theta)
+        )
         if failure is None:
-            save(step)
+            save(step, state)
     checkpointer.close()
     writer.close()
     if failure:
@@ -422,7 +450,6 @@ def _meta_train(
     if interrupted:
         _log(f"{interrupted}: saved the checkpoint and export of outer step {step}")
 
-    rows = metrics.read_jsonl(writer.jsonl_path) if chief else []
     summary = {
         "step": step,
         "theta": jax.device_get(state.theta),
@@ -430,27 +457,9 @@ def _meta_train(
         "burn_in_steps": burn_in_steps,
         "compile_seconds": compile_seconds,
         "particle_steps_per_s": throughput,
-        "meta_loss_start": _mean_meta_loss(rows, first=True),
-        "meta_loss_end": _mean_meta_loss(rows, first=False),
         "skipped_updates": monitor.skipped,
         "masked_fraction": monitor.masked / max(monitor.steps, 1),
         "eval": last_eval,
     }
-    if chief and not interrupted:
-        metrics.plot_curves(
-            writer.jsonl_path,
-            os.path.join(workdir, metrics.CURVES_FILE),
-            title=f"{config.estimator.name}, {config.optimizer.architecture} optimizer",
-            eval_label=f"suite {config.eval.suite!r}, after "
-            + (f"{config.eval.num_steps} inner steps" if config.eval.num_steps else "each horizon"),
-        )
-        if config.comparison.num_tasks:
-            summary["comparison"] = _compare_with_adam(config, optimizer, state.theta, workdir)
-            _log(_format_comparison(summary["comparison"]))
-    if summary["meta_loss_start"] is not None:
-        _log(
-            f"meta-loss {summary['meta_loss_start']:.4f} (first tenth of the run) -> "
-            f"{summary['meta_loss_end']:.4f} (last tenth) after {step} outer steps; "
-            f"{monitor.summary()}; outputs in {workdir}"
-        )
-    return summary
+    jsonl_path = writer.jsonl_path if chief else None
+    return _finish(config, workdir, optimizer, summary, monitor.summary(), jsonl_path)

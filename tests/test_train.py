@@ -287,7 +287,7 @@ def test_outer_step_has_one_collective():
     optimizer = train.build_optimizer(config)
     groups = train.build_groups(config, optimizer)
     mesh = outer.make_mesh(4)
-    settings = outer.OuterSettings("adam", 0.05)
+    settings = outer.OuterSettings(optimizer="adam", learning_rate=0.05)
     theta = optimizer.init_meta_params(jax.random.key(0))
     state = outer.abstract_meta_state(groups, theta, settings, mesh)
     outer_step = outer.OuterStep(groups, settings, mesh)
