@@ -22,7 +22,11 @@ def test_meta_train_throughput_quick(tmp_path):
     out = tmp_path / "throughput.json"
     argv = ["--quick", "--devices", "1,2", "--pairs-per-chunk", "1", "--no-evosax"]
     assert meta_train_throughput.main([*argv, "--out", str(out)]) == 0
-    results = json.loads(out.read_text())["results"]
+    saved = json.loads(out.read_text())
+    wanted = {"commit", "lopt_version", "jax_version", "argv", "date", "platform", "load_average"}
+    assert wanted <= set(saved["provenance"])
+    assert len(saved["load_average_per_round"]) == 1
+    results = saved["results"]
     expected = {
         "engine, chunks of 1 (1 dev)",
         "engine, chunks of 1 (2 dev)",
