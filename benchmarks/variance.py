@@ -46,6 +46,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.provenance import provenance
+from meta_train.es.compile_options import FAST_COMPILE
 
 ESTIMATORS = ("es_single", "pes", "tes")
 
@@ -131,7 +132,7 @@ def measure(
 
     ``fast``: compile without backend optimisation (for systems whose steps cost microseconds).
     """
-    options = {"xla_backend_optimization_level": 0} if fast else None
+    options = FAST_COMPILE if fast else None
     raw, rows = {}, []
     for estimator in estimators:
         for windows in ratios:

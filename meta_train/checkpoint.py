@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from meta_train import config_flags
+from meta_train.evaluation.out_folder import EVAL_MARKER_FILE
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -45,7 +46,6 @@ MARKER_FILE = "lopt-workdir.json"
 LOCK_FILE = "lopt-workdir.lock"
 WORKDIR_FORMAT = "lopt-workdir"
 WORKDIR_FORMAT_VERSION = 1
-EVAL_MARKER_FILE = "lopt-eval.json"  # written by ``lopt evaluate`` into its output folder
 
 # What lopt writes into a workdir, for ``--overwrite``: whole files, and folders of which only the
 # entries matching the pattern are lopt's (a folder is removed when nothing else is left in it).

@@ -286,7 +286,7 @@ def _run_evaluate(argv: list[str]) -> int:
     for bad arguments or an output folder it must not write to (checked before anything runs)."""
     import numpy as np
 
-    from meta_train.evaluation import evaluate
+    from meta_train.evaluation import evaluate, out_folder
 
     parser = _evaluate_parser()
     args = parser.parse_args(argv)
@@ -310,13 +310,13 @@ def _run_evaluate(argv: list[str]) -> int:
         parser.error(
             f"--suite {args.suite!r} is unknown; known suites: {', '.join(registry.suite_names())}"
         )
-    out = args.out or evaluate.default_out_folder(args.optimizer, args.suite)
+    out = args.out or out_folder.default_out_folder(args.optimizer, args.suite)
     try:
-        evaluate.check_out_folder(out)
+        out_folder.check_out_folder(out)
     except ValueError as error:
         print(f"lopt evaluate: error: {error}", file=sys.stderr)
         return 2
-    evaluate.claim_out_folder(out, args.optimizer, args.suite)
+    out_folder.claim_out_folder(out, args.optimizer, args.suite)
     report = evaluate.evaluate(
         args.optimizer,
         registry.get_suite(args.suite),

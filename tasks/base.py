@@ -26,6 +26,14 @@ DynamicConfig = Any
 
 SPLITS = ("train", "inner_valid", "outer_valid", "test")
 
+
+def split_index(split: str) -> int:
+    """Position of ``split`` in ``SPLITS``; a clear error for anything else."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return SPLITS.index(split)
+
+
 # Families draw their dynamic seeds from [0, SAMPLED_SEED_END); held-out suites use seeds at or
 # above it, so meta-training can never sample a held-out task's dynamic configuration.
 SAMPLED_SEED_END = 2**31

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from flax import struct
 
-from tasks.base import SPLITS, Params, Task, TaskFamily, sample_seed
+from tasks.base import SPLITS, Params, Task, TaskFamily, sample_seed, split_index
 from tasks.datasets import resolve_data_dir
 from tasks.image import classification_metrics, cross_entropy, standard_normals
 
@@ -61,8 +61,7 @@ class TextData(struct.PyTreeNode):
 
     def split(self, split: str) -> jax.Array:
         """The token stream of ``split`` (one of ``SPLITS``)."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        split_index(split)
         return getattr(self, split)
 
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tasks.base import SPLITS, Params, Task, TaskFamily, sample_seed
+from tasks.base import Params, Task, TaskFamily, sample_seed, split_index
 
 
 class QuadraticConfig(NamedTuple):
@@ -44,13 +44,6 @@ class QuadraticConfig(NamedTuple):
     noise_std: jax.Array
     init_seed: jax.Array
     data_seed: jax.Array
-
-
-def split_index(split: str) -> int:
-    """Position of ``split`` in ``SPLITS``; a clear error for anything else."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    return SPLITS.index(split)
 
 
 class QuadraticTask(Task):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tasks.base import Params
+from tasks.base import Params, split_index
 from tasks.image import (
     ClassifierConfig,
     ClassifierTask,
@@ -28,7 +28,6 @@ from tasks.image import (
     classification_metrics,
     cross_entropy,
 )
-from tasks.quadratic import split_index
 
 # Tags folded into the keys, so the means, the minibatches and the fixed evaluation sets of one
 # data seed are independent streams.

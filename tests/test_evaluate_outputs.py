@@ -7,8 +7,8 @@ import jax
 import pytest
 
 import lopt
-from meta_train import checkpoint, cli
-from meta_train.evaluation import evaluate
+from meta_train import cli
+from meta_train.evaluation import out_folder
 
 
 @pytest.fixture()
@@ -56,19 +56,19 @@ def test_a_folder_of_other_files_is_refused_untouched(tmp_path, capsys):
 def test_a_folder_lopt_evaluate_wrote_may_be_written_again(tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
-    (folder / checkpoint.EVAL_MARKER_FILE).write_text("{}")
+    (folder / out_folder.EVAL_MARKER_FILE).write_text("{}")
     (folder / "report.md").write_text("old")
-    evaluate.check_out_folder(str(folder))
+    out_folder.check_out_folder(str(folder))
 
 
 def test_default_out_folders_are_one_per_export_and_beside_it(tmp_path):
     first, second = tmp_path / "export", tmp_path / "export_v2"
     for path in (first, second):
         path.mkdir()
-    a = evaluate.default_out_folder(str(first), "default")
-    b = evaluate.default_out_folder(str(second), "default")
+    a = out_folder.default_out_folder(str(first), "default")
+    b = out_folder.default_out_folder(str(second), "default")
     assert a == f"{first}.eval_default" and b == f"{second}.eval_default"
-    assert evaluate.default_out_folder(str(first), "tiny") != a
-    assert evaluate.default_out_folder("untrained:mlp", "tiny") == os.path.join(
+    assert out_folder.default_out_folder(str(first), "tiny") != a
+    assert out_folder.default_out_folder("untrained:mlp", "tiny") == os.path.join(
         "runs", "untrained_mlp.eval_tiny"
     )

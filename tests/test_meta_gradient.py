@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 import lopt
 from lopt import registry
+from meta_train.es.compile_options import FAST_COMPILE
 
 # Slow tier: one XLA compile per architecture, ~27 s of CPU in all (a test takes 2-7 s).
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def derivatives(name: str, cut_state: bool = False) -> tuple[np.ndarray, np.ndar
         # Compiling dominates (a few runs of a tiny problem), so one program serves both: the
         # gradient at theta and the losses at theta +- eps v (stop_gradient leaves values alone).
         # Unoptimised code compiles faster.
-        @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+        @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
         def losses_and_grads(points):
             loss = lambda flat: meta_loss(optimizer, unravel(flat), cut_state)
             return jax.vmap(jax.value_and_grad(loss))(points)

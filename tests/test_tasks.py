@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 
+from meta_train.es.compile_options import FAST_COMPILE
 from tasks import SAMPLED_SEED_END, datasets, image, language, registry
 from tasks.image import ImageConvFamily, classification_metrics
 
@@ -28,7 +29,7 @@ ADAM_STEPS = 40
 NUM_PARTICLES = 2
 
 # Unoptimised XLA code halves the compile time of these tiny programs; the results are the same.
-jit_unoptimised = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+jit_unoptimised = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
 def upsampled_digits_28x28() -> datasets.Dataset:

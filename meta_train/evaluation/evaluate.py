@@ -29,11 +29,9 @@ import abc
 import copy
 import dataclasses
 import functools
-import json
 import math
 import operator
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -844,52 +842,6 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="task", file=sys.stderr)
-
-
-def default_out_folder(optimizer: str, suite: str) -> str:
-    """``<export>.eval_<suite>`` beside an export (one per export, and outside it: re-saving an
-    export replaces its whole folder), else ``runs/<optimizer>.eval_<suite>``."""
-    if os.path.isdir(optimizer):
-        return f"{os.path.abspath(optimizer).rstrip(os.sep)}.eval_{suite}"
-    return os.path.join("runs", f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', optimizer)}.eval_{suite}")
-
-
-def check_out_folder(out: str) -> None:
-    """Raise ``ValueError`` unless ``out`` may receive a report: not a file, not inside an export,
-    and new, empty or written by ``lopt evaluate`` before (it holds its marker or a report)."""
-    from lopt.export import CONFIG_FILE
-    from meta_train.checkpoint import EVAL_MARKER_FILE
-
-    path = os.path.abspath(out)
-    folder = path
-    while True:
-        if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
-            raise ValueError(
-                f"--out {out} is inside the export {folder}, which the next save replaces whole; "
-                "choose a folder outside it"
-            )
-        if os.path.dirname(folder) == folder:
-            break
-        folder = os.path.dirname(folder)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
-    entries = os.listdir(path) if os.path.isdir(path) else []
-    if entries and not {EVAL_MARKER_FILE, "report.json"} & set(entries):
-        shown = ", ".join(sorted(entries)[:5]) + (" ..." if len(entries) > 5 else "")
-        raise ValueError(
-            f"--out {out} holds files lopt evaluate did not write ({shown}); choose a new or "
-            "empty folder"
-        )
-
-
-def claim_out_folder(out: str, optimizer: str, suite: str) -> None:
-    """Create ``out`` with the marker that makes it lopt evaluate's (``--overwrite`` of a
-    workdir removes such folders; a later evaluation may replace their files)."""
-    from meta_train.checkpoint import EVAL_MARKER_FILE
-
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, EVAL_MARKER_FILE), "w") as f:
-        json.dump({"format": "lopt-evaluation", "optimizer": optimizer, "suite": suite}, f)
 
 
 def baseline_schedule(choice: str, optimizer: str) -> str:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tasks.base import SPLITS
+from tasks.base import split_index
 from tasks.datasets import preprocessing
 from tasks.datasets.builders import TABULAR_DATASETS
 from tasks.datasets.storage import RawSplits, read_splits, resolve_data_dir
@@ -39,8 +39,7 @@ class Dataset(struct.PyTreeNode):
 
     def split(self, name: str) -> tuple[jax.Array, jax.Array]:
         """``(inputs, labels)`` of split ``name``, one of ``tasks.SPLITS``."""
-        if name not in SPLITS:
-            raise ValueError(f"Unknown split '{name}'; choose one of {SPLITS}.")
+        split_index(name)
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
 
