@@ -260,6 +260,7 @@ _PREPARE_AFTER_BARRIER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_concurrent_prepare_from_two_processes_builds_once(tmp_path):
     data_dir, go = tmp_path / "data", tmp_path / "go"
     readies = [tmp_path / f"ready{index}" for index in range(2)]

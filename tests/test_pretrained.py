@@ -53,6 +53,7 @@ def test_pretrained_needs_the_run_length_and_names_what_ships():
         lopt.pretrained("no-such-optimizer")
 
 
+@pytest.mark.slow
 def test_ship_copies_a_finished_run_with_its_record(tmp_path):
     workdir = str(tmp_path / "run")
     assert cli.main(["meta-train", *tiny_run.tiny_argv(), "--workdir", workdir]) == 0

@@ -71,6 +71,7 @@ def test_gmm_losses_splits_and_evaluate(gmm):
         task.eval_loss(params, key, "validation")
 
 
+@pytest.mark.slow
 def test_gmm_vmapped_sample_and_adam_learns(gmm):
     configs = jax.jit(jax.vmap(gmm.sample))(jax.random.split(jax.random.key(0), 3))
     assert len(np.unique(configs.data_seed)) == 3
