@@ -15,6 +15,7 @@ import jax
 import matplotlib.figure
 import optax
 import pytest
+import tiny_run
 
 import tasks
 from meta_train import config_flags, metrics, train
@@ -22,24 +23,17 @@ from tasks import registry
 
 NUM_STEPS = 4
 OUTER_LR = 0.05
-OVERRIDES = {
-    "groups.digits.family": "quadratic",
-    "groups.digits.overrides.dim": "4",
+OVERRIDES = {key: value for key, value in tiny_run.SETTINGS.items() if key != "num_devices"}
+OVERRIDES |= {
     "groups.digits.num_pairs": "4",
-    "estimator.horizon": "12",
-    "estimator.window": "3",
     "estimator.sigma": "0.05",
     "outer.learning_rate": str(OUTER_LR),
     "num_outer_steps": str(NUM_STEPS),
-    "log_every": "1",
     "checkpoint_every": "100",
-    "export_every": "100",
     "eval.suite": "obs_quadratic",
     "eval.num_tasks": "1",
     "eval.every": "2",
     "eval.num_steps": "10",
-    "comparison.num_tasks": "0",
-    "progress": "false",
 }
 
 

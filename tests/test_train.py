@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import tiny_run
 
 import lopt
 from meta_train import checkpoint, cli, config_flags, metrics, outer, train
@@ -27,21 +28,13 @@ from meta_train.configs import default
 pytestmark = pytest.mark.slow
 
 NUM_STEPS = 4
-TINY_OVERRIDES = {
-    "groups.digits.family": "quadratic",
-    "groups.digits.overrides.dim": "4",
+# The tiny run on four pairs per group and every device, with a faster outer learning rate.
+TINY_OVERRIDES = {key: value for key, value in tiny_run.SETTINGS.items() if key != "num_devices"}
+TINY_OVERRIDES |= {
     "groups.digits.num_pairs": "4",
-    "estimator.horizon": "12",
-    "estimator.window": "3",
     "estimator.sigma": "0.05",
     "outer.learning_rate": "0.05",
     "num_outer_steps": str(NUM_STEPS),
-    "log_every": "1",
-    "checkpoint_every": "2",
-    "export_every": "100",
-    "eval.num_tasks": "0",
-    "comparison.num_tasks": "0",
-    "progress": "false",
 }
 
 
