@@ -33,8 +33,8 @@ def _fake_sine_export(workdir: pathlib.Path) -> None:
     script = (
         "import jax, lopt\n"
         "from meta_train.configs import default\n"
-        "hparams = default.get_config().optimizer.hyperparameters.to_dict()\n"
-        "optimizer = lopt.get_optimizer('mlp', **hparams)\n"
+        "config = default.get_config().optimizer\n"
+        "optimizer = lopt.get_optimizer(config.architecture, **config.hyperparameters.to_dict())\n"
         "lopt.save('runs/sine/export', optimizer, optimizer.init_meta_params(jax.random.key(0)))\n"
     )
     result = _run([sys.executable, "-c", script], cwd=workdir)

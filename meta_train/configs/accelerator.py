@@ -7,7 +7,7 @@ from meta_train.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default.mlp_config()
     config.num_outer_steps = 5000
     config.estimator.horizon = 1000
     config.estimator.min_horizon = 200

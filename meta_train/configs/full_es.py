@@ -1,5 +1,6 @@
-"""The default run with full ES: one estimate per whole inner problem (K = T), so an outer step
-costs T inner steps; fewer outer steps for about the same inner-step budget."""
+"""The MLP run (``default.mlp_config()``, the previous default) with full ES: one estimate per
+whole inner problem (K = T), so an outer step costs T inner steps; fewer outer steps for about
+the same inner-step budget."""
 
 import ml_collections
 
@@ -7,7 +8,7 @@ from meta_train.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default.mlp_config()
     config.estimator.name = "full_es"
     config.estimator.window = config.estimator.horizon
     config.estimator.stagger = False

@@ -8,7 +8,7 @@ from meta_train.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default.mlp_config()
     config.optimizer.architecture = "adam"
     config.optimizer.hyperparameters = lopt.get_optimizer(
         "adam", learning_rate=1e-4, schedule="inverse_time"

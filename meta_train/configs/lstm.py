@@ -1,4 +1,5 @@
-"""The default run with the coordinate-wise LSTM optimizer instead of the per-parameter MLP."""
+"""The MLP run (``default.mlp_config()``, the previous default) with the coordinate-wise LSTM
+optimizer instead of the per-parameter MLP."""
 
 import ml_collections
 
@@ -7,7 +8,7 @@ from meta_train.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default.mlp_config()
     config.optimizer.architecture = "lstm"
     config.optimizer.hyperparameters = lopt.get_optimizer("lstm").hyperparameters()
     return config

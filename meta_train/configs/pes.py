@@ -1,4 +1,5 @@
-"""The default run with PES: fresh noise every window, accumulated until the inner problem ends."""
+"""The MLP run (``default.mlp_config()``, the previous default) with PES: fresh noise every
+window, accumulated until the inner problem ends."""
 
 import ml_collections
 
@@ -6,6 +7,6 @@ from meta_train.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default.mlp_config()
     config.estimator.name = "pes"
     return config

@@ -11,9 +11,8 @@ import ml_collections
 import lopt
 from meta_train.configs import default
 
-# Reparameterization scales: the rule's step in the original weights is s * lr, so this range
-# trains it across a decade of effective learning rates around its default.
-AUGMENTATION_RANGE = (0.3, 3.0)
+# Reparameterization scales (the default run's; see there).
+AUGMENTATION_RANGE = default.AUGMENTATION_RANGE
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,4 +1,5 @@
-"""The default run with truncated ES: fresh noise every window, no accumulation (biased)."""
+"""The MLP run (``default.mlp_config()``, the previous default) with truncated ES: fresh noise
+every window, no accumulation (biased)."""
 
 import ml_collections
 
@@ -6,6 +7,6 @@ from meta_train.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default.mlp_config()
     config.estimator.name = "tes"
     return config
