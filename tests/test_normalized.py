@@ -3,6 +3,8 @@ outside, injected hyperparameters) and their agreement with the update meta-trai
 the export round trip."""
 
 import dataclasses
+import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,8 @@ import optax
 import pytest
 
 import lopt
+from lopt import features as feats
+from lopt import flat
 
 RULE = lopt.NormalizedOptimizer(learning_rate=1e-2)
 
@@ -97,6 +101,76 @@ def test_mup_multiplier_and_adam_for_vectors():
     d, _ = rule.direction(theta, rule.init(theta, params, 10), grads, params)
     # Adam's first bias-corrected step is g / |g| (up to epsilon): sign(g).
     np.testing.assert_allclose(d["b"], np.sign(grads["b"]), rtol=1e-5)
+
+
+def reference_direction(rule, theta, state, grads, params):
+    """The rule as first written (frozen here): the per-tensor normalized ``[N, F]`` feature
+    matrix, concatenated over tensors, through the MLP as matmuls, then normalized per tensor."""
+    config = feats.FeatureConfig(rule.momentum_decays, rule.rms_decay, (), (), False)
+    layout, tensors = feats.updated_tensors(config, state, grads, params)
+    blocks = []
+    for g, p, m, v in tensors:
+        inv_rms = jax.lax.rsqrt(v + 1e-30)
+        columns = jnp.concatenate(
+            [
+                g[:, None],
+                p[:, None],
+                jnp.sqrt(v)[:, None],
+                (g * inv_rms)[:, None],
+                m,
+                m * inv_rms[:, None],
+            ],
+            axis=1,
+        )
+        blocks.append(columns * jax.lax.rsqrt(jnp.mean(jnp.square(columns), axis=0) + 1e-30))
+    features = jnp.concatenate(blocks)
+    x = features
+    for i in range(len(rule.hidden_sizes) + 1):
+        x = x @ theta[f"layer_{i}"]["w"] + theta[f"layer_{i}"]["b"]
+        x = jax.nn.relu(x) if i < len(rule.hidden_sizes) else x
+    raw = x[:, 0] + features @ theta["skip"]
+    step = state.step + 1
+    pieces = []
+    for offset, size, shape, (_, _, m, v) in zip(
+        layout.offsets, layout.sizes, layout.shapes, tensors, strict=True
+    ):
+        if rule.adam_for_vectors and len(shape) < 2:
+            d = feats.adam_direction(m[:, 0], v, step, 0.9, rule.rms_decay, 1e-8)
+        else:
+            d = raw[offset : offset + size]
+            d = d * jax.lax.rsqrt(jnp.mean(jnp.square(d)) + 1e-30) * rule.mup_multiplier(shape)
+        pieces.append(d)
+    return flat.unflatten(layout, jnp.concatenate(pieces))
+
+
+@pytest.mark.parametrize("adam_for_vectors", [False, True])
+def test_direction_equals_the_reference_on_the_shipped_weights(adam_for_vectors):
+    """The fused network computes the same function of theta: the shipped weights give the
+    reference's directions, to float32 rounding, over several steps of a random MLP."""
+    rule, theta, _ = lopt.load_optimizer(lopt.pretrained_path())
+    rule = dataclasses.replace(rule, adam_for_vectors=adam_for_vectors)
+    rng = np.random.default_rng(5)
+    widths = (48, 64, 16, 3)  # fan-ins above the μP base of 32 and below it
+    params = [
+        {
+            "w": jnp.asarray(rng.normal(size=(a, b)) / a**0.5, jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(b,)), jnp.float32),
+        }
+        for a, b in itertools.pairwise(widths)
+    ]
+    state = rule.init(theta, params, 10)
+    direction = jax.jit(rule.direction)
+    reference = jax.jit(functools.partial(reference_direction, rule))
+    for _ in range(4):
+        grads = jax.tree.map(
+            lambda p: jnp.asarray(rng.normal(size=p.shape) * 1e-2, jnp.float32), params
+        )
+        expected = reference(theta, state, grads, params)
+        d, state = direction(theta, state, grads, params)
+        for a, b in zip(jax.tree.leaves(d), jax.tree.leaves(expected), strict=True):
+            rms = float(jnp.sqrt(jnp.mean(jnp.square(b))))
+            assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * rms
+        params = jax.tree.map(lambda p, u: p - 1e-2 * u, params, d)
 
 
 def train_losses(transform, num_steps: int = 60):
