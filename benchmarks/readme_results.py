@@ -307,7 +307,7 @@ FIGURES: list[Figure] = [
     ),
     Figure(
         OPTIMIZER_STEP,
-        "that bare pass alone ({:.0f} ms) is {:.0f}x Adam's whole step",
+        "that bare pass alone ({:.0f} ms) is {:.2f}x Adam's whole step",
         lambda: (
             1e3 * load(OPTIMIZER_STEP)["seconds"]["bare/normalized"],
             load(OPTIMIZER_STEP)["seconds"]["bare/normalized"]
