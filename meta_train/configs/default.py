@@ -2,8 +2,9 @@
 normalized rule with the pretrained recipe's hyperparameters (learning rate 1e-2 outside the
 rule, warm-up cosine, μP relative to fan-in 32; meta-losses relative to each problem's initial
 loss; reparameterized-weight augmentation; outer Adam 1e-3, warm-up cosine), on the digits MLP
-family: 500 outer steps in 48 s, 177 s in all with compilation, held-out evaluation and the
-comparison with Adam (timed by hand on a loaded 2-core CPU; README.md, "Two commands").
+family: 500 outer steps in about 1 minute, 3 to 6 minutes in all with compilation, held-out
+evaluation and the comparison with Adam (timed by hand on a 2-core CPU, idle and loaded;
+README.md, "Two commands").
 
 ``mlp_config()`` is the previous default, the per-parameter MLP with an Adam base step (500 outer
 steps in 1 min 46 s, 231 s in all, on the same machine); the estimator, architecture and
