@@ -17,6 +17,7 @@ AUGMENTATION_RANGE = default.AUGMENTATION_RANGE
 
 def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
+    config.meta_loss = "train"  # what normalized-v1 was trained with
     config.num_outer_steps = 3000
     config.meta_loss_scale = "initial"
 
