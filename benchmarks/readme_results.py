@@ -38,6 +38,7 @@ OPTIMIZER_STEP = os.path.join(RESULTS, "optimizer_step.json")
 THROUGHPUT = os.path.join(RESULTS, "meta_train_throughput.json")
 VARIANCE = os.path.join(RESULTS, "variance.json")
 VARIANCE_SEED = os.path.join(RESULTS, "paper", "variance_independent_seed{}.json")
+DEFAULT_CONFIG_RUNS = os.path.join(RESULTS, "default_config_runs.json")
 PRETRAINED = os.path.join(ROOT, "lopt", "weights", "normalized-v1", "training.json")
 
 ABLATION_DESCRIPTIONS = {
@@ -226,6 +227,15 @@ def _throughput(prefix: str) -> float:
     return next(v["particle_steps_per_s"] for k, v in results.items() if k.startswith(prefix))
 
 
+def _default_run(meta_loss: str) -> dict:
+    return load(DEFAULT_CONFIG_RUNS)["runs"][f"meta_loss_{meta_loss}"]
+
+
+def _default_test_losses(meta_loss: str) -> list[float]:
+    tasks = _default_run(meta_loss)["tasks"].values()
+    return [task["meta-trained"]["test_loss"] for task in tasks]
+
+
 def _generalization_counts() -> tuple[int, int, int, int]:
     row, record = _row("1x"), load(GENERALIZATION)
     return (
@@ -239,6 +249,25 @@ def _generalization_counts() -> tuple[int, int, int, int]:
 ENGINE_SHARDED, ENGINE_ONE = "engine, chunks of 1 (2 dev)", "engine, all pairs at once (1 dev)"
 
 FIGURES: list[Figure] = [
+    Figure(
+        DEFAULT_CONFIG_RUNS,
+        "500 outer steps took {:.0f} s and the meta-loss went {:.2g} -> {:.2g}",
+        lambda: (
+            _default_run("outer_valid")["outer_steps_wall_seconds"],
+            _default_run("outer_valid")["meta_loss_first_tenth"],
+            _default_run("outer_valid")["meta_loss_last_tenth"],
+        ),
+    ),
+    Figure(
+        DEFAULT_CONFIG_RUNS,
+        "(its 500 steps: {:.0f} s)",
+        lambda: (_default_run("train")["outer_steps_wall_seconds"],),
+    ),
+    Figure(
+        DEFAULT_CONFIG_RUNS,
+        "was {:.2g} / {:.2g} / {:.2g} with the train-loss rule and {:.2g} / {:.2g} / {:.2g} with",
+        lambda: (*_default_test_losses("train"), *_default_test_losses("outer_valid")),
+    ),
     Figure(
         PRETRAINED,
         "`lopt meta-train --config pretrained`: {} outer steps, 40 antithetic pairs",
