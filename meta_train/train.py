@@ -142,7 +142,7 @@ def _compare_with_adam(
     from meta_train.evaluation import evaluate
 
     section = config.comparison
-    tasks = held_out.held_out_tasks(section.suite, section.num_tasks)
+    tasks = registry.get_suite(section.suite, section.num_tasks)
     report = evaluate.evaluate(
         optimizer,
         tasks,

@@ -357,10 +357,11 @@ def suite_entries(name: str) -> tuple[SuiteEntry, ...]:
     return SUITES[name]
 
 
-def get_suite(name: str) -> list[HeldOutTask]:
-    """The held-out tasks of suite ``name`` (loads their datasets, preparing built-ins once)."""
+def get_suite(name: str, num_tasks: int | None = None) -> list[HeldOutTask]:
+    """The held-out tasks of suite ``name``, or its first ``num_tasks`` (loads their datasets
+    only, preparing built-ins once)."""
     tasks = []
-    for index, entry in enumerate(suite_entries(name)):
+    for index, entry in enumerate(suite_entries(name)[:num_tasks]):
         family = get_family(entry.family, **entry.overrides)
         tasks.append(
             HeldOutTask(entry.name, family, held_out_config(family, index), entry.num_steps)

@@ -28,16 +28,6 @@ class HeldOutEval(NamedTuple):
     run: Callable[[Any], dict[str, jax.Array]]
 
 
-def held_out_tasks(suite: str, num_tasks: int) -> list[registry.HeldOutTask]:
-    """The first ``num_tasks`` tasks of ``suite``, loading only their datasets."""
-    tasks = []
-    for index, entry in enumerate(registry.suite_entries(suite)[:num_tasks]):
-        family = registry.get_family(entry.family, **entry.overrides)
-        config = registry.held_out_config(family, index)
-        tasks.append(registry.HeldOutTask(entry.name, family, config, entry.num_steps))
-    return tasks
-
-
 def train_curve(
     optimizer: LearnedOptimizer,
     theta: Any,
@@ -68,7 +58,7 @@ def make_held_out_evals(
     the test split.
     """
     evals = []
-    for held_out in held_out_tasks(suite, num_tasks):
+    for held_out in registry.get_suite(suite, num_tasks):
         steps = num_steps or held_out.num_steps
         key = jax.random.fold_in(jax.random.key(seed), len(evals))
 
