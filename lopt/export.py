@@ -153,8 +153,10 @@ def to_optax(
     theta = jax.tree.map(jnp.asarray, theta)
     warned = []
 
-    def warn_once() -> None:
-        if not warned:
+    def warn_once(past: Any) -> None:
+        # ``past`` is checked here too: under a vmap with a batched step, lax.cond runs both
+        # branches and the callback fires whether or not any step is past the horizon.
+        if np.any(past) and not warned:
             warned.append(True)
             warnings.warn(
                 f"{type(optimizer).__name__} has run past num_steps={num_steps}, the horizon its "
@@ -166,7 +168,8 @@ def to_optax(
     def warn_past_horizon(inner: Any) -> None:
         step, horizon = getattr(inner, "step", None), getattr(inner, "num_steps", None)
         if step is not None and horizon is not None:
-            jax.lax.cond(step > horizon, lambda: jax.debug.callback(warn_once), lambda: None)
+            past = step > horizon
+            jax.lax.cond(past, lambda: jax.debug.callback(warn_once, past), lambda: None)
 
     def apply(inner: Any, updates: Any, params: Any, value: Any) -> tuple[Any, Any]:
         updates, inner = optimizer.update(theta, inner, updates, params, value)

@@ -252,6 +252,26 @@ def test_running_past_the_horizon_warns_once():
     assert len(record) == 1
 
 
+def test_no_past_horizon_warning_under_vmap_with_batched_steps(recwarn):
+    """Under vmap with a per-run step, lax.cond runs both branches: only a step past the horizon
+    may warn (runs at steps 0 and 1 of 10, three updates each)."""
+    mlp = lopt.MLPOptimizer(hidden_sizes=(4,))
+    tx = lopt.to_optax(mlp, mlp.init_meta_params(jax.random.key(0)), 10)
+    params = jnp.ones((2, 4))
+    state = jax.vmap(tx.init)(params)
+    state = state._replace(inner=state.inner._replace(step=jnp.arange(2, dtype=jnp.int32)))
+
+    def three_updates(p, s):
+        for _ in range(3):
+            updates, s = tx.update(p, s, p)
+            p = optax.apply_updates(p, updates)
+        return p
+
+    jax.block_until_ready(jax.jit(jax.vmap(three_updates))(params, state))
+    jax.effects_barrier()
+    assert not [w for w in recwarn if "past num_steps" in str(w.message)]
+
+
 def test_bad_hyperparameters_are_named():
     with pytest.raises(ValueError, match="momentum_decays"):
         lopt.NormalizedOptimizer(momentum_decays=(0.5, 0.99))
