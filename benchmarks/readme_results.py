@@ -39,6 +39,7 @@ THROUGHPUT = os.path.join(RESULTS, "meta_train_throughput.json")
 VARIANCE = os.path.join(RESULTS, "variance.json")
 VARIANCE_SEED = os.path.join(RESULTS, "paper", "variance_independent_seed{}.json")
 DEFAULT_CONFIG_RUNS = os.path.join(RESULTS, "default_config_runs.json")
+DEFAULT_ARCHITECTURE = os.path.join(RESULTS, "default_config_architecture.json")
 PRETRAINED = os.path.join(ROOT, "lopt", "weights", "normalized-v1", "training.json")
 
 ABLATION_DESCRIPTIONS = {
@@ -231,6 +232,10 @@ def _default_run(meta_loss: str) -> dict:
     return load(DEFAULT_CONFIG_RUNS)["runs"][f"meta_loss_{meta_loss}"]
 
 
+def _architecture_run(name: str) -> dict:
+    return load(DEFAULT_ARCHITECTURE)["runs"][f"cmp_{name}"]
+
+
 def _default_test_losses(meta_loss: str) -> list[float]:
     tasks = _default_run(meta_loss)["tasks"].values()
     return [task["meta-trained"]["test_loss"] for task in tasks]
@@ -249,6 +254,26 @@ def _generalization_counts() -> tuple[int, int, int, int]:
 ENGINE_SHARDED, ENGINE_ONE = "engine, chunks of 1 (2 dev)", "engine, all pairs at once (1 dev)"
 
 FIGURES: list[Figure] = [
+    Figure(
+        DEFAULT_ARCHITECTURE,
+        "The normalized rule (500 outer steps in {:.0f} s): meta-loss"
+        " {:.2g} (first tenth) -> {:.2g}",
+        lambda: (
+            _architecture_run("normalized")["outer_steps_wall_seconds"],
+            _architecture_run("normalized")["meta_loss_first_tenth"],
+            _architecture_run("normalized")["meta_loss_last_tenth"],
+        ),
+    ),
+    Figure(
+        DEFAULT_ARCHITECTURE,
+        "500 outer steps in {:.0f} s, on\nthe same machine just before): meta-loss"
+        " {:.2g} -> {:.2g}",
+        lambda: (
+            _architecture_run("mlp")["outer_steps_wall_seconds"],
+            _architecture_run("mlp")["meta_loss_first_tenth"],
+            _architecture_run("mlp")["meta_loss_last_tenth"],
+        ),
+    ),
     Figure(
         DEFAULT_CONFIG_RUNS,
         "500 outer steps took {:.0f} s and the meta-loss went {:.2g} -> {:.2g}",
