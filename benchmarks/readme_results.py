@@ -285,7 +285,7 @@ FIGURES: list[Figure] = [
     ),
     Figure(
         DEFAULT_CONFIG_RUNS,
-        "(its 500 steps: {:.0f} s)",
+        "its 500 steps: {:.0f} s)",
         lambda: (_default_run("train")["outer_steps_wall_seconds"],),
     ),
     Figure(
