@@ -356,7 +356,13 @@ class ImageConvFamily(_ClassifierFamily):
 
 
 def _load_data(
-    dataset: str, image_size: int | None, grayscale: bool, split_seed: int, data_dir: str | None
+    dataset: str,
+    image_size: int | None,
+    grayscale: bool,
+    split_seed: int,
+    data_dir: str | None,
+    train_size: int | None,
+    label_noise: float,
 ) -> datasets.Dataset:
     """``datasets.load_dataset`` with the data options of ``mlp_family`` and ``conv_family``."""
     return datasets.load_dataset(
@@ -365,6 +371,8 @@ def _load_data(
         split_seed=split_seed,
         image_size=image_size,
         grayscale=grayscale,
+        train_size=train_size,
+        label_noise=label_noise,
     )
 
 
@@ -379,9 +387,14 @@ def mlp_family(
     data_dir: str | None = None,
     init_scale_range: tuple[float, float] = (0.5, 2.0),
     permute_labels: bool = True,
+    train_size: int | None = None,
+    label_noise: float = 0.0,
 ) -> ImageMLPFamily:
-    """An MLP family on a built-in or prepared TFDS dataset (``image_size`` downsamples)."""
-    data = _load_data(dataset, image_size, grayscale, split_seed, data_dir)
+    """An MLP family on a built-in or prepared TFDS dataset (``image_size`` downsamples;
+    ``train_size`` and ``label_noise`` as in ``tasks.datasets.load_dataset``)."""
+    data = _load_data(
+        dataset, image_size, grayscale, split_seed, data_dir, train_size, label_noise
+    )
     return ImageMLPFamily(
         data=data,
         hidden=tuple(hidden),
@@ -405,9 +418,14 @@ def conv_family(
     data_dir: str | None = None,
     init_scale_range: tuple[float, float] = (0.5, 2.0),
     permute_labels: bool = True,
+    train_size: int | None = None,
+    label_noise: float = 0.0,
 ) -> ImageConvFamily:
-    """A conv-net family on a built-in or prepared TFDS image dataset."""
-    data = _load_data(dataset, image_size, grayscale, split_seed, data_dir)
+    """A conv-net family on a built-in or prepared TFDS image dataset (data options as in
+    ``mlp_family``)."""
+    data = _load_data(
+        dataset, image_size, grayscale, split_seed, data_dir, train_size, label_noise
+    )
     return ImageConvFamily(
         data=data,
         channels=tuple(channels),

@@ -206,11 +206,38 @@ def test_image_options_refused_for_vector_inputs(mnist1d):
         ({"image_size": 0}, "image_size"),
         ({"split_seed": "0"}, "split_seed"),
         ({"grayscale": 1}, "grayscale"),
+        ({"train_size": 0}, "train_size"),
+        ({"train_size": 10**6}, "train_size"),
+        ({"label_noise": 1.0}, "label_noise"),
+        ({"label_noise": -0.1}, "label_noise"),
     ],
 )
 def test_bad_options_are_refused(options, match):
     with pytest.raises(ValueError, match=match):
         load_dataset("digits", **options)
+
+
+def test_train_size_keeps_a_seeded_subset_of_train_and_leaves_other_splits(digits):
+    small = load_dataset("digits", train_size=100)
+    assert small.train_y.shape == (100,)
+    # The held-out splits are the same examples whatever train_size is.
+    for split in ("inner_valid", "outer_valid", "test"):
+        np.testing.assert_array_equal(small.split(split)[1], digits.split(split)[1])
+    # Drawn at random, not the first rows of a class-ordered store: every digit appears.
+    assert np.unique(np.asarray(small.train_y)).size == 10
+    again = load_dataset("digits", train_size=100, split_seed=0)
+    np.testing.assert_array_equal(small.train_y, again.train_y)
+
+
+def test_label_noise_flips_the_stated_fraction_in_every_split(digits):
+    noisy = load_dataset("digits", label_noise=0.3)
+    for split in SPLITS:
+        clean, flipped = np.asarray(digits.split(split)[1]), np.asarray(noisy.split(split)[1])
+        np.testing.assert_array_equal(noisy.split(split)[0], digits.split(split)[0])
+        # A replaced label lands on a different class with probability 9/10: 0.27 expected.
+        rate, n = np.mean(clean != flipped), clean.size
+        assert abs(rate - 0.27) < 4 * np.sqrt(0.27 * 0.73 / n), (split, rate, n)
+        assert flipped.min() >= 0 and flipped.max() < 10
 
 
 # Missing datasets fail at once, never touching the network.

@@ -55,7 +55,14 @@ def _read_stored(name: str, root: Path) -> RawSplits:
     return _STORED_CACHE[key]
 
 
-def _validate_options(name: str, split_seed: int, image_size: int | None, grayscale: bool) -> None:
+def _validate_options(
+    name: str,
+    split_seed: int,
+    image_size: int | None,
+    grayscale: bool,
+    train_size: int | None,
+    label_noise: float,
+) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"Dataset name must be a non-empty string, got {name!r}.")
     if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
@@ -68,6 +75,20 @@ def _validate_options(name: str, split_seed: int, image_size: int | None, graysc
         raise ValueError(f"image_size must be a positive int or None, got {image_size}.")
     if not isinstance(grayscale, bool):
         raise ValueError(f"grayscale must be a bool, got {grayscale!r}.")
+    if train_size is not None and (
+        isinstance(train_size, bool) or not isinstance(train_size, int | np.integer) or train_size < 1
+    ):
+        raise ValueError(f"train_size must be a positive int or None, got {train_size!r}.")
+    if isinstance(label_noise, bool) or not 0.0 <= float(label_noise) < 1.0:
+        raise ValueError(f"label_noise must be a fraction in [0, 1), got {label_noise!r}.")
+
+
+def _noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """``labels`` with each one, with probability ``fraction``, replaced by a uniformly drawn class
+    (which may be the same one), from a fixed seed: the same noise in every load."""
+    rng = np.random.default_rng(seed)
+    flip = rng.random(labels.shape[0]) < fraction
+    return np.where(flip, rng.integers(0, num_classes, labels.shape[0]), labels)
 
 
 def _image_transform(
@@ -97,6 +118,8 @@ def load_dataset(
     split_seed: int = 0,
     image_size: int | None = None,
     grayscale: bool = False,
+    train_size: int | None = None,
+    label_noise: float = 0.0,
 ) -> Dataset:
     """Loads classification dataset ``name`` from the TFDS data dir onto the default device.
 
@@ -109,10 +132,20 @@ def load_dataset(
     converted to ``grayscale`` and area-averaged to ``image_size x image_size``. Results are
     cached per (name, data dir, options), and the stored arrays per (name, data dir), for the
     life of the process.
+
+    Two options make tasks whose training and test losses part ways: ``train_size`` keeps a
+    random subset of ``train_size`` training examples (fixed by ``split_seed``), so a model can
+    overfit it;
+    ``label_noise`` replaces that fraction of the labels of every split by uniformly drawn classes
+    (fixed by ``split_seed``), so the test loss has a floor no optimizer can pass and fitting the
+    training labels exactly costs test loss. Standardisation uses the kept train inputs.
     """
-    _validate_options(name, split_seed, image_size, grayscale)
+    _validate_options(name, split_seed, image_size, grayscale, train_size, label_noise)
     root = resolve_data_dir(data_dir)
-    cache_key = (name, str(root), int(split_seed), image_size, grayscale)
+    label_noise = float(label_noise)
+    cache_key = (
+        name, str(root), int(split_seed), image_size, grayscale, train_size, label_noise
+    )
     if cache_key in _CACHE:
         return _CACHE[cache_key]
 
@@ -128,8 +161,18 @@ def load_dataset(
         len(stored_y), None if stored_test is None else len(stored_test[1]), int(split_seed)
     )
     test_x, test_y = stored_test if stored_test is not None else (stored_x, stored_y)
+    train_indices = indices.train
+    if train_size is not None:
+        if train_size > len(train_indices):
+            raise ValueError(
+                f"train_size={train_size} exceeds the {len(train_indices)} training examples of "
+                f"'{name}'; use at most {len(train_indices)} (or None for all)."
+            )
+        # Stored datasets can be ordered by class: draw the subset (fixed by split_seed).
+        subset = np.random.default_rng(int(split_seed)).permutation(len(train_indices))
+        train_indices = np.sort(train_indices[subset[:train_size]])
     parts = {
-        "train": (stored_x[indices.train], stored_y[indices.train]),
+        "train": (stored_x[train_indices], stored_y[train_indices]),
         "inner_valid": (stored_x[indices.inner_valid], stored_y[indices.inner_valid]),
         "outer_valid": (stored_x[indices.outer_valid], stored_y[indices.outer_valid]),
         "test": (test_x[indices.test], test_y[indices.test]),
@@ -139,7 +182,11 @@ def load_dataset(
     mean, std = preprocessing.standardisation(inputs["train"], per_feature=name in TABULAR_DATASETS)
 
     arrays = {}
-    for split, (_, labels) in parts.items():
+    for index, (split, (_, labels)) in enumerate(parts.items()):
+        if label_noise:
+            labels = _noisy_labels(
+                labels, int(raw.num_classes), label_noise, seed=int(split_seed) * 4 + index
+            )
         arrays[f"{split}_x"] = jnp.asarray((inputs[split] - mean) / std, dtype=jnp.float32)
         arrays[f"{split}_y"] = jnp.asarray(labels, dtype=jnp.int32)
     dataset = Dataset(
