@@ -392,9 +392,7 @@ def mlp_family(
 ) -> ImageMLPFamily:
     """An MLP family on a built-in or prepared TFDS dataset (``image_size`` downsamples;
     ``train_size`` and ``label_noise`` as in ``tasks.datasets.load_dataset``)."""
-    data = _load_data(
-        dataset, image_size, grayscale, split_seed, data_dir, train_size, label_noise
-    )
+    data = _load_data(dataset, image_size, grayscale, split_seed, data_dir, train_size, label_noise)
     return ImageMLPFamily(
         data=data,
         hidden=tuple(hidden),
@@ -423,9 +421,7 @@ def conv_family(
 ) -> ImageConvFamily:
     """A conv-net family on a built-in or prepared TFDS image dataset (data options as in
     ``mlp_family``)."""
-    data = _load_data(
-        dataset, image_size, grayscale, split_seed, data_dir, train_size, label_noise
-    )
+    data = _load_data(dataset, image_size, grayscale, split_seed, data_dir, train_size, label_noise)
     return ImageConvFamily(
         data=data,
         channels=tuple(channels),

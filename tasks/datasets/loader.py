@@ -76,7 +76,9 @@ def _validate_options(
     if not isinstance(grayscale, bool):
         raise ValueError(f"grayscale must be a bool, got {grayscale!r}.")
     if train_size is not None and (
-        isinstance(train_size, bool) or not isinstance(train_size, int | np.integer) or train_size < 1
+        isinstance(train_size, bool)
+        or not isinstance(train_size, int | np.integer)
+        or train_size < 1
     ):
         raise ValueError(f"train_size must be a positive int or None, got {train_size!r}.")
     if isinstance(label_noise, bool) or not 0.0 <= float(label_noise) < 1.0:
@@ -143,9 +145,7 @@ def load_dataset(
     _validate_options(name, split_seed, image_size, grayscale, train_size, label_noise)
     root = resolve_data_dir(data_dir)
     label_noise = float(label_noise)
-    cache_key = (
-        name, str(root), int(split_seed), image_size, grayscale, train_size, label_noise
-    )
+    cache_key = (name, str(root), int(split_seed), image_size, grayscale, train_size, label_noise)
     if cache_key in _CACHE:
         return _CACHE[cache_key]
 
