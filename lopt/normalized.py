@@ -27,6 +27,20 @@ bias-corrected Adam direction instead of the learned one (Celo2 does this); ``mu
 multiplies the direction of every matrix (ndim >= 2, fan-in = product of all but the last dim) by
 ``min(1, mup_base_fan_in / fan_in)``, the μP scaling that μLO uses so a rule meta-trained at one
 width transfers to wider networks (capped at 1: narrower layers keep the unscaled step).
+
+``step_gain=True`` lets the step shrink without giving up scale invariance. A unit-RMS direction
+takes full-size steps even once the training loss is ~0 (only the schedule slows it), which grows
+margins and the test loss on small data. With the option, each learned tensor's direction is
+multiplied by a gain in (0, 1]::
+
+    r = RMS(m_hat_0.9) / sqrt(u_hat),   u <- gain_decay u + (1 - gain_decay) mean(g**2)
+    gain = min(1, r ** alpha)          (alpha = theta["gain_exponent"], a scalar, starts at 0)
+
+``m_hat`` and ``u_hat`` are bias-corrected, so r = 1 at the first step; r falls when the
+gradient shrinks below its long-run size (a fitted training set) or its momentum cancels (noise).
+Both are ratios of gradient quantities, so rescaling the gradient leaves the gain unchanged. At
+``alpha = 0`` the gain is exactly 1: a theta without ``gain_exponent`` (``normalized-v1``) starts
+a gain run at its own function (``meta_train``'s ``init_from``).
 """
 
 from __future__ import annotations
@@ -61,12 +75,15 @@ class NormalizedOptState(NamedTuple):
       num_steps: ``[]`` int32, the run's length (only the ``cosine`` schedule reads it).
       momenta: per tensor, ``[size_i, num_decays]`` float32 gradient moving averages.
       second_moment: per tensor, ``[size_i]`` float32 moving average of squared gradients.
+      long_run_mean_square: per tensor, ``[]`` float32 moving average (decay ``gain_decay``) of
+        the tensor's mean squared gradient; empty without ``step_gain``.
     """
 
     step: jax.Array
     num_steps: jax.Array
     momenta: tuple[jax.Array, ...]
     second_moment: tuple[jax.Array, ...]
+    long_run_mean_square: tuple[jax.Array, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +101,8 @@ class NormalizedOptimizer(LearnedOptimizer):
       adam_for_vectors: Adam's direction for tensors with ``ndim < 2``.
       mup_base_fan_in: 0 (off) or the fan-in at which the μP multiplier of matrices is 1.
       output_init_scale: initial scale of the MLP's output layer (the skip path starts at 1).
+      step_gain: multiply each learned tensor's direction by the gain of the module docstring.
+      gain_decay: decay of the long-run mean squared gradient the gain compares against.
     """
 
     architecture = "normalized"
@@ -98,6 +117,8 @@ class NormalizedOptimizer(LearnedOptimizer):
     adam_for_vectors: bool = False
     mup_base_fan_in: int = 0
     output_init_scale: float = 0.1
+    step_gain: bool = False
+    gain_decay: float = 0.999
 
     def __post_init__(self):
         feats.freeze_sequences(self)
@@ -125,6 +146,7 @@ class NormalizedOptimizer(LearnedOptimizer):
                 f"mup_base_fan_in must be 0 (off) or a positive fan-in, got {self.mup_base_fan_in}"
             )
         feats.check_positive("output_init_scale", (self.output_init_scale,))
+        feats.check_decays("gain_decay", (self.gain_decay,))
 
     @property
     def uses_horizon(self) -> bool:
@@ -143,7 +165,8 @@ class NormalizedOptimizer(LearnedOptimizer):
 
     @functools.partial(jax.jit, static_argnums=0)
     def init_meta_params(self, key: jax.Array) -> dict:
-        """theta: ``{"layer_i": {"w", "b"}, "skip": [num_features]}``."""
+        """theta: ``{"layer_i": {"w", "b"}, "skip": [num_features]}``, and ``"gain_exponent": []``
+        (0: gain 1) with ``step_gain``."""
         widths = (self.num_features, *self.hidden_sizes, 1)
         num_layers = len(widths) - 1
         scales = [1.0] * (num_layers - 1) + [self.output_init_scale]
@@ -153,6 +176,8 @@ class NormalizedOptimizer(LearnedOptimizer):
             for i, w in enumerate(weights)
         }
         theta["skip"] = jax.nn.one_hot(self.skip_feature, self.num_features, dtype=jnp.float32)
+        if self.step_gain:
+            theta["gain_exponent"] = jnp.zeros((), jnp.float32)
         return theta
 
     def init(
@@ -166,14 +191,15 @@ class NormalizedOptimizer(LearnedOptimizer):
                     "num_steps, the number of steps the run will take (or use schedule='constant')"
                 )
             num_steps = 1
-        momenta, second_moment = feats.init_moments(
-            flat.layout_of(params), len(self.momentum_decays)
-        )
+        layout = flat.layout_of(params)
+        momenta, second_moment = feats.init_moments(layout, len(self.momentum_decays))
+        long_run = tuple(jnp.zeros((), jnp.float32) for _ in layout.sizes) if self.step_gain else ()
         return NormalizedOptState(
             step=jnp.zeros((), jnp.int32),
             num_steps=feats.horizon(num_steps),
             momenta=momenta,
             second_moment=second_moment,
+            long_run_mean_square=long_run,
         )
 
     def apply_network(self, theta: dict, features: jax.Array) -> jax.Array:
@@ -239,8 +265,11 @@ class NormalizedOptimizer(LearnedOptimizer):
         layout, tensors = feats.updated_tensors(config, state, grads, params)
         step = state.step + 1
         skip_index = self.momentum_decays.index(SKIP_DECAY)
+        long_run = state.long_run_mean_square or (None,) * len(tensors)
         leaves = []
-        for (g, p, m, v), shape, dtype in zip(tensors, layout.shapes, layout.dtypes, strict=True):
+        for (g, p, m, v), u, shape, dtype in zip(
+            tensors, long_run, layout.shapes, layout.dtypes, strict=True
+        ):
             if not g.shape[0]:
                 d = g  # empty: no RMS to normalize by
             elif self.adam_for_vectors and len(shape) < 2:
@@ -250,17 +279,47 @@ class NormalizedOptimizer(LearnedOptimizer):
                 )
             else:
                 d = self._raw_direction(theta, g, p, m, v)
-                d = d * (
-                    jax.lax.rsqrt(jnp.mean(jnp.square(d)) + DIRECTION_EPS)
-                    * self.mup_multiplier(shape)
-                )
+                scale = jax.lax.rsqrt(jnp.mean(jnp.square(d)) + DIRECTION_EPS)
+                if self.step_gain:
+                    scale = scale * self._gain(theta, m[:, skip_index], g, u, step)
+                d = d * (scale * self.mup_multiplier(shape))
             leaves.append(d.reshape(shape).astype(dtype))
+        if self.step_gain:
+            long_run = tuple(
+                self._long_run(g, u) for (g, _, _, _), u in zip(tensors, long_run, strict=True)
+            )
         return jax.tree.unflatten(layout.treedef, leaves), NormalizedOptState(
             step,
             state.num_steps,
             tuple(m for _, _, m, _ in tensors),
             tuple(v for _, _, _, v in tensors),
+            long_run if self.step_gain else (),
         )
+
+    def _long_run(self, grad: jax.Array, long_run: jax.Array) -> jax.Array:
+        """``u <- gain_decay u + (1 - gain_decay) mean(g**2)`` of one tensor (0 if empty)."""
+        if not grad.shape[0]:
+            return long_run
+        return self.gain_decay * long_run + (1 - self.gain_decay) * jnp.mean(jnp.square(grad))
+
+    def _gain(
+        self,
+        theta: dict,
+        momentum: jax.Array,
+        grad: jax.Array,
+        long_run: jax.Array,
+        step: jax.Array,
+    ) -> jax.Array:
+        """``min(1, r ** alpha)``, ``r**2 = mean(m_hat**2) / u_hat`` (module docstring), with ``u``
+        already updated by this step's gradient."""
+        t = step.astype(jnp.float32)
+        log_r_squared = (
+            jnp.log(jnp.mean(jnp.square(momentum)) + FEATURE_EPS)
+            - 2.0 * jnp.log1p(-(SKIP_DECAY**t))
+            - jnp.log(self._long_run(grad, long_run) + FEATURE_EPS)
+            + jnp.log1p(-(self.gain_decay**t))
+        )
+        return jnp.exp(jnp.minimum(0.0, 0.5 * theta["gain_exponent"] * log_r_squared))
 
     def mup_multiplier(self, shape: tuple[int, ...]) -> float:
         """``min(1, mup_base_fan_in / fan_in)`` for matrices when μP scaling is on, else 1."""

@@ -281,3 +281,67 @@ def test_bad_hyperparameters_are_named():
         lopt.NormalizedOptimizer(schedule="linear")
     with pytest.raises(ValueError, match=r"needs\s+num_steps"):
         RULE.init(RULE.init_meta_params(jax.random.key(0)), make_params(), None)
+
+
+# The step gain (step_gain=True): min(1, r ** alpha), r = RMS(m_hat) / long-run gradient RMS.
+
+GAIN_RULE = dataclasses.replace(RULE, step_gain=True, adam_for_vectors=True)
+
+
+def _gain_directions(theta, grads_list, params):
+    state = GAIN_RULE.init(theta, params, 10)
+    out = []
+    for grads in grads_list:
+        d, state = GAIN_RULE.direction(theta, state, grads, params)
+        out.append(d)
+    return out
+
+
+def test_gain_at_exponent_zero_is_the_rule_without_gain(theta):
+    # A theta without gain_exponent (normalized-v1's) plus gain_exponent = 0 is the same rule.
+    plain = dataclasses.replace(GAIN_RULE, step_gain=False)
+    gain_theta = {**theta, "gain_exponent": jnp.zeros((), jnp.float32)}
+    params, grads_list = make_params(), gradient_sequence(5)
+    state = plain.init(theta, params, 10)
+    for grads, with_gain in zip(
+        grads_list, _gain_directions(gain_theta, grads_list, params), strict=True
+    ):
+        d, state = plain.direction(theta, state, grads, params)
+        np.testing.assert_array_equal(d["w"], with_gain["w"])
+    assert GAIN_RULE.init_meta_params(jax.random.key(0))["gain_exponent"] == 0.0
+
+
+def test_gain_shrinks_the_step_when_the_gradient_falls_below_its_long_run_size(theta):
+    gain_theta = {**theta, "gain_exponent": jnp.ones((), jnp.float32)}
+    params = make_params()
+    # 20 steps of a steady gradient, then the same gradient 100x smaller (a fitted training set).
+    steady = gradient_sequence(1) * 20
+    small = [jax.tree.map(lambda g: g * 1e-2, steady[0])] * 20
+    rms = [
+        float(jnp.sqrt(jnp.mean(d["w"] ** 2)))
+        for d in _gain_directions(gain_theta, steady + small, params)
+    ]
+    assert rms[19] == pytest.approx(1.0, rel=1e-4)  # steady: r = 1, gain 1
+    # After the drop the momentum decays towards the 100x smaller gradient while u remembers the
+    # large one: the gain falls well below 1 (alpha = 1: the gain is r itself).
+    assert rms[-1] < 0.2
+    # A negative exponent never grows the step past unit RMS.
+    grow = {**theta, "gain_exponent": -jnp.ones((), jnp.float32)}
+    assert all(
+        float(jnp.sqrt(jnp.mean(d["w"] ** 2))) <= 1.0 + 1e-5
+        for d in _gain_directions(grow, steady + small, params)
+    )
+
+
+@pytest.mark.parametrize("grad_scale", [1e-3, 1e3])
+def test_gain_is_invariant_to_rescaling_the_gradient(theta, grad_scale):
+    gain_theta = {**theta, "gain_exponent": jnp.asarray(0.7, jnp.float32)}
+    params, grads_list = make_params(), gradient_sequence(6)
+    grads_list = grads_list[:3] + [jax.tree.map(lambda g: g * 0.1, g) for g in grads_list[3:]]
+    scaled = [jax.tree.map(lambda g: g * grad_scale, g) for g in grads_list]
+    for a, b in zip(
+        _gain_directions(gain_theta, grads_list, params),
+        _gain_directions(gain_theta, scaled, params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a["w"], b["w"], rtol=2e-4, atol=1e-6)
