@@ -274,8 +274,10 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
     is what only the config has: finite numbers, counts, the horizon against the window, how the
     pairs split over the devices.
     """
+    import jax
+
     import lopt
-    from meta_train import unrolled_tasks
+    from meta_train import unrolled_tasks, warm_start
     from tasks import augment, registry
 
     _finite_numbers("", config)
@@ -317,6 +319,14 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
         optimizer = lopt.get_optimizer(
             config.optimizer.architecture, **config.optimizer.hyperparameters
         )
+    if config.init_from:
+        with _blame("init_from"):
+            try:
+                warm_start.warm_start(
+                    config.init_from, optimizer, optimizer.init_meta_params(jax.random.key(0))
+                )
+            except lopt.ExportError as error:
+                raise ValueError(str(error)) from None
     with _blame({"meta_loss": "meta_loss", "meta_loss_scale": "meta_loss_scale"}):
         unrolled_tasks.TaskTrainingSystem(None, optimizer, config.meta_loss, config.meta_loss_scale)
     with _blame(_OUTER_KEYS):

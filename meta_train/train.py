@@ -45,7 +45,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import lopt
-from meta_train import checkpoint, chrono, config_flags, health, metrics, outer, unrolled_tasks
+from meta_train import (
+    checkpoint,
+    chrono,
+    config_flags,
+    health,
+    metrics,
+    outer,
+    unrolled_tasks,
+    warm_start,
+)
 from meta_train.evaluation import held_out
 from tasks import augment, registry
 
@@ -379,6 +388,10 @@ def _meta_train(
     checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
     theta_key, particles_key = jax.random.split(jax.random.key(config.seed))
     theta = optimizer.init_meta_params(theta_key)
+    if config.init_from:
+        theta, fresh = warm_start.warm_start(config.init_from, optimizer, theta)
+        kept = f"; {', '.join(fresh)} at their initial values" if fresh else ""
+        _log(f"theta from {config.init_from}{kept} (a resumed run continues its checkpoint)")
     state, start_step, burn_in_steps = _restore_or_init(
         groups, theta, settings, mesh, checkpointer, particles_key
     )

@@ -71,6 +71,9 @@ def mlp_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_outer_steps = 500
+    # "": theta from optimizer.init_meta_params; else an export directory or a shipped pretrained
+    # name whose theta the run starts from (meta_train.warm_start).
+    config.init_from = ""
     # 0: as many local devices as split every group's pairs evenly. On a CPU, `lopt meta-train`
     # makes one XLA device per core (unless XLA_FLAGS sets a count), so the pairs use every core.
     config.num_devices = 0
