@@ -3,8 +3,14 @@
 An export is a directory::
 
     <path>/optimizer.json   format name and version, lopt version, architecture, hyperparameters,
-                            a SHA-256 of theta, free-form metadata
+                            a SHA-256 of theta, free-form metadata, and the export's fingerprint
     <path>/theta/           theta, written by orbax-checkpoint
+
+The fingerprint (``fingerprint_sha256``) is a SHA-256 over everything that decides the updates:
+the architecture, the hyperparameters, the metadata's ``num_steps`` and theta's SHA-256. ``load``
+refuses an export whose description no longer matches it (a hand edit of the learning rate, a
+flipped bit in ``rms_decay``). Exports written before fingerprints load with the theta checksum
+alone; ``lopt.pretrained`` requires the fingerprint.
 
 ``save`` writes the whole directory aside and renames it into place, so a reader never sees a
 half-written export where a good one stood. Replacing one takes two renames (the old export aside,
@@ -41,6 +47,7 @@ FORMAT_NAME = "lopt-optimizer"
 FORMAT_VERSION = 1
 CONFIG_FILE = "optimizer.json"
 THETA_DIR = "theta"
+FINGERPRINT_KEY = "fingerprint_sha256"
 
 
 class ExportError(Exception):
@@ -189,6 +196,20 @@ def _theta_digest(theta: MetaParams) -> str:
     return digest.hexdigest()
 
 
+def fingerprint(config: dict) -> str:
+    """SHA-256 of what an export's updates depend on, from its parsed ``optimizer.json``:
+    architecture, hyperparameters, ``metadata["num_steps"]`` (the horizon ``load`` defaults to)
+    and theta's SHA-256, as canonical JSON (sorted keys, no spaces)."""
+    covered = {
+        "architecture": config["architecture"],
+        "hyperparameters": config["hyperparameters"],
+        "num_steps": (config.get("metadata") or {}).get("num_steps"),
+        "theta_sha256": config["theta_sha256"],
+    }
+    text = json.dumps(covered, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic | np.ndarray | jax.Array):
         return np.asarray(value).tolist()
@@ -245,6 +266,9 @@ def save(
         text = json.dumps(config, indent=2, default=_json_default)
     except (TypeError, ValueError) as error:
         raise ValueError(f"cannot save to {path}: metadata must be JSON data ({error})") from error
+    # Fingerprint the description as ``load`` will parse it (tuples as lists, numpy as floats).
+    config[FINGERPRINT_KEY] = fingerprint(json.loads(text))
+    text = json.dumps(config, indent=2, default=_json_default)
     recover(path)
     if os.path.exists(path) and not is_replaceable(path):
         raise FileExistsError(
@@ -320,7 +344,7 @@ def recover(path: str | os.PathLike) -> bool:
     return False
 
 
-def _read_config(path: str) -> dict:
+def _read_config(path: str, require_fingerprint: bool = False) -> dict:
     if not os.path.exists(path):
         raise NotAnExportError(f"no exported optimizer at {path}: the path does not exist")
     if not os.path.isdir(path):
@@ -352,6 +376,18 @@ def _read_config(path: str) -> dict:
     missing = {"architecture", "hyperparameters", "theta_sha256"} - set(config)
     if missing:
         raise CorruptExportError(f"{config_path} lacks {sorted(missing)}")
+    recorded = config.get(FINGERPRINT_KEY)
+    if recorded is None and require_fingerprint:
+        raise CorruptExportError(
+            f"{config_path} has no {FINGERPRINT_KEY}: re-export it with lopt.save, or reinstall "
+            "lopt if it shipped with it"
+        )
+    if recorded is not None and recorded != fingerprint(config):
+        raise CorruptExportError(
+            f"{config_path} was changed after lopt.save wrote it (its architecture, "
+            f"hyperparameters, num_steps or theta checksum no longer match {FINGERPRINT_KEY}): "
+            "re-export it with lopt.save, or reinstall lopt if it shipped with it"
+        )
     return config
 
 
@@ -382,11 +418,14 @@ def _restore_theta(path: str, optimizer: LearnedOptimizer, expected_digest: str)
     return theta
 
 
-def load_optimizer(path: str | os.PathLike) -> tuple[LearnedOptimizer, MetaParams, dict]:
-    """``(optimizer, theta, metadata)`` from an export directory written by ``save``."""
+def load_optimizer(
+    path: str | os.PathLike, *, require_fingerprint: bool = False
+) -> tuple[LearnedOptimizer, MetaParams, dict]:
+    """``(optimizer, theta, metadata)`` from an export directory written by ``save``, checked
+    against its fingerprint (required with ``require_fingerprint``) and theta's checksum."""
     path = os.path.abspath(os.fspath(path))
     recover(path)
-    config = _read_config(path)
+    config = _read_config(path, require_fingerprint)
     architecture = config["architecture"]
     try:
         cls = registry.architecture_class(architecture)
@@ -402,6 +441,25 @@ def load_optimizer(path: str | os.PathLike) -> tuple[LearnedOptimizer, MetaParam
     return optimizer, theta, config.get("metadata", {})
 
 
+def add_fingerprint(path: str | os.PathLike) -> str:
+    """Give an export written before fingerprints its ``fingerprint_sha256``, once its theta has
+    verified against the recorded checksum; ``optimizer.json`` is replaced atomically and nothing
+    else in it changes. Returns the fingerprint."""
+    path = os.path.abspath(os.fspath(path))
+    load_optimizer(path)  # refuses a corrupt theta (or a fingerprint that no longer matches)
+    config_path = os.path.join(path, CONFIG_FILE)
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    config[FINGERPRINT_KEY] = fingerprint(config)
+    staging = f"{config_path}.tmp-{uuid.uuid4().hex[:12]}"
+    with open(staging, "w", encoding="utf-8") as f:
+        f.write(json.dumps(config, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(staging, config_path)
+    return config[FINGERPRINT_KEY]
+
+
 def _rule_with_lr_outside(optimizer: LearnedOptimizer) -> bool:
     return callable(getattr(optimizer, "direction", None))
 
@@ -410,6 +468,8 @@ def load(
     path: str | os.PathLike,
     num_steps: int | None = None,
     learning_rate: float | optax.Schedule | None = None,
+    *,
+    require_fingerprint: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """The optax transform of an export, ready to train with (its updates are added to params).
 
@@ -419,8 +479,9 @@ def load(
     schedule used as it is; the ``cosine`` schedule needs ``num_steps``, the length of the run.
     Other architectures fold their learning rate into the network and take no ``learning_rate``;
     ``num_steps`` (the horizon of their time features) defaults to the meta-training horizon.
+    ``require_fingerprint`` refuses an export without a fingerprint (one written before them).
     """
-    optimizer, theta, metadata = load_optimizer(path)
+    optimizer, theta, metadata = load_optimizer(path, require_fingerprint=require_fingerprint)
     if _rule_with_lr_outside(optimizer):
         if callable(learning_rate):
             schedule = learning_rate

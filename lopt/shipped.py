@@ -63,4 +63,9 @@ def pretrained(
         tx = lopt.pretrained(num_steps=1000)
         updates, state = tx.update(grads, state, params)
     """
-    return export.load(pretrained_path(name), num_steps=num_steps, learning_rate=learning_rate)
+    return export.load(
+        pretrained_path(name),
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        require_fingerprint=True,
+    )

@@ -6,6 +6,11 @@ copies ``<workdir>/export`` to ``lopt/weights/<name>/export`` and writes ``train
 it: the config the run used, its budget (outer steps, inner particle-steps, wall time when
 logged), the commit and versions it was shipped from, the date, the command, and the meta-loss
 curve (thinned to at most ``MAX_CURVE_POINTS`` points). ``lopt.pretrained(name)`` loads it.
+
+    python -m meta_train.ship --refingerprint normalized-v1
+
+gives a shipped export written before fingerprints (see ``lopt.export``) its fingerprint, after its
+theta checksum has verified it (``lopt.export.add_fingerprint``).
 """
 
 from __future__ import annotations
@@ -105,18 +110,38 @@ def ship(
     return destination
 
 
+def refingerprint(name: str, weights_dir: str = shipped.WEIGHTS_DIR) -> str:
+    """Give the shipped export ``name`` a fingerprint (``lopt.export.add_fingerprint``, which
+    verifies its theta first). Returns the export's path."""
+    path = os.path.join(weights_dir, name, shipped.EXPORT_DIR)
+    lopt.export.add_fingerprint(path)
+    lopt.load_optimizer(path, require_fingerprint=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("workdir", help="a finished `lopt meta-train` workdir")
+    parser.add_argument("workdir", nargs="?", help="a finished `lopt meta-train` workdir")
     parser.add_argument("--name", default=shipped.DEFAULT_PRETRAINED)
-    parser.add_argument("--command", required=True, help="the command that produced the run")
+    parser.add_argument(
+        "--refingerprint",
+        metavar="NAME",
+        help="instead of shipping a run: give the shipped export NAME a fingerprint",
+    )
+    parser.add_argument("--command", help="the command that produced the run (required)")
     parser.add_argument("--commit", default=None, help="the code the run used (default: HEAD)")
     parser.add_argument("--code-changes", default="", help="what the run's code had beyond it")
     args = parser.parse_args(argv)
+    if args.refingerprint:
+        print(f"fingerprinted {refingerprint(args.refingerprint)}", file=sys.stderr)
+        return 0
+    if not args.workdir or not args.command:
+        parser.error("a workdir and --command are required to ship a run")
     path = ship(
         args.workdir, args.name, args.command, commit=args.commit, code_changes=args.code_changes
     )
-    lopt.load_optimizer(path)  # verifies the copy (checksum) before anyone ships it
+    # Verifies the copy (fingerprint and theta checksum) before anyone ships it.
+    lopt.load_optimizer(path, require_fingerprint=True)
     print(f"shipped {args.workdir} as {args.name!r} at {path}", file=sys.stderr)
     return 0
 

@@ -235,9 +235,12 @@ def broken_copy(exported, tmp_path):
 
 
 def edit_config(path, **changes):
+    """Change the description as a writer would (its fingerprint, if it has one, kept valid)."""
     config_path = path / export.CONFIG_FILE
     config = json.loads(config_path.read_text())
     config.update(changes)
+    if export.FINGERPRINT_KEY in config:
+        config[export.FINGERPRINT_KEY] = export.fingerprint(config)
     config_path.write_text(json.dumps(config))
 
 
@@ -284,10 +287,59 @@ def test_error_for_missing_theta(broken_copy):
         lopt.load(broken_copy)
 
 
-def test_error_for_theta_that_does_not_match_its_checksum(broken_copy):
+def test_error_for_theta_that_does_not_match_its_checksum(broken_copy, tmp_path):
+    # theta/ of another export of the same shapes: the description (and its fingerprint) is
+    # intact, so only the theta checksum can tell.
+    import shutil
+
+    optimizer = lopt.LSTMOptimizer(hidden_size=4)
+    other = optimizer.init_meta_params(jax.random.key(1))
+    lopt.save(tmp_path / "other", optimizer, other, {"num_steps": NUM_STEPS})
+    shutil.rmtree(broken_copy / export.THETA_DIR)
+    shutil.copytree(tmp_path / "other" / export.THETA_DIR, broken_copy / export.THETA_DIR)
+    with pytest.raises(lopt.CorruptExportError, match="does not match the checksum"):
+        lopt.load(broken_copy)
+
+
+def test_an_export_from_before_fingerprints_loads_with_its_theta_check(broken_copy):
+    config = json.loads((broken_copy / export.CONFIG_FILE).read_text())
+    del config[export.FINGERPRINT_KEY]
+    (broken_copy / export.CONFIG_FILE).write_text(json.dumps(config))
+    assert lopt.load(broken_copy) is not None
+    with pytest.raises(lopt.CorruptExportError, match="has no fingerprint_sha256: re-export"):
+        lopt.load(broken_copy, require_fingerprint=True)
     edit_config(broken_copy, theta_sha256="0" * 64)
     with pytest.raises(lopt.CorruptExportError, match="does not match the checksum"):
         lopt.load(broken_copy)
+    edit_config(broken_copy, theta_sha256=config["theta_sha256"])
+    export.add_fingerprint(broken_copy)
+    assert lopt.load(broken_copy, require_fingerprint=True) is not None
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('"hidden_size": 4', '"hidden_size": 5'),  # a hyperparameter
+        ('"num_steps": 50', '"num_steps": 58'),  # the horizon load defaults to
+        ('"architecture": "lstm"', '"architecture": "lstn"'),
+        ("theta digit", None),  # one hex digit of theta's checksum
+    ],
+)
+def test_a_one_character_edit_of_the_description_is_refused(broken_copy, old, new):
+    config_path = broken_copy / export.CONFIG_FILE
+    text = config_path.read_text()
+    if new is None:
+        digest = json.loads(text)["theta_sha256"]
+        old = f'"theta_sha256": "{digest}"'
+        new = old.replace(digest, ("1" if digest[0] != "1" else "2") + digest[1:])
+    assert text.count(old) == 1 and len(old) == len(new)
+    config_path.write_text(text.replace(old, new))
+    with pytest.raises(lopt.CorruptExportError) as error:
+        lopt.load(broken_copy)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"{config_path} was changed after lopt.save wrote it" in message
+    assert "re-export it with lopt.save" in message
 
 
 def test_error_for_an_unknown_architecture(broken_copy):

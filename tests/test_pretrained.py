@@ -2,6 +2,8 @@
 it was made, trains a small task as a full optax transform, and ``meta_train.ship`` writes one
 from a finished run."""
 
+import json
+import os
 import socket
 
 import jax.numpy as jnp
@@ -51,6 +53,29 @@ def test_pretrained_needs_the_run_length_and_names_what_ships():
         lopt.pretrained()
     with pytest.raises(lopt.NotAnExportError, match="shipped"):
         lopt.pretrained("no-such-optimizer")
+
+
+def test_a_flipped_bit_in_the_shipped_description_is_refused(tmp_path, monkeypatch):
+    # One bit: "0.95" -> "0.94" ('5' is 0x35, '4' is 0x34) changes every update of the rule.
+    import shutil
+
+    weights = tmp_path / "weights"
+    shutil.copytree(os.path.dirname(lopt.pretrained_path()), weights / "flipped")
+    config_path = weights / "flipped" / "export" / "optimizer.json"
+    text = config_path.read_text()
+    # The first is the hyperparameters' (the metadata's config records it again).
+    flipped = text.replace('"rms_decay": 0.95', '"rms_decay": 0.94', 1)
+    assert json.loads(flipped)["hyperparameters"]["rms_decay"] == 0.94
+    config_path.write_text(flipped)
+    monkeypatch.setattr(lopt.shipped, "WEIGHTS_DIR", str(weights))
+    with pytest.raises(lopt.CorruptExportError, match=f"{config_path} was changed after"):
+        lopt.pretrained("flipped", num_steps=100)
+    with pytest.raises(lopt.CorruptExportError, match="reinstall lopt"):
+        lopt.load(str(config_path.parent), num_steps=100)
+
+
+def test_the_shipped_export_carries_its_fingerprint():
+    assert lopt.load(lopt.pretrained_path(), 100, require_fingerprint=True) is not None
 
 
 @pytest.mark.slow
