@@ -1,26 +1,30 @@
-"""Generalization of a learned optimizer to held-out tasks, longer runs and a 16x wider network.
+"""The shipped learned optimizer against what a user would pick instead, on held-out tasks.
 
-The protocol (issue 11), on the suite ``generalization`` (tasks that no meta-training family covers
-exactly; ``lopt tasks list``):
+Contenders (``meta_train.evaluation.contenders``), on the suite ``generalization``:
 
-- the learned rule at its ONE default learning rate (no per-task tuning), and, as a second
-  contender, with its learning rate swept over 7 points (x 10^-1.5 ... 10^1.5) per task;
-- Adam and SGD-M, each tuned per task over 7 log-spaced learning rates, with the rule's own
-  schedule (``lopt.schedules.warmup_cosine`` over the run for a ``cosine`` rule);
-- horizons 1x and 2x of every task's horizon, 10x on a named subset, and the 16x-wide task
-  (``mlp_digits_w512``) at 1x; the long and wide runs, the expensive ones, against Adam only
-  (the headline's reference; SGD-M is reported at 1x and 2x);
-- per horizon, against per-task tuned Adam: win rate in final training loss and in test loss,
-  speed-up IQM (only where Adam's final loss is reached and kept), normalized final training loss
-  IQM (learned / Adam), each with a 95% bootstrap interval over tasks, and divergences
-  (``meta_train.evaluation.report.summarize``, ``meta_train.evaluation.aggregate``).
+- the shipped pretrained version (default ``lopt.pretrained``'s; every other shipped version,
+  discovered from ``lopt/weights/``, runs beside it) at its one default learning rate;
+- its untrained initialisation (does meta-training help?);
+- AdamW and SGD-M, each tuned per task over a half-decade learning-rate grid, with the rule's own
+  warm-up-cosine schedule and weight decay; the reference is tuned AdamW;
+- the tuning-free optimizers of ``optax.contrib`` at their published defaults.
 
-Writes ``generalization.json`` (every report, the aggregates, provenance) and one figure,
-``generalization.png``: per task and horizon, the learned rule's final training loss over tuned
-Adam's (log scale; 1 marked). ``--quick`` is a smoke run of seconds on the ``tiny`` suite.
+Protocol: horizons 1x and 2x of every task's horizon, 10x on a subset and the 16x-wide task at 1x
+(SGD-M only at 1x and 2x); 3 seeds, paired. A tuned contender's rate is chosen per criterion (train
+loss by final train loss, test loss and accuracy by inner-valid loss) and flagged when at a grid
+end. Per contender and horizon, separately for train loss, test loss and test accuracy: wins / ties
+/ losses (``policy.outcome``: ties are not wins) and the win rate with a 95% bootstrap interval over
+tasks, against tuned AdamW and against the best tuning-free peer of each task; the IQM of the final
+train loss over AdamW's with a stratified-bootstrap interval (seeds resampled within tasks); the
+VeLO speed-up (AdamW's steps to its own final loss over the contender's). The shipped rule against
+its untrained init: per task, the ratio of final losses with a paired 95% t-interval over seeds.
 
-    python benchmarks/generalization.py                      # the shipped lopt.pretrained_path()
-    python benchmarks/generalization.py --optimizer runs/default/export
+Writes ``generalization.json`` (every report, the aggregates, provenance, wall time) and
+``generalization.png`` (win rates against tuned AdamW with intervals). Scratch output unless
+``--record`` (``benchmarks/output.py``)::
+
+    python -m benchmarks.generalization --record          # the full run, for the README
+    python -m benchmarks.generalization --quick           # a smoke run of seconds
 """
 
 from __future__ import annotations
@@ -36,20 +40,21 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from benchmarks import output
 from benchmarks.provenance import provenance
-from meta_train.evaluation import aggregate, evaluate, report
+from meta_train.evaluation import aggregate, contenders, evaluate, policy, report
 from tasks import registry
 
 NAME = "generalization"
-DEFAULT_OUT = os.path.join("benchmarks", "results", NAME)
+FORMAT_VERSION = 2
 SUITE = "generalization"
+REFERENCE = "adamw"
 LONG_HORIZON = 10.0
 # The 10x subset: cheap tasks of different kinds (activation, tabular data, mixture, quadratic).
 LONG_TASKS = ("mlp_digits_tanh", "mlp_wine", "mlp_gmm_d32_c8", "noisy_quadratic")
 WIDE_TASK = "mlp_digits_w512"
+METRICS = ("train_loss", "test_loss", "test_accuracy")
+T_975 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95%
 # --quick: every part once, on the tiny suite's two tasks (the "wide" one is only a stand-in).
 QUICK = {
     "suite": "tiny",
@@ -65,39 +70,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--optimizer",
         default=None,
-        help="an export directory or 'untrained:<architecture>' (default: the shipped pretrained "
-        "optimizer)",
+        help="a pretrained name, an export directory or 'untrained:<architecture>' (default: "
+        "the shipped default pretrained version)",
     )
     parser.add_argument("--suite", default=SUITE, help="held-out suite (default: %(default)s)")
+    parser.add_argument("--tasks", default="", help="only these tasks of the suite (default: all)")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per task and contender")
+    parser.add_argument("--horizons", default="1,2", help="multiples of every task's horizon")
+    parser.add_argument("--long-horizon", type=float, default=LONG_HORIZON)
     parser.add_argument(
-        "--tasks", default="", help="only these tasks of the suite at --horizons (default: all)"
+        "--long-tasks", default=",".join(LONG_TASKS), help="tasks run at --long-horizon ('': none)"
     )
-    parser.add_argument("--seeds", type=int, default=3, help="runs per task and optimizer")
-    parser.add_argument(
-        "--horizons", default="1,2", help="multiples of every task's horizon (default: 1,2)"
-    )
-    parser.add_argument(
-        "--long-horizon", type=float, default=LONG_HORIZON, help="the subset's horizon multiple"
-    )
-    parser.add_argument(
-        "--long-tasks",
-        default=",".join(LONG_TASKS),
-        help="tasks run at --long-horizon (comma-separated; empty: none)",
-    )
-    parser.add_argument(
-        "--wide-task",
-        default=WIDE_TASK,
-        help="the 16x-width task, run at 1x only against Adam ('' : none)",
-    )
+    parser.add_argument("--wide-task", default=WIDE_TASK, help="the 16x-width task ('': none)")
     parser.add_argument("--fast-compile", action="store_true", help="XLA optimisation level 0")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (tiny suite)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="directory for the JSON and the PNG")
+    output.add_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
-    optimizer = args.optimizer or _pretrained_export()
+    out = output.resolve(args, NAME)
+    import lopt
+
+    subject = args.optimizer or lopt.shipped.DEFAULT_PRETRAINED
     settings = {
         "suite": args.suite,
         "num_steps": None,
@@ -112,67 +108,77 @@ def main(argv: Sequence[str]) -> int:
     named = [*settings["long_tasks"], settings["wide_task"], *_names(args.tasks)]
     unknown = [name for name in named if name and name not in by_name]
     if unknown:
-        raise SystemExit(
-            f"tasks {unknown} are not in suite {settings['suite']!r}; its tasks: {list(by_name)}"
-        )
-    common = dict(
+        raise SystemExit(f"tasks {unknown} are not in suite {settings['suite']!r}: {list(by_name)}")
+    rule = contenders.learned_rule(subject)
+    config = evaluate.EvalConfig(
         num_steps=settings["num_steps"],
         seeds=1 if args.quick else args.seeds,
-        baseline_schedule=evaluate.schedule_of(_learned_rule(optimizer)),
-        learned_lr_multipliers=evaluate.LEARNED_LR_MULTIPLIERS,
-        untrained_floor=False,
+        baselines=("adamw", "sgdm"),
+        reference=REFERENCE,
+        baseline_schedule=evaluate.schedule_of(rule),
+        weight_decay=float(getattr(rule, "weight_decay", 0.0)),
+        peers=(
+            *contenders.TUNING_FREE,
+            *(n for n in contenders.pretrained_names() if n != subject),
+        ),
         compiler_options=evaluate.FAST_COMPILE if args.fast_compile or args.quick else None,
     )
     only = _names(args.tasks) or tuple(by_name)
     suite_tasks = [t for t in tasks if t.name != settings["wide_task"] and t.name in only]
-    parts = {"suite": (suite_tasks, settings["horizons"], {})}
+    parts = {"suite": (suite_tasks, settings["horizons"], config.baselines)}
     if settings["long_tasks"]:
         long_tasks = [by_name[name] for name in settings["long_tasks"]]
-        parts["long"] = (long_tasks, [args.long_horizon], {"baselines": ("adam",)})
+        parts["long"] = (long_tasks, [args.long_horizon], ("adamw",))
     if settings["wide_task"]:
-        parts["wide"] = ([by_name[settings["wide_task"]]], [1.0], {"baselines": ("adam",)})
+        parts["wide"] = ([by_name[settings["wide_task"]]], [1.0], ("adamw",))
 
     start = time.perf_counter()
     reports = {}
-    for part, (part_tasks, part_horizons, options) in parts.items():
-        print(f"--- {part}: {len(part_tasks)} tasks at {part_horizons}", file=sys.stderr)
+    for part, (part_tasks, horizons, baselines) in parts.items():
+        print(f"--- {part}: {len(part_tasks)} tasks at {horizons}", file=sys.stderr)
         reports[part] = evaluate.evaluate(
-            optimizer,
+            subject,
             part_tasks,
-            horizons=part_horizons,
+            config,
+            horizons=horizons,
+            baselines=baselines,
             progress=not args.quick,
             settings={"part": part},
-            **common,
-            **options,
         )
     seconds = time.perf_counter() - start
 
+    subject_label = reports["suite"].subject
     rows = headline_rows(reports)
-    subject = reports["suite"].subject
-    per_task = per_task_rows(reports, subject)
-    print(format_per_task(per_task, subject))
-    print(format_headline(rows, reports["suite"].description, subject))
+    per_task = per_task_rows(reports, subject_label)
+    edges = grid_edges(reports)
+    print(format_per_task(per_task, subject_label))
+    print(format_headline(rows))
+    print(f"grid edges: {len(edges)} chosen rates at an end of their grid")
     print(f"({seconds / 60:.1f} min on {os.cpu_count()} CPU cores)")
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     payload = {
         "benchmark": NAME,
-        "provenance": provenance(["benchmarks/generalization.py", *argv]),
-        "optimizer": optimizer,
+        "format_version": FORMAT_VERSION,
+        "provenance": provenance(["python -m benchmarks.generalization", *argv]),
+        "subject": subject_label,
+        "reference": REFERENCE,
+        "tie_rule": policy.tie_rule(),
         "settings": {
             **settings,
             "long_horizon": args.long_horizon,
-            "seeds": common["seeds"],
+            "seeds": config.seeds,
             "quick": args.quick,
         },
         "seconds": seconds,
         "headline": rows,
         "per_task": per_task,
+        "grid_edges": edges,
         "reports": {part: report.to_dict(r) for part, r in reports.items()},
     }
-    path = os.path.join(args.out, f"{NAME}.json")
+    path = os.path.join(out, f"{NAME}.json")
     with open(path, "w") as file:
         file.write(json.dumps(report.finite_or_none(payload), indent=1, allow_nan=False))
-    figure = plot(reports, subject, os.path.join(args.out, f"{NAME}.png"))
+    figure = plot(rows, subject_label, os.path.join(out, f"{NAME}.png"))
     print(f"wrote {path} and {figure}")
     return 0
 
@@ -181,228 +187,262 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def _pretrained_export() -> str:
-    """The shipped pretrained optimizer's export directory (package data)."""
-    import lopt
-
-    try:
-        return lopt.pretrained_path()
-    except lopt.ExportError as error:
-        raise SystemExit(
-            f"{error}: pass --optimizer <export directory> (e.g. runs/default/export from "
-            "`lopt meta-train`) or untrained:<architecture>"
-        ) from error
+def _horizon(part: str, part_report: report.Report, task: report.TaskResult) -> str:
+    return f"16x width ({task.task})" if part == "wide" else report.horizon_label(task.horizon)
 
 
-def _learned_rule(optimizer: str) -> Any:
-    import lopt
-
-    if optimizer.startswith("untrained:"):
-        return lopt.get_optimizer(optimizer.removeprefix("untrained:"))
-    return lopt.load_optimizer(optimizer)[0]
+def _mean(task: report.TaskResult, label: str, metric: str) -> float:
+    return task.runs[label].for_metric(metric).mean(metric)
 
 
-# --- The headline: one row per (contender, part, horizon).
+def _tuning_free(task: report.TaskResult) -> list[str]:
+    return [label for label in task.runs if label in contenders.TUNING_FREE]
+
+
+def best_peer(task: report.TaskResult, metric: str) -> str | None:
+    """The tuning-free contender with the best mean ``metric`` on ``task`` (``None``: none)."""
+    peers = [p for p in _tuning_free(task) if math.isfinite(_mean(task, p, metric))]
+    if not peers:
+        return None
+    sign = -1.0 if report.higher_is_better(metric) else 1.0
+    return min(peers, key=lambda p: sign * _mean(task, p, metric))
+
+
+def _counts(outcomes: list[float]) -> dict[str, Any]:
+    return {
+        "wins": sum(o == 1.0 for o in outcomes),
+        "ties": sum(o == 0.5 for o in outcomes),
+        "losses": sum(o == 0.0 for o in outcomes),
+        "win_rate": aggregate.estimate(outcomes, aggregate.mean)._asdict() if outcomes else None,
+    }
+
+
+def _outcome(task: report.TaskResult, label: str, other: str, metric: str) -> float | None:
+    if metric not in task.runs[label].for_metric(metric).metrics:
+        return None
+    ours, theirs = _mean(task, label, metric), _mean(task, other, metric)
+    return float(policy.outcome([ours], [theirs], report.higher_is_better(metric))[0])
+
+
+def _normalized_scores(task: report.TaskResult, label: str) -> np.ndarray | None:
+    """``[seeds]``: each seed's final train loss over the reference's seed mean."""
+    reference = task.runs[REFERENCE].train.mean("train_loss")
+    if not (math.isfinite(reference) and reference > 0):
+        return None
+    ours = np.asarray(task.runs[label].train.metrics["train_loss"], np.float64)
+    return np.where(np.isfinite(ours), ours / reference, np.inf)
 
 
 def headline_rows(reports: dict[str, report.Report]) -> list[dict[str, Any]]:
-    """Aggregates against tuned Adam per contender and horizon; the wide task is its own row."""
+    """Per (contender, part, horizon): against tuned AdamW and the best tuning-free peer."""
     rows = []
     for part, part_report in reports.items():
-        for horizon, by_label in report.summarize(part_report).items():
-            for label, s in by_label.items():
-                name = f"16x width ({part_report.tasks[0].task})" if part == "wide" else horizon
-                rows.append(
-                    {
-                        "contender": label,
-                        "horizon": name,
-                        "tasks": s.compared,
-                        "win_rate_train_loss": s.win_rate.get("train_loss"),
-                        "win_rate_test_loss": s.win_rate.get("test_loss"),
-                        "speedup_iqm": s.speedup_iqm,
-                        "normalized_train_loss_iqm": s.normalized_iqm.get("train_loss"),
-                        "diverged_runs": f"{s.diverged_runs}/{s.total_runs}",
-                        "tasks_with_divergence": s.tasks_with_divergence,
-                    }
-                )
-    order = {label: i for i, label in enumerate(dict.fromkeys(r["contender"] for r in rows))}
-    rows.sort(key=lambda r: order[r["contender"]])
-    return [{k: report.plain(v) for k, v in row.items()} for row in rows]
+        for horizon in part_report.horizons:
+            results = [t for t in part_report.tasks if t.horizon == horizon]
+            name = _horizon(part, part_report, results[0])
+            for label in (lbl for lbl in results[0].runs if lbl != REFERENCE):
+                rows.append(_headline_row(results, label, name))
+    return [report.plain(row) for row in rows]
+
+
+def _headline_row(results: list[report.TaskResult], label: str, horizon: str) -> dict[str, Any]:
+    vs_reference, vs_peer = {}, {}
+    for metric in METRICS:
+        outcomes = [_outcome(t, label, REFERENCE, metric) for t in results]
+        vs_reference[metric] = _counts([o for o in outcomes if o is not None])
+        if label not in contenders.TUNING_FREE:
+            peers = [(t, best_peer(t, metric)) for t in results]
+            outcomes = [_outcome(t, label, p, metric) for t, p in peers if p]
+            vs_peer[metric] = _counts([o for o in outcomes if o is not None])
+    speedups = [report.speedup(t, label, REFERENCE) for t in results]
+    speedups = [s.value for s in speedups if s is not None and s.value is not None]
+    scores = [s for s in (_normalized_scores(t, label) for t in results) if s is not None]
+    selections = [t.runs[label].train for t in results]
+    return {
+        "contender": label,
+        "horizon": horizon,
+        "tasks": len(results),
+        "vs_reference": vs_reference,
+        "vs_best_tuning_free": vs_peer or None,
+        "win_rate_train_loss": vs_reference["train_loss"]["win_rate"],
+        "win_rate_test_loss": vs_reference["test_loss"]["win_rate"],
+        "speedup_iqm": aggregate.estimate(speedups),
+        "normalized_train_loss_iqm": aggregate.stratified_estimate(scores),
+        "diverged_runs": f"{sum(s.num_diverged for s in selections)}/"
+        f"{sum(s.num_seeds for s in selections)}",
+        "tasks_with_divergence": sum(s.num_diverged > 0 for s in selections),
+    }
+
+
+def paired_ratio(task: report.TaskResult, label: str, other: str, metric: str) -> dict | None:
+    """``label``'s final ``metric`` over ``other``'s, paired by seed: ``exp(mean log ratio)`` and
+    its 95% t-interval over seeds (``None`` when a loss is not positive and finite)."""
+    ours = np.asarray(task.runs[label].for_metric(metric).metrics.get(metric, []), np.float64)
+    theirs = np.asarray(task.runs[other].for_metric(metric).metrics.get(metric, []), np.float64)
+    values = np.concatenate([ours, theirs])
+    if not values.size or not np.all(np.isfinite(values) & (values > 0)):
+        return None
+    logs = np.log(ours) - np.log(theirs)
+    half = (
+        T_975.get(logs.size - 1, 1.96) * logs.std(ddof=1) / np.sqrt(logs.size)
+        if logs.size > 1
+        else math.nan
+    )
+    mean = float(logs.mean())
+    return {"ratio": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half)}
 
 
 def per_task_rows(reports: dict[str, report.Report], subject: str) -> list[dict[str, Any]]:
-    """Per task and horizon: the subject's (and its tuned-lr variant's) final train loss over tuned
-    Adam's, its speed-up and its diverged runs."""
+    """Per task and horizon: the subject against tuned AdamW, the best tuning-free peer and its
+    own untrained init."""
     rows = []
     for part, part_report in reports.items():
         for task in part_report.tasks:
-            comparison = report.compare(task, subject)
-            speed = comparison.speedup if comparison else None
+            comparison = report.compare(task, subject, REFERENCE)
+            adamw = task.runs[REFERENCE]
             rows.append(
                 {
                     "task": task.task,
-                    "horizon": "16x width"
-                    if part == "wide"
-                    else report.horizon_label(task.horizon),
+                    "horizon": _horizon(part, part_report, task),
                     "steps": task.num_steps,
-                    "normalized_train_loss": _ratio(task, subject),
-                    "normalized_train_loss_tuned_lr": _ratio(task, f"{subject} (tuned lr)"),
-                    "speedup": None if speed is None else speed.format(),
+                    "normalized_train_loss": comparison.normalized.get("train_loss"),
+                    "normalized_test_loss": comparison.normalized.get("test_loss"),
+                    "vs_reference": {m: _outcome(task, subject, REFERENCE, m) for m in METRICS},
+                    "best_tuning_free": {m: best_peer(task, m) for m in METRICS},
+                    "vs_best_tuning_free": {
+                        m: _outcome(task, subject, p, m) if (p := best_peer(task, m)) else None
+                        for m in METRICS
+                    },
+                    "vs_untrained": {
+                        m: paired_ratio(task, subject, "untrained", m)
+                        for m in ("train_loss", "test_loss")
+                    }
+                    if "untrained" in task.runs
+                    else None,
+                    "speedup": None if comparison.speedup is None else comparison.speedup.format(),
+                    "adamw_learning_rate": {c: s.learning_rate for c, s in adamw.selected.items()},
                     "diverged_runs": task.runs[subject].train.num_diverged,
                 }
             )
     return rows
 
 
+def grid_edges(reports: dict[str, report.Report]) -> list[dict[str, Any]]:
+    """Every tuned contender's rate chosen at an end of its grid (the best may lie beyond)."""
+    edges = []
+    for part_report in reports.values():
+        for task in part_report.tasks:
+            for label, run in task.runs.items():
+                for criterion, selection in run.selected.items():
+                    if run.grid and report.at_grid_edge(run, criterion):
+                        edges.append(
+                            {
+                                "task": task.task,
+                                "horizon": report.horizon_label(task.horizon),
+                                "contender": label,
+                                "criterion": criterion,
+                                "learning_rate": selection.learning_rate,
+                            }
+                        )
+    return edges
+
+
+# --- Console tables.
+
+_MARK = {1.0: "+", 0.5: "=", 0.0: "-", None: "."}
+
+
 def format_per_task(rows: list[dict[str, Any]], subject: str) -> str:
     header = [
         "task",
         "horizon",
-        "steps",
-        f"{subject} / Adam train loss",
-        "with its lr tuned",
+        f"{subject} / AdamW train loss",
+        "test loss",
+        "vs AdamW (train/test/acc)",
+        "vs best tuning-free",
+        "train loss / untrained [95% CI]",
         "speed-up",
-        "diverged",
     ]
+    table = []
+    for row in rows:
+        untrained = (row["vs_untrained"] or {}).get("train_loss")
+        table.append(
+            [
+                row["task"],
+                row["horizon"],
+                _num(row["normalized_train_loss"]),
+                _num(row["normalized_test_loss"]),
+                "/".join(_MARK[row["vs_reference"][m]] for m in METRICS),
+                "/".join(_MARK[row["vs_best_tuning_free"][m]] for m in METRICS),
+                "-"
+                if untrained is None
+                else f"{untrained['ratio']:.3g} [{untrained['low']:.3g}, {untrained['high']:.3g}]",
+                row["speedup"] or "-",
+            ]
+        )
+    return report.markdown_table(header, table)
+
+
+def format_headline(rows: list[dict[str, Any]]) -> str:
+    """Wins/ties/losses against tuned AdamW per metric; intervals 95% bootstrap over tasks."""
+    header = ["contender", "horizon", "tasks", *(f"vs AdamW {m} W/T/L" for m in METRICS)]
+    header += ["train loss / AdamW IQM", "speed-up IQM", "diverged"]
+
+    def wtl(counts: dict) -> str:
+        return f"{counts['wins']}/{counts['ties']}/{counts['losses']}"
+
     table = [
         [
-            row["task"],
+            row["contender"],
             row["horizon"],
-            str(row["steps"]),
-            _ratio_cell(row["normalized_train_loss"]),
-            _ratio_cell(row["normalized_train_loss_tuned_lr"]),
-            row["speedup"] or "-",
-            str(row["diverged_runs"]),
+            str(row["tasks"]),
+            *(wtl(row["vs_reference"][m]) for m in METRICS),
+            aggregate.Estimate(**row["normalized_train_loss_iqm"]).format(),
+            aggregate.Estimate(**row["speedup_iqm"]).format(suffix="x"),
+            row["diverged_runs"],
         ]
         for row in rows
     ]
     return report.markdown_table(header, table)
 
 
-def _ratio_cell(ratio: float) -> str:
-    if np.isnan(ratio):
-        return "n/a (Adam at 0)"
-    return "diverged" if ratio == np.inf else f"{ratio:.3g}"
-
-
-def format_headline(rows: list[dict[str, Any]], description: str, subject: str) -> str:
-    """A Markdown table of the headline rows; intervals are 95% bootstrap over tasks."""
-    header = [
-        "optimizer",
-        "horizon",
-        "tasks",
-        "win rate, train loss",
-        "win rate, test loss",
-        "speed-up IQM",
-        "normalized train loss IQM",
-        "diverged runs",
-    ]
-
-    def cell(estimate: dict | None, suffix: str = "") -> str:
-        if estimate is None:
-            return "-"
-        return aggregate.Estimate(**estimate).format(suffix=suffix)
-
-    table = [
-        [
-            row["contender"] + (" (default lr)" if row["contender"] == subject else ""),
-            row["horizon"],
-            str(row["tasks"]),
-            cell(row["win_rate_train_loss"]),
-            cell(row["win_rate_test_loss"]),
-            cell(row["speedup_iqm"], "x"),
-            cell(row["normalized_train_loss_iqm"]),
-            row["diverged_runs"],
-        ]
-        for row in rows
-    ]
-    return (
-        f"{description} against per-task tuned Adam (value [95% bootstrap interval over tasks] "
-        "(n tasks); speed-up only over tasks where Adam's final loss was reached and kept)\n"
-        + report.markdown_table(header, table)
-    )
+def _num(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3g}"
 
 
 # --- The figure.
 
 
-def plot(reports: dict[str, report.Report], subject: str, path: str) -> str:
-    """Per task and horizon, the subject's final training loss over tuned Adam's: a bar from 1 (at
-    its default learning rate) and a dot (with its swept learning rate), log scale."""
+def plot(rows: list[dict[str, Any]], subject: str, path: str) -> str:
+    """Win rate against tuned AdamW (ties count half) with its 95% interval over tasks, per
+    contender, for each metric, at the first horizon of the suite."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tuned = f"{subject} (tuned lr)"
-    groups: dict[str, dict[str, tuple[float, float]]] = {}  # horizon -> task -> (default, tuned)
-    for part, part_report in reports.items():
-        for task in part_report.tasks:
-            horizon = "16x width" if part == "wide" else report.horizon_label(task.horizon)
-            ratios = tuple(_ratio(task, label) for label in (subject, tuned))
-            groups.setdefault(horizon, {})[task.task] = ratios
-    names = list(dict.fromkeys(name for by_task in groups.values() for name in by_task))
-    finite = [r for g in groups.values() for pair in g.values() for r in pair if np.isfinite(r)]
-    ceiling = max([10.0, *finite]) * 2
-    floor = 1e-3  # a learned loss of exactly 0 (a memorised training set) is drawn here
-    fig, axes = plt.subplots(figsize=(7.5, 0.4 * len(names) + 2.0))
-    height = 0.8 / len(groups)
-    for i, (horizon, by_task) in enumerate(groups.items()):
-        y = [names.index(name) + (i - (len(groups) - 1) / 2) * height for name in by_task]
-        default, swept = (np.array(values) for values in zip(*by_task.values(), strict=True))
-        shown = np.clip(np.nan_to_num(default, nan=1.0, posinf=ceiling), floor, ceiling)
-        container = axes.barh(y, shown - 1.0, left=1.0, height=height, label=horizon)
-        axes.plot(np.clip(swept, floor, ceiling), y, "k.", markersize=4)
-        for bar, ratio in zip(container, default, strict=True):
-            if ratio == np.inf:
-                bar.set_hatch("//")
-            if _note(ratio, floor):
-                middle = bar.get_y() + bar.get_height() / 2
-                box = {"facecolor": "white", "alpha": 0.7, "linewidth": 0}
-                axes.text(1.0, middle, _note(ratio, floor), fontsize=6, va="center", bbox=box)
-    axes.axvline(1.0, color="black", linewidth=1)
-    axes.set_xscale("log")
-    axes.set_yticks(range(len(names)), names, fontsize=7)
-    axes.invert_yaxis()
-    axes.set_xlabel(
-        f"{subject} final train loss / per-task tuned Adam's (< 1: better); "
-        "bars: its default lr, dots: its lr tuned per task",
-        fontsize=8,
-    )
-    lines = []
-    for part, part_report in reports.items():
-        for horizon, by_label in report.summarize(part_report).items():
-            s = by_label.get(subject)
-            if s and s.compared:
-                name = "16x width" if part == "wide" else horizon
-                speed = s.speedup_iqm
-                speed = f"{speed.value:.2g}x (n={speed.count})" if speed.count else "n/a"
-                lines.append(
-                    f"{name}: better than tuned Adam on {s.better.get('train_loss', 0)}/"
-                    f"{s.compared} tasks, normalized IQM {s.normalized_iqm['train_loss'].value:.2g}"
-                    f", speed-up IQM {speed}, {s.diverged_runs} runs diverged"
-                )
-    axes.set_title("\n".join(lines), fontsize=7)
-    axes.legend(fontsize=7, title="horizon", title_fontsize=7)
+    horizon = rows[0]["horizon"]
+    shown = [row for row in rows if row["horizon"] == horizon]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 0.35 * len(shown) + 1.8), sharey=True)
+    for axis, metric in zip(axes, METRICS, strict=True):
+        for y, row in enumerate(shown):
+            rate = row["vs_reference"][metric]["win_rate"]
+            if rate is None:
+                continue
+            color = "C3" if row["contender"] == subject else "C0"
+            error = [[rate["value"] - rate["low"]], [rate["high"] - rate["value"]]]
+            axis.errorbar(rate["value"], y, xerr=error, fmt="o", color=color, capsize=3)
+        axis.axvline(0.5, color="gray", linewidth=0.8, linestyle=":")
+        axis.set_xlim(-0.05, 1.05)
+        axis.set_title(metric.replace("_", " "), fontsize=9)
+        axis.set_xlabel("win rate vs tuned AdamW (tie = 0.5)", fontsize=8)
+    axes[0].set_yticks(range(len(shown)), [row["contender"] for row in shown], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{horizon}: {shown[0]['tasks']} tasks, 95% bootstrap intervals over tasks")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _note(ratio: float, floor: float) -> str:
-    """What a bar cannot show: no ratio (Adam's loss is 0), divergence, or a ratio below floor."""
-    if np.isnan(ratio):
-        return " n/a (Adam's loss is 0)"
-    if ratio == np.inf:
-        return " diverged"
-    return f" < {floor:g}" if ratio < floor else ""
-
-
-def _ratio(task: report.TaskResult, label: str) -> float:
-    """``label``'s final train loss over the reference's (``nan`` when undefined or absent)."""
-    comparison = report.compare(task, label) if label in task.runs else None
-    return comparison.normalized.get("train_loss", math.nan) if comparison else math.nan
 
 
 if __name__ == "__main__":

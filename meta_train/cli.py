@@ -218,7 +218,10 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--optimizer",
         required=True,
-        help="an export directory, 'adam', 'sgdm', or 'untrained:<architecture>'",
+        help="a tuned baseline (adam, adamw, sgdm), a tuning-free optax.contrib optimizer "
+        "(prodigy, schedule_free_adamw, dadapt_adamw, dog, dowg, mechanize, cocob, muon), a "
+        "shipped pretrained version (lopt.pretrained_names()), 'untrained:<architecture>' or an "
+        "export directory",
     )
     parser.add_argument(
         "--suite",
@@ -286,7 +289,7 @@ def _run_evaluate(argv: list[str]) -> int:
     for bad arguments or an output folder it must not write to (checked before anything runs)."""
     import numpy as np
 
-    from meta_train.evaluation import evaluate, out_folder
+    from meta_train.evaluation import contenders, evaluate, out_folder
 
     parser = _evaluate_parser()
     args = parser.parse_args(argv)
@@ -298,11 +301,12 @@ def _run_evaluate(argv: list[str]) -> int:
         parser.error(f"--grid-points must be at least 1, got {args.grid_points}")
     if not args.divergence_factor > 1:
         parser.error(f"--divergence-factor must exceed 1, got {args.divergence_factor}")
-    known = os.path.isdir(args.optimizer) or args.optimizer in evaluate.BASELINES
+    names = contenders.names()
+    known = os.path.isdir(args.optimizer) or args.optimizer in names
     if not (known or args.optimizer.startswith("untrained:")):
         parser.error(
-            f"--optimizer {args.optimizer!r} is not 'adam', 'sgdm', 'untrained:<architecture>' "
-            "or an existing export directory"
+            f"--optimizer {args.optimizer!r} is not one of {', '.join(names)}, "
+            "'untrained:<architecture>' or an existing export directory"
         )
     from tasks import registry
 

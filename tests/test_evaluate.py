@@ -18,6 +18,7 @@ from flax import struct
 from lopt import schedules
 from lopt.base import LearnedOptimizer
 from meta_train import cli
+from meta_train.evaluation import contenders, policy, trainer
 from meta_train.evaluation import evaluate as evaluation
 from meta_train.evaluation import report as reporting
 from tasks.base import Task
@@ -230,17 +231,17 @@ def test_diverged_runs_rule():
     losses = np.array([[1.0, 0.5], [1.0, np.nan], [1.0, 3.0], [-1.0, -0.5]])
     initial = np.array([1.0, 1.0, 1.0, -1.0])
     final = np.array([0.4, 0.4, 2.5, -0.5])
-    diverged = evaluation.diverged_runs(losses, initial, final, factor=2.0)
+    diverged = policy.diverged_runs(losses, initial, final, factor=2.0)
     np.testing.assert_array_equal(diverged, [False, True, True, False])
 
 
 def test_select_grid_point_prefers_fewer_diverged_then_lower_valid_loss():
     valid = np.array([[0.5, 0.6], [0.1, np.inf], [0.3, 0.3], [0.2, 0.9]])
     diverged = np.array([[False, False], [False, True], [False, False], [False, False]])
-    assert evaluation.select_grid_point(valid, diverged) == 2
+    assert policy.select_grid_point(valid, diverged) == 2
     all_diverged = np.ones_like(diverged)
     all_diverged[0, 0] = False
-    assert evaluation.select_grid_point(valid, all_diverged) == 0
+    assert policy.select_grid_point(valid, all_diverged) == 0
 
 
 def test_a_two_point_grid_is_not_called_tuned():
@@ -261,7 +262,8 @@ def test_a_two_point_grid_is_not_called_tuned():
     assert "tuned" not in report.format_console()
     saved = json.loads(report.to_json())
     assert "tuned" not in saved["summary_line"] and not saved["tasks"][0]["runs"]["adam"]["tuned"]
-    assert reporting.baseline_description("Adam", evaluation.ADAM_GRID) == "Adam (tuned over 7 lrs)"
+    described = contenders.baseline_description("Adam", contenders.ADAM_GRID)
+    assert described == "Adam (tuned over 7 lrs)"
 
 
 def test_learned_rule_runs_at_its_default_and_over_a_swept_learning_rate():
@@ -296,17 +298,17 @@ def test_learned_rule_runs_at_its_default_and_over_a_swept_learning_rate():
 
 
 def test_valid_curve_steps_cover_the_run():
-    np.testing.assert_array_equal(evaluation.valid_curve_steps(10), np.arange(1, 11))
-    steps = evaluation.valid_curve_steps(1010)  # every 50 steps; the last 10 steps unmeasured
+    np.testing.assert_array_equal(trainer.valid_curve_steps(10), np.arange(1, 11))
+    steps = trainer.valid_curve_steps(1010)  # every 50 steps; the last 10 steps unmeasured
     assert len(steps) == 20 and steps[0] == 50 and steps[-1] == 1000
 
 
 def test_runtime_learning_rate_is_only_a_field_that_acts_at_run_time():
     import lopt
 
-    assert evaluation.runtime_learning_rate(ScaledSGD(learning_rate=0.3)) == 0.3
-    assert evaluation.runtime_learning_rate(lopt.LearnableSGDM()) is None  # seeds theta only
-    assert evaluation.runtime_learning_rate(DecayingSGD()) is None  # no such field
+    assert contenders.runtime_learning_rate(ScaledSGD(learning_rate=0.3)) == 0.3
+    assert contenders.runtime_learning_rate(lopt.LearnableSGDM()) is None  # seeds theta only
+    assert contenders.runtime_learning_rate(DecayingSGD()) is None  # no such field
 
 
 def test_plan_counts_runs_and_compiles(capsys):

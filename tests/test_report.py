@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from meta_train.evaluation import contenders
 from meta_train.evaluation import report as reporting
 from meta_train.evaluation.report import RunResult, Selection, TaskResult, smooth
 
@@ -101,11 +102,11 @@ def test_better_train_loss_but_worse_test_is_reported_as_both():
 
 
 def test_learning_rates_and_baselines_are_named_plainly():
-    assert reporting.format_learning_rate(1e-3) == "1e-3"
-    assert reporting.format_learning_rate(0.0031622776) == "3.2e-3"
-    assert reporting.baseline_description("Adam", (1e-3, 1e-2)) == "Adam at 1e-3 / 1e-2"
+    assert contenders.format_learning_rate(1e-3) == "1e-3"
+    assert contenders.format_learning_rate(0.0031622776) == "3.2e-3"
+    assert contenders.baseline_description("Adam", (1e-3, 1e-2)) == "Adam at 1e-3 / 1e-2"
     grid = tuple(np.logspace(-4, -1, 7))
-    assert reporting.baseline_description("Adam", grid, "cosine") == (
+    assert contenders.baseline_description("Adam", grid, "cosine") == (
         "Adam (tuned over 7 lrs, a cosine schedule)"
     )
 

@@ -93,6 +93,37 @@ def estimate(
     return Estimate(statistic(x), low, high, int(x.size))
 
 
+def stratified_estimate(
+    scores: Sequence[Sequence[float] | np.ndarray],
+    statistic: Callable[[np.ndarray], float] = iqm,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    num_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Estimate:
+    """``statistic`` of every run's score and its stratified-bootstrap interval (rliable's).
+
+    ``scores[t]`` holds task ``t``'s runs (seeds); each resample redraws the runs of every task
+    with replacement within that task (the strata), so every task keeps its weight. ``count`` is
+    the number of tasks.
+    """
+    strata = [_as_values(task) for task in scores if len(task)]
+    if not strata:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(num_resamples)
+    with np.errstate(invalid="ignore"):
+        for i in range(num_resamples):
+            sample = [task[rng.integers(0, task.size, task.size)] for task in strata]
+            stats[i] = statistic(np.concatenate(sample))
+        value = statistic(np.concatenate(strata))
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(stats, [tail, 1.0 - tail], method="inverted_cdf")
+    return Estimate(value, float(low), float(high), len(strata))
+
+
 def wins(
     subject: Sequence[float] | np.ndarray,
     reference: Sequence[float] | np.ndarray,

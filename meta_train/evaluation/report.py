@@ -30,7 +30,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from meta_train.evaluation import aggregate
+from meta_train.evaluation import aggregate, policy
+from meta_train.evaluation.contenders import (
+    MIN_TUNED_POINTS,
+    format_learning_rate,
+)
 
 # How a tuned learning rate is chosen from a grid: criterion -> the final metric it minimises.
 CRITERIA = {"train": "train_loss", "valid": "inner_valid_loss"}
@@ -47,7 +51,6 @@ HEADLINE_METRICS = (
     ("test_loss", "test loss"),
     ("test_accuracy", "test accuracy"),
 )
-MIN_TUNED_POINTS = 7
 REFERENCE = "adam"
 MAX_JSON_CURVE_POINTS = 200
 
@@ -167,6 +170,7 @@ class Report:
     description: str
     settings: Mapping[str, Any]
     tasks: tuple[TaskResult, ...]
+    reference: str = "adam"  # the contender every comparison is against
 
     @property
     def horizons(self) -> list[float]:
@@ -284,7 +288,7 @@ def compare(task: TaskResult, label: str, reference: str = REFERENCE) -> Compari
         if metric not in ours.metrics or metric not in theirs.metrics:
             continue
         ours, theirs = ours.mean(metric), theirs.mean(metric)
-        wins[metric] = float(aggregate.wins([ours], [theirs], higher_is_better(metric))[0])
+        wins[metric] = float(policy.outcome([ours], [theirs], higher_is_better(metric))[0])
         if not higher_is_better(metric):
             ratios[metric] = float(aggregate.normalized([ours], [theirs])[0])
     return Comparison(task.task, wins, ratios, speedup(task, label, reference))
@@ -305,9 +309,11 @@ class LabelSummary(NamedTuple):
 
 
 def summarize(
-    report: Report, reference: str = REFERENCE, seed: int = aggregate.DEFAULT_SEED
+    report: Report, reference: str | None = None, seed: int = aggregate.DEFAULT_SEED
 ) -> dict[str, dict[str, LabelSummary]]:
-    """``{horizon label: {run label: LabelSummary}}`` for every run but the reference's."""
+    """``{horizon label: {run label: LabelSummary}}`` for every run but the reference's
+    (default: ``report.reference``)."""
+    reference = reference or report.reference
     summary = {}
     for horizon in report.horizons:
         results = [task for task in report.tasks if task.horizon == horizon]
@@ -347,23 +353,9 @@ def _summarize_label(
 # --- Rendering.
 
 
-def format_learning_rate(learning_rate: float) -> str:
-    """``1e-3``, ``3.2e-4``: two significant digits, exponent without padding."""
-    mantissa, exponent = f"{learning_rate:.1e}".split("e")
-    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
-
-
-def baseline_description(name: str, grid: Sequence[float], schedule: str = "constant") -> str:
-    """``"Adam (tuned over 7 lrs)"`` for a real sweep, ``"Adam at 1e-3 / 1e-2"`` otherwise."""
-    rates = "a cosine schedule" if schedule == "cosine" else ""
-    if len(grid) >= MIN_TUNED_POINTS:
-        return f"{name} (tuned over {len(grid)} lrs{', ' + rates if rates else ''})"
-    lrs = " / ".join(format_learning_rate(lr) for lr in grid)
-    return f"{name} at {lrs}{' with ' + rates if rates else ''}"
-
-
-def summary_line(report: Report, reference: str = REFERENCE) -> str:
+def summary_line(report: Report, reference: str | None = None) -> str:
     """The headline: the evaluated optimizer against the reference, per horizon and criterion."""
+    reference = reference or report.reference
     summary = summarize(report, reference)
     parts = []
     for horizon, by_label in summary.items():
@@ -406,12 +398,13 @@ def _reference_description(results: Sequence[TaskResult], reference: str) -> str
     return " / ".join(sorted(descriptions))
 
 
-def format_table(report: Report, horizon: float, reference: str = REFERENCE) -> str:
+def format_table(report: Report, horizon: float, reference: str | None = None) -> str:
     """A Markdown table of every task and optimizer at one horizon (also the console table).
 
     Each metric column shows, for a tuned optimizer, the learning rate chosen by that column's
     criterion; "vs ref" marks each headline metric better (+), tied (=) or worse (-).
     """
+    reference = reference or report.reference
     header = [
         "task",
         "steps",
@@ -504,9 +497,10 @@ def _aggregate_lines(report: Report) -> list[str]:
     if not rows:
         return []
     return [
-        f"Against {REFERENCE} per task; value [95% bootstrap interval over tasks] (n tasks). "
-        "Win rate: 1 better, 0.5 tie, 0 worse, averaged; speed-up IQM over the tasks where the "
-        "reference's final loss was reached and kept; normalized = optimizer / reference.",
+        f"Against {report.reference} per task; value [95% bootstrap interval over tasks] "
+        f"(n tasks). Win rate: 1 better, 0.5 tie ({policy.tie_rule()}), 0 worse, averaged; "
+        "speed-up IQM over the tasks where the reference's final loss was reached and kept; "
+        "normalized = optimizer / reference.",
         "",
         markdown_table(header, rows),
         "",
@@ -527,14 +521,23 @@ def _grid_point(point: GridPoint, run: RunResult) -> str:
     )
 
 
+def at_grid_edge(run: RunResult, criterion: str) -> bool:
+    """Whether the rate chosen by ``criterion`` is at an end of the run's grid
+    (``policy.at_grid_edge``)."""
+    grid = [point.learning_rate for point in run.grid]
+    return policy.at_grid_edge(grid, run.selected[criterion].learning_rate)
+
+
 def _learning_rates(run: RunResult) -> str:
     """The chosen rate(s); ``(edge)`` marks one at an end of the grid (the best may lie beyond)."""
     if run.train.learning_rate is None:
         return "-"
-    edges = {run.grid[0].learning_rate, run.grid[-1].learning_rate} if run.grid else set()
+    grid = [point.learning_rate for point in run.grid]
     cells = []
     for lr in dict.fromkeys([run.train.learning_rate, run.valid.learning_rate]):
-        cells.append(format_learning_rate(lr) + (" (edge)" if lr in edges else ""))
+        cells.append(
+            format_learning_rate(lr) + (" (edge)" if policy.at_grid_edge(grid, lr) else "")
+        )
     return " / ".join(cells)
 
 
@@ -626,11 +629,12 @@ def to_dict(report: Report, plots: Mapping[str, str] | None = None) -> dict[str,
     metrics) and ``metrics_mean``: every metric under its own criterion (as in the table).
     """
     with np.errstate(invalid="ignore", over="ignore"):  # statistics of diverged runs
-        tasks = [_task_dict(task) for task in report.tasks]
+        tasks = [_task_dict(task, report.reference) for task in report.tasks]
     return {
         "subject": report.subject,
         "description": report.description,
         "settings": dict(report.settings),
+        "reference": report.reference,
         "summary": {
             horizon: {label: plain(s) for label, s in by_label.items()}
             for horizon, by_label in summarize(report).items()
@@ -687,9 +691,9 @@ def _selection_dict(selection: Selection, window: int) -> dict[str, Any]:
     }
 
 
-def _run_dict(task: TaskResult, label: str) -> dict[str, Any]:
+def _run_dict(task: TaskResult, label: str, reference: str) -> dict[str, Any]:
     run = task.runs[label]
-    comparison = compare(task, label) if label != REFERENCE else None
+    comparison = compare(task, label, reference) if label != reference else None
     speed = comparison.speedup if comparison else None
     metrics = {key for s in run.selected.values() for key in s.metrics}
     return {
@@ -708,13 +712,14 @@ def _run_dict(task: TaskResult, label: str) -> dict[str, Any]:
         "reference_loss_kept": None if speed is None else speed.kept,
         "speedup_over_reference": None if speed is None else speed.value,
         "grid": [point._asdict() for point in run.grid],
+        "at_grid_edge": {c: at_grid_edge(run, c) for c in run.selected},
         "compile_seconds": run.compile_seconds,
         "run_seconds": run.run_seconds,
     }
 
 
-def _task_dict(task: TaskResult) -> dict[str, Any]:
-    target = next((speedup(task, label) for label in task.runs), None)
+def _task_dict(task: TaskResult, reference: str) -> dict[str, Any]:
+    target = next((speedup(task, label, reference) for label in task.runs), None)
     return {
         "task": task.task,
         "num_steps": task.num_steps,
@@ -722,7 +727,7 @@ def _task_dict(task: TaskResult) -> dict[str, Any]:
         "smoothing_window": task.smoothing_window,
         "reference_target_loss": None if target is None else target.target_loss,
         "reference_steps_to_target": None if target is None else target.target_steps,
-        "runs": {label: _run_dict(task, label) for label in task.runs},
+        "runs": {label: _run_dict(task, label, reference) for label in task.runs},
     }
 
 
@@ -754,7 +759,9 @@ def write(report: Report, out_dir: str | os.PathLike, plots: bool = True) -> dic
     links = {}
     if plots:
         links = {
-            plot_name(task): os.path.basename(plot_curves(task, out_dir, report.subject))
+            plot_name(task): os.path.basename(
+                plot_curves(task, out_dir, report.subject, report.reference)
+            )
             for task in report.tasks
         }
     paths = {
@@ -769,7 +776,7 @@ def write(report: Report, out_dir: str | os.PathLike, plots: bool = True) -> dic
     return paths
 
 
-def plot_curves(task: TaskResult, out_dir: str, subject: str) -> str:
+def plot_curves(task: TaskResult, out_dir: str, subject: str, reference: str = REFERENCE) -> str:
     """A PNG of mean +- std (over seeds) curves; returns its path.
 
     Left: smoothed training loss, tuned optimizers at their learning rate chosen by training loss.
@@ -814,7 +821,7 @@ def plot_curves(task: TaskResult, out_dir: str, subject: str) -> str:
             panels[index].fill_between(
                 steps, mean - std, mean + std, color=line.get_color(), alpha=0.2
             )
-    target = next((speedup(task, label) for label in task.runs), None)
+    target = next((speedup(task, label, reference) for label in task.runs), None)
     if target is not None:
         panels[0].axhline(target.target_loss, color="gray", linewidth=0.8, linestyle=":")
     panels[0].set_ylabel(f"training loss (moving average over {task.smoothing_window} steps)")

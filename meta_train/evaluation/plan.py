@@ -1,0 +1,98 @@
+"""The plan of an evaluation and a rough ETA, printed before anything compiles."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+
+from meta_train.es.compile_options import FAST_COMPILE
+from meta_train.evaluation.contenders import Group
+from meta_train.evaluation.trainer import EvalTask, Options, initial_params
+
+# Rough costs on a loaded 2-core CPU (meta-training in the background), from the compile and run
+# seconds of `lopt evaluate --optimizer untrained:mlp --suite default --steps 200 --seeds 2`
+# (5-16 s per compile; 1e-4 s per run and step for the 3k-parameter MLPs, 3.4e-4 for 9k).
+COMPILE_SECONDS = {False: 8.0, True: 3.0}  # per compiled function, by FAST_COMPILE
+SECONDS_PER_PARAMETER_STEP = 3.5e-8  # per run (grid point x seed), per parameter and step
+SECONDS_PER_STEP = 2.0e-5  # per run and step, whatever the size (the loop's own overhead)
+
+
+class Plan(NamedTuple):
+    """What an evaluation will train, and a rough ETA from ``COMPILE_SECONDS`` and step costs."""
+
+    num_tasks: int
+    horizons: tuple[float, ...]
+    trainers: tuple[tuple[str, int], ...]  # (its optimizers' labels, grid rows)
+    num_seeds: int
+    num_runs: int
+    num_compiles: int
+    eta_seconds: float
+
+    def format(self) -> str:
+        trainers = " + ".join(f"{labels} ({rows} lr)" for labels, rows in self.trainers)
+        horizons = ",".join(f"{h:g}x" for h in self.horizons)
+        text = (
+            f"plan: {self.num_tasks} tasks x {len(self.horizons)} horizons ({horizons}) x "
+            f"[{trainers}] x {self.num_seeds} seeds = {self.num_runs} training runs; "
+            f"{self.num_compiles} compiles; rough ETA {_duration(self.eta_seconds)} (a 2-core "
+            "CPU's costs; the progress bar refines it)"
+        )
+        load, cores = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0, os.cpu_count()
+        if cores and load > cores:
+            text += f"; the machine is busy (load {load:.1f} on {cores} cores): expect longer"
+        return text
+
+
+def plan(
+    jobs: Sequence[tuple[EvalTask, float, int]],
+    groups: Sequence[Group],
+    num_seeds: int,
+    options: Options = (),
+) -> Plan:
+    """The plan of ``(task, horizon, steps)`` jobs: counts, compiles and a rough ETA.
+
+    Compiles: one trainer per contender group per job, and per task one initialisation and one
+    evaluation function. Parameter counts come from ``jax.eval_shape`` (nothing is compiled).
+    """
+    rows = [len(group.rows()) for group in groups]
+    sizes = {task.name: _num_params(task) for task, _, _ in jobs}
+    per_step = {
+        name: SECONDS_PER_STEP + SECONDS_PER_PARAMETER_STEP * n for name, n in sizes.items()
+    }
+    step_seconds = sum(sum(rows) * num_seeds * steps * per_step[t.name] for t, _, steps in jobs)
+    num_compiles = len(jobs) * len(groups) + 2 * len(sizes)
+    fast = FAST_COMPILE.items() <= dict(options).items()
+    return Plan(
+        num_tasks=len(sizes),
+        horizons=tuple(dict.fromkeys(horizon for _, horizon, _ in jobs)),
+        trainers=tuple(
+            ("+".join(m.label for m in c.members), n) for c, n in zip(groups, rows, strict=True)
+        ),
+        num_seeds=num_seeds,
+        num_runs=len(jobs) * sum(rows) * num_seeds,
+        num_compiles=num_compiles,
+        eta_seconds=num_compiles * COMPILE_SECONDS[fast] + step_seconds,
+    )
+
+
+def _num_params(task: EvalTask) -> int:
+    shapes = jax.eval_shape(
+        functools.partial(initial_params, build_task=task.build), task.args, jax.random.key(0)
+    )
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="task", file=sys.stderr)

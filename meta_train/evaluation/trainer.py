@@ -1,0 +1,281 @@
+"""The jitted trainer: every grid row and seed of one contender group on one task, one scan.
+
+Tasks reach the compiled function as a static builder (hashable) and traced arguments (device data
+are not constants). One compile per (group family, task shapes, steps), reused across calls; the
+same seeds give every contender the same initialisations and minibatches, so comparisons are
+paired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from meta_train.evaluation import inner_training
+from meta_train.evaluation.contenders import Family, Group
+from tasks.base import Task
+
+EVAL_SPLITS = ("train", "inner_valid", "test")
+
+# --- Tasks: a static builder (hashable) and traced arguments (device data are not constants).
+
+
+def _task_from_family(args: tuple[Any, Any]) -> Task:
+    family, config = args
+    return family.task(config)
+
+
+def _task_itself(task: Task) -> Task:
+    return task
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ClosedTask:
+    """A user's task that is not a pytree: baked into the compiled function (hashed by identity)."""
+
+    task: Task
+
+    def __call__(self, args: None) -> Task:
+        return self.task
+
+
+class EvalTask(NamedTuple):
+    name: str
+    num_steps: int | None
+    build: Callable[[Any], Task]
+    args: Any
+
+
+def _is_held_out_task(item: Any) -> bool:
+    return isinstance(item, tuple) and all(
+        hasattr(item, field) for field in ("name", "family", "config", "num_steps")
+    )
+
+
+def _as_eval_task(item: Any, index: int) -> EvalTask:
+    if _is_held_out_task(item):
+        return EvalTask(
+            item.name, int(item.num_steps), _task_from_family, (item.family, item.config)
+        )
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Task):
+        return _as_named_task(str(item[0]), item[1])
+    if isinstance(item, Task):
+        return _as_named_task(f"{type(item).__name__}_{index}", item)
+    raise TypeError(
+        f"tasks[{index}] is a {type(item).__name__}: pass tasks.base.Task objects, (name, Task) "
+        "pairs, tasks.registry.HeldOutTask tuples, or a suite name"
+    )
+
+
+def _as_named_task(name: str, task: Task) -> EvalTask:
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(task)):
+        return EvalTask(name, None, _ClosedTask(task), None)
+    return EvalTask(name, None, _task_itself, task)
+
+
+def resolve_tasks(tasks: Any) -> list[EvalTask]:
+    if isinstance(tasks, str):
+        from tasks import registry
+
+        tasks = registry.get_suite(tasks)
+    if isinstance(tasks, Mapping):
+        tasks = list(tasks.items())
+    if isinstance(tasks, Task) or _is_held_out_task(tasks):
+        tasks = [tasks]
+    resolved = [_as_eval_task(item, i) for i, item in enumerate(tasks)]
+    if not resolved:
+        raise ValueError("no tasks to evaluate: pass a suite name or a non-empty list of tasks")
+    names = [task.name for task in resolved]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"task names must be unique; repeated: {duplicates}")
+    return resolved
+
+
+# --- The jitted trainer.
+
+
+class _GridOutput(NamedTuple):
+    """Leading axes ``[grid rows, seeds]``."""
+
+    losses: jax.Array  # [G, S, num_steps] minibatch training loss before each update
+    valid_losses: jax.Array  # [G, S, V] minibatch inner-valid loss at ``valid_curve_steps``
+    params: Any  # final params, leaves [G, S, ...]
+
+
+VALID_CURVE_POINTS = 20
+
+
+def valid_curve_steps(num_steps: int) -> np.ndarray:
+    """``[V]``: after how many updates the inner-valid curve is measured (about 20 points)."""
+    every = max(1, num_steps // VALID_CURVE_POINTS)
+    return every * np.arange(1, num_steps // every + 1)
+
+
+Options = tuple[tuple[str, Any], ...]  # XLA compiler options, hashable
+
+
+@functools.cache
+def _jit(function: Callable, options: Options, *static_argnames: str) -> Callable:
+    """``jax.jit(function)`` with XLA ``options``; one per (function, options), so caches hold."""
+    return jax.jit(
+        function, static_argnames=static_argnames, compiler_options=dict(options) or None
+    )
+
+
+def _train_grid(
+    task_args: Any,
+    thetas: Any,
+    rows: jax.Array,
+    keys: jax.Array,
+    *,
+    family: Family,
+    build_task: Callable[[Any], Task],
+    num_steps: int,
+) -> _GridOutput:
+    """Train one task ``num_steps`` steps for every grid row ``rows[g]`` (with ``thetas[g]``, a
+    learned rule's) and seed ``keys[s]``."""
+    task = build_task(task_args)
+
+    def run(row: jax.Array, theta: Any, key: jax.Array) -> _GridOutput:
+        tx, eval_params = family.build(row, theta, num_steps)
+        init_key, data_key = inner_training.split_seed(key)
+        params = task.init(init_key)
+
+        # Chunks of training steps, each followed by one inner-valid minibatch: the curve costs
+        # V forward passes, where a per-step lax.cond would run both branches under vmap.
+        num_evals = len(valid_curve_steps(num_steps))
+        every = num_steps // num_evals
+        step_keys = jax.random.split(data_key, num_steps)
+        valid_keys = jax.random.split(jax.random.fold_in(data_key, 1), num_evals)
+
+        def chunk(carry, keys):
+            chunk_keys, valid_key = keys
+            params, state, losses = inner_training.train(task, tx.update, *carry, chunk_keys)
+            valid = task.eval_loss(eval_params(state, params), valid_key, "inner_valid")
+            return (params, state), (losses, valid)
+
+        head = num_evals * every
+        chunks = (step_keys[:head].reshape(num_evals, every), valid_keys)
+        carry, (losses, valid_losses) = jax.lax.scan(chunk, (params, tx.init(params)), chunks)
+        params, state = carry
+        losses = losses.reshape(head)
+        if head < num_steps:
+            params, state, tail = inner_training.train(
+                task, tx.update, params, state, step_keys[head:]
+            )
+            losses = jnp.concatenate([losses, tail])
+        return _GridOutput(losses, valid_losses, eval_params(state, params))
+
+    theta_axis = None if thetas is None else 0
+    per_row = jax.vmap(run, in_axes=(None, None, 0))
+    return jax.vmap(per_row, in_axes=(0, theta_axis, None))(rows, thetas, keys)
+
+
+# Evaluation runs once per run, unbatched, in its own jitted function: compiled once per task and
+# shared by every optimizer and horizon. (Vmapping it over runs made XLA's CPU compile several
+# times slower than the evaluation itself.)
+
+
+def initial_params(task_args: Any, key: jax.Array, *, build_task: Callable[[Any], Task]) -> Any:
+    return build_task(task_args).init(inner_training.split_seed(key)[0])
+
+
+def _metrics(
+    task_args: Any, params: Any, *, build_task: Callable[[Any], Task]
+) -> dict[str, jax.Array]:
+    """``{"<split>_<metric>": scalar}`` on every example of each of ``EVAL_SPLITS``."""
+    task = build_task(task_args)
+    return {
+        f"{split}_{name}": value
+        for split in EVAL_SPLITS
+        for name, value in task.evaluate(params, split).items()
+    }
+
+
+def initial_train_loss(task: EvalTask, keys: jax.Array, options: Options) -> np.ndarray:
+    """``[S]`` whole-train-split loss at each seed's initialisation."""
+    init = _jit(initial_params, options, "build_task")
+    metrics = _jit(_metrics, options, "build_task")
+    losses = []
+    for key in keys:
+        params = init(task.args, key, build_task=task.build)
+        losses.append(metrics(task.args, params, build_task=task.build)["train_loss"])
+    return np.asarray(jax.device_get(losses), np.float64)
+
+
+def _final_metrics(
+    task: EvalTask, params: Any, shape: tuple[int, int], options: Options
+) -> dict[str, np.ndarray]:
+    """``{"<split>_<metric>": [G, S]}`` of the stacked final ``params`` (leaves ``[G, S, ...]``)."""
+    metrics = _jit(_metrics, options, "build_task")
+    per_run = [
+        metrics(task.args, jax.tree.map(operator.itemgetter((g, s)), params), build_task=task.build)
+        for g in range(shape[0])
+        for s in range(shape[1])
+    ]
+    per_run = jax.device_get(per_run)
+    return {
+        key: np.array([run[key] for run in per_run], np.float64).reshape(shape)
+        for key in per_run[0]
+    }
+
+
+class Outputs(NamedTuple):
+    """Numpy results of one group on one task: leading axes ``[grid rows, seeds]``."""
+
+    losses: np.ndarray
+    valid_losses: np.ndarray
+    metrics: dict[str, np.ndarray]
+    compile_seconds: float
+    run_seconds: float
+
+
+_COMPILED: dict[Any, Any] = {}
+
+
+def _signature(tree: Any) -> Any:
+    return jax.tree.structure(tree), tuple((x.shape, x.dtype) for x in jax.tree.leaves(tree))
+
+
+def run_group(
+    group: Group, task: EvalTask, num_steps: int, keys: jax.Array, options: Options
+) -> Outputs:
+    """Train every row of ``group`` on ``task`` for each seed; compiled once per (family, task
+    builder, shapes, steps, options) and kept for the process (``compile_seconds`` 0 on reuse)."""
+    rows, thetas = jnp.asarray(group.rows()), group.thetas()
+    start = time.perf_counter()
+    key = (
+        group.family,
+        task.build,
+        num_steps,
+        options,
+        _signature((task.args, thetas, rows, keys)),
+    )
+    if key not in _COMPILED:
+        train_grid = _jit(_train_grid, options, "family", "build_task", "num_steps")
+        _COMPILED[key] = train_grid.lower(
+            task.args,
+            thetas,
+            rows,
+            keys,
+            family=group.family,
+            build_task=task.build,
+            num_steps=num_steps,
+        ).compile()
+    compiled_at = time.perf_counter()
+    output = _COMPILED[key](task.args, thetas, rows, keys)
+    metrics = _final_metrics(task, output.params, output.losses.shape[:2], options)
+    losses, valid_losses = (
+        np.asarray(jax.device_get(x), np.float64) for x in (output.losses, output.valid_losses)
+    )
+    seconds = (compiled_at - start, time.perf_counter() - compiled_at)
+    return Outputs(losses, valid_losses, metrics, *seconds)
