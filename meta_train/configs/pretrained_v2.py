@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = pretrained.get_config()
     config.init_from = "normalized-v1"
     config.meta_loss = "outer_valid"
-    config.num_outer_steps = 2000
+    config.num_outer_steps = 4000
 
     config.optimizer.hyperparameters = lopt.get_optimizer(
         "normalized",
