@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from tasks import augment, dynamical, image, language, quadratic, synthetic
+from tasks import augment, dynamical, image, language, quadratic, residual, synthetic, transformer
 from tasks.base import SAMPLED_SEED_END, DynamicConfig, TaskFamily
 
 DEFAULT_FAMILY = "mlp_digits"
@@ -123,6 +123,30 @@ FAMILIES: dict[str, FamilySpec] = {
         language.lm_family,
         {"source": "auto", "cell": "lstm", "hidden": 64, "seq_len": 64, "batch_size": 32},
         "character LSTM on tiny_shakespeare if prepared, else the Markov language",
+    ),
+    "lm_markov_transformer": FamilySpec(
+        transformer.transformer_lm_family,
+        {
+            "source": "markov",
+            "width": 32,
+            "num_blocks": 2,
+            "num_heads": 2,
+            "seq_len": 32,
+            "batch_size": 32,
+        },
+        "causal pre-LayerNorm transformer LM (learned positions) on the Markov language",
+    ),
+    "resmlp_mnist1d": FamilySpec(
+        residual.residual_mlp_family,
+        {
+            "dataset": "mnist1d",
+            "width": 64,
+            "num_blocks": 2,
+            "expansion": 2,
+            "activation": "relu",
+            "batch_size": 128,
+        },
+        "residual MLP with pre-LayerNorm blocks (learned scale and bias) on MNIST-1D",
     ),
     "quadratic": FamilySpec(
         quadratic.quadratic_family,
