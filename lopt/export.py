@@ -134,6 +134,41 @@ def _with_params_check(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _past_horizon_warning(message: str) -> Callable[[jax.Array], None]:
+    """``check(past)``, traceable (eager, jit, vmap): warns ``message`` the first time ``past``
+    holds, once per ``check``."""
+    warned = []
+
+    def warn_once(past: Any) -> None:
+        # ``past`` is checked here too: under a vmap with a batched step, lax.cond runs both
+        # branches and the callback fires whether or not any step is past the horizon.
+        if np.any(past) and not warned:
+            warned.append(True)
+            warnings.warn(message, stacklevel=1)
+
+    def check(past: jax.Array) -> None:
+        jax.lax.cond(past, lambda: jax.debug.callback(warn_once, past), lambda: None)
+
+    return check
+
+
+def _warn_past_schedule(schedule: optax.Schedule, num_steps: int) -> optax.Schedule:
+    """``schedule``, warning once when called for a step at or past ``num_steps``, where a
+    cosine schedule's learning rate is 0 and the optimizer stops moving the params."""
+    check_past = _past_horizon_warning(
+        f"the learning rate is 0 from step {num_steps} on: the optimizer was built for "
+        f"num_steps={num_steps} and its cosine schedule ends there, so it no longer moves the "
+        "params; rebuild it with the run's length (lopt.pretrained(num_steps=...) or "
+        "lopt.load(path, num_steps=...))"
+    )
+
+    def warned_schedule(count: jax.Array) -> jax.Array:
+        check_past(jnp.asarray(count) >= num_steps)
+        return schedule(count)
+
+    return warned_schedule
+
+
 def to_optax(
     optimizer: LearnedOptimizer, theta: MetaParams, num_steps: int | jax.Array | None
 ) -> optax.GradientTransformationExtraArgs:
@@ -158,25 +193,16 @@ def to_optax(
             )
         num_steps = 1
     theta = jax.tree.map(jnp.asarray, theta)
-    warned = []
-
-    def warn_once(past: Any) -> None:
-        # ``past`` is checked here too: under a vmap with a batched step, lax.cond runs both
-        # branches and the callback fires whether or not any step is past the horizon.
-        if np.any(past) and not warned:
-            warned.append(True)
-            warnings.warn(
-                f"{type(optimizer).__name__} has run past num_steps={num_steps}, the horizon its "
-                "time features (or schedule) are relative to; rebuild it with the run's length "
-                "(lopt.load(path, num_steps=...))",
-                stacklevel=1,
-            )
+    check_past = _past_horizon_warning(
+        f"{type(optimizer).__name__} has run past num_steps={num_steps}, the horizon its time "
+        "features (or schedule) are relative to; rebuild it with the run's length "
+        "(lopt.load(path, num_steps=...))"
+    )
 
     def warn_past_horizon(inner: Any) -> None:
         step, horizon = getattr(inner, "step", None), getattr(inner, "num_steps", None)
         if step is not None and horizon is not None:
-            past = step > horizon
-            jax.lax.cond(past, lambda: jax.debug.callback(warn_once, past), lambda: None)
+            check_past(step > horizon)
 
     def apply(inner: Any, updates: Any, params: Any, value: Any) -> tuple[Any, Any]:
         updates, inner = optimizer.update(theta, inner, updates, params, value)
@@ -476,7 +502,9 @@ def load(
     A rule with the learning rate outside it (architecture ``normalized``) loads as
     ``with_learning_rate(load_rule(path), schedule, weight_decay)``: ``learning_rate`` is a float
     (the peak of the rule's own schedule; default: the rule's default learning rate) or an optax
-    schedule used as it is; the ``cosine`` schedule needs ``num_steps``, the length of the run.
+    schedule used as it is; the ``cosine`` schedule needs ``num_steps``, the length of the run,
+    reaches a learning rate of 0 there, and warns once (eager or under jit) when run past it: the
+    optimizer then no longer moves the params, as in the meta-training it was learned in.
     Other architectures fold their learning rate into the network and take no ``learning_rate``;
     ``num_steps`` (the horizon of their time features) defaults to the meta-training horizon.
     ``require_fingerprint`` refuses an export without a fingerprint (one written before them).
@@ -490,6 +518,8 @@ def load(
             if learning_rate is not None:
                 rule_optimizer = dataclasses.replace(optimizer, learning_rate=learning_rate)
             schedule = rule_optimizer.learning_rate_schedule(num_steps)
+            if rule_optimizer.schedule == "cosine":
+                schedule = _warn_past_schedule(schedule, num_steps)
         return with_learning_rate(
             rule_transform(optimizer, theta), schedule, optimizer.weight_decay
         )

@@ -62,6 +62,9 @@ def pretrained(
 
         tx = lopt.pretrained(num_steps=1000)
         updates, state = tx.update(grads, state, params)
+
+    The schedule's learning rate is 0 from step ``num_steps`` on, so a longer run stops there;
+    the transform warns once when that happens (eager or under jit).
     """
     return export.load(
         pretrained_path(name),

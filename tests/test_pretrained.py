@@ -89,3 +89,33 @@ def test_ship_copies_a_finished_run_with_its_record(tmp_path):
     assert record["budget"]["outer_steps"] == 4
     assert record["command"] == "lopt meta-train (tiny)"
     assert record["meta_loss_curve"]["step"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_pretrained_warns_once_when_run_past_its_num_steps(jit):
+    # The cosine schedule's learning rate is 0 from step num_steps on: the run silently stops.
+    import warnings
+
+    import jax
+    import optax
+
+    tx = lopt.pretrained(num_steps=10)
+    update = jax.jit(tx.update) if jit else tx.update
+    params = {"w": jnp.ones((4, 2), jnp.float32)}
+    state = tx.init(params)
+    moved = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(30):
+            grads = jax.tree.map(lambda p: 0.1 * p + 0.3, params)
+            updates, state = update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+            moved.append(bool(jnp.any(updates["w"] != 0)))
+            jax.effects_barrier()
+            if step == 9:
+                assert not [w for w in caught if "num_steps=10" in str(w.message)]
+    assert moved == [True] * 10 + [False] * 20
+    past = [str(w.message) for w in caught if "num_steps=10" in str(w.message)]
+    assert len(past) == 1
+    assert "learning rate is 0 from step 10 on" in past[0]
+    assert "lopt.pretrained(num_steps=...)" in past[0]
