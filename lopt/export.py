@@ -370,6 +370,12 @@ def recover(path: str | os.PathLike) -> bool:
     return False
 
 
+def _shown(path: str) -> str:
+    """``path`` as a user would type it: relative when it is under the working directory."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
+
+
 def _read_config(path: str, require_fingerprint: bool = False) -> dict:
     if not os.path.exists(path):
         raise NotAnExportError(f"no exported optimizer at {path}: the path does not exist")
@@ -377,6 +383,11 @@ def _read_config(path: str, require_fingerprint: bool = False) -> dict:
         raise NotAnExportError(f"{path} is a file, not an exported optimizer (a directory)")
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
+        inside = os.path.join(path, "export")  # what `lopt meta-train` writes in its workdir
+        if os.path.isfile(os.path.join(inside, CONFIG_FILE)):
+            raise NotAnExportError(
+                f"{path} is not an exported optimizer but holds one: did you mean {_shown(inside)}?"
+            )
         raise NotAnExportError(
             f"{path} is not an exported optimizer: it has no {CONFIG_FILE} (write one with "
             "lopt.save)"

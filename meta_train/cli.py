@@ -11,6 +11,31 @@ import os
 import shlex
 import signal
 import sys
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage block stays on ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (usage: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+IMPORT_HINT = "is it yours? pass --import MODULE (the module or .py file that registers it)"
+
+
+def _with_hint(error: BaseException) -> str:
+    """``error``'s message, with ``IMPORT_HINT`` when an unknown family or suite name caused it
+    (a user's own, whose module was not imported, is the likely cause)."""
+    from tasks import registry
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, registry.UnknownNameError):
+            return f"{error}; {IMPORT_HINT}"
+        cause = cause.__cause__ or cause.__context__
+    return str(error)
 
 
 def _import_user_modules(argv: list[str]) -> list[str]:
@@ -53,7 +78,7 @@ def _add_import_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _tasks(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lopt tasks",
         description="Task families and suites (with --import MODULE: also those it registers).",
     )
@@ -67,7 +92,7 @@ def _tasks(argv: list[str]) -> int:
 
 
 def _data(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lopt data", description="Prepare the built-in datasets offline (TFDS array_record)."
     )
     parser.add_argument("action", choices=["prepare"])
@@ -106,7 +131,7 @@ def _meta_train(argv: list[str]) -> int:
 def _meta_train_parser() -> argparse.ArgumentParser:
     from meta_train import config_flags
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lopt meta-train",
         description="Meta-train a learned optimizer. Override any config key with "
         "--config.<key>=<value>, e.g. --config.num_outer_steps=50 --config.estimator.sigma=0.03.",
@@ -180,7 +205,7 @@ def _run_meta_train(argv: list[str]) -> int:
         checkpoint.CheckpointError,
         DatasetNotFoundError,
     ) as error:
-        print(f"lopt meta-train: error: {error}", file=sys.stderr)
+        print(f"lopt meta-train: error: {_with_hint(error)}", file=sys.stderr)
         return 2
     except health.RunHealthError as error:
         print(f"lopt meta-train: failed: {error}", file=sys.stderr)
@@ -210,7 +235,7 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     from lopt import schedules
     from meta_train.evaluation.evaluate import DEFAULT_DIVERGENCE_FACTOR
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lopt evaluate",
         description="Train a held-out suite with an optimizer and with tuned Adam and SGD-M; "
         "write a table, report.md, report.json and loss-curve PNGs.",
@@ -312,8 +337,17 @@ def _run_evaluate(argv: list[str]) -> int:
 
     if args.suite not in registry.suite_names():
         parser.error(
-            f"--suite {args.suite!r} is unknown; known suites: {', '.join(registry.suite_names())}"
+            f"--suite {args.suite!r} is unknown; known suites: "
+            f"{', '.join(registry.suite_names())}; {IMPORT_HINT}"
         )
+    if os.path.isdir(args.optimizer):
+        import lopt
+
+        try:  # before the output folder is claimed: a workdir given for its export, say
+            lopt.load_optimizer(args.optimizer)
+        except lopt.ExportError as error:
+            print(f"lopt evaluate: error: {error}", file=sys.stderr)
+            return 2
     out = args.out or out_folder.default_out_folder(args.optimizer, args.suite)
     try:
         out_folder.check_out_folder(out)
@@ -371,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         # wrong without a traceback, unless asked for one.
         if os.environ.get("LOPT_DEBUG"):
             raise
-        print(f"lopt {argv[0]}: error: {error}", file=sys.stderr)
+        print(f"lopt {argv[0]}: error: {_with_hint(error)}", file=sys.stderr)
         return 2
 
 
