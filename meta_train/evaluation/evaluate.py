@@ -252,22 +252,25 @@ def evaluate(
     subject, found = contenders_of(optimizer, theta, name, seed_list[0], config)
     groups = named.group(found)
     options = tuple(sorted((config.compiler_options or {}).items()))
-    jobs = [
-        (task, horizon, max(1, round(horizon * (config.num_steps or task.num_steps))))
-        for task in eval_tasks
-        for horizon in config.horizons
-    ]
+    jobs = []
+    for task in eval_tasks:
+        base = config.num_steps or task.num_steps
+        for horizon in config.horizons:
+            steps = max(1, round(horizon * base))
+            jobs.append(planning.Job(task, horizon, steps, trainer.segment_length(steps, base)))
     if progress:
         print(planning.plan(jobs, groups, len(seed_list), options).format(), file=sys.stderr)
     results = []
     bar = planning.progress_bar(len(jobs), progress)
-    for task, horizon, steps in jobs:
+    for task, horizon, steps, segment in jobs:
         bar.set_description(f"{task.name} ({steps} steps)")
         initial_loss = trainer.initial_train_loss(task, keys, options)
         runs = {}
         for group in groups:
-            outputs = trainer.run_group(group, task, steps, keys, options)
-            for run in _member_results(group, outputs, initial_loss, config.divergence_factor):
+            outputs = trainer.run_group(group, task, steps, keys, options, segment)
+            valid_steps = trainer.valid_curve_steps(steps, segment)
+            factor = config.divergence_factor
+            for run in _member_results(group, outputs, initial_loss, factor, valid_steps):
                 runs[run.label] = run
         runs = {c.label: runs[c.label] for c in found}
         window = policy.smoothing_window(steps)
@@ -281,14 +284,18 @@ def evaluate(
 
 
 def _member_results(
-    group: Group, outputs: trainer.Outputs, initial_loss: np.ndarray, divergence_factor: float
+    group: Group,
+    outputs: trainer.Outputs,
+    initial_loss: np.ndarray,
+    divergence_factor: float,
+    valid_steps: np.ndarray,
 ) -> list[RunResult]:
-    """One ``RunResult`` per member: its grid rows summarised, its selected row per criterion."""
+    """One ``RunResult`` per member: its grid rows summarised, its selected row per criterion;
+    ``valid_steps``: when the inner-valid curve was measured."""
     diverged = policy.diverged_runs(
         outputs.losses, initial_loss[None], outputs.metrics["train_loss"], divergence_factor
     )
     member_of_row = group.rows()[:, 0].astype(int)
-    valid_steps = trainer.valid_curve_steps(outputs.losses.shape[-1])
 
     def selection(row: int, learning_rate: float | None) -> Selection:
         metrics = {key: values[row] for key, values in outputs.metrics.items()}

@@ -23,6 +23,15 @@ SECONDS_PER_PARAMETER_STEP = 3.5e-8  # per run (grid point x seed), per paramete
 SECONDS_PER_STEP = 2.0e-5  # per run and step, whatever the size (the loop's own overhead)
 
 
+class Job(NamedTuple):
+    """One task at one horizon, trained in segments of ``segment`` steps."""
+
+    task: EvalTask
+    horizon: float
+    num_steps: int
+    segment: int
+
+
 class Plan(NamedTuple):
     """What an evaluation will train, and a rough ETA from ``COMPILE_SECONDS`` and step costs."""
 
@@ -50,29 +59,30 @@ class Plan(NamedTuple):
 
 
 def plan(
-    jobs: Sequence[tuple[EvalTask, float, int]],
-    groups: Sequence[Group],
-    num_seeds: int,
-    options: Options = (),
+    jobs: Sequence[Job], groups: Sequence[Group], num_seeds: int, options: Options = ()
 ) -> Plan:
-    """The plan of ``(task, horizon, steps)`` jobs: counts, compiles and a rough ETA.
+    """The plan of the jobs: counts, compiles and a rough ETA.
 
-    Compiles: one trainer per contender group per job, and per task one initialisation and one
+    Compiles: per task and segment length, each group's initialisation and segment (shared by
+    every horizon that is a multiple of the segment), and per task one initialisation and one
     evaluation function. Parameter counts come from ``jax.eval_shape`` (nothing is compiled).
     """
     rows = [len(group.rows()) for group in groups]
-    sizes = {task.name: _num_params(task) for task, _, _ in jobs}
+    sizes = {job.task.name: _num_params(job.task) for job in jobs}
     per_step = {
         name: SECONDS_PER_STEP + SECONDS_PER_PARAMETER_STEP * n for name, n in sizes.items()
     }
-    step_seconds = sum(sum(rows) * num_seeds * steps * per_step[t.name] for t, _, steps in jobs)
-    num_compiles = len(jobs) * len(groups) + 2 * len(sizes)
+    step_seconds = sum(
+        sum(rows) * num_seeds * job.num_steps * per_step[job.task.name] for job in jobs
+    )
+    segments = {(job.task.name, job.segment) for job in jobs}
+    num_compiles = 2 * len(segments) * len(groups) + 2 * len(sizes)
     fast = FAST_COMPILE.items() <= dict(options).items()
     return Plan(
         num_tasks=len(sizes),
-        horizons=tuple(dict.fromkeys(horizon for _, horizon, _ in jobs)),
+        horizons=tuple(dict.fromkeys(job.horizon for job in jobs)),
         trainers=tuple(
-            ("+".join(m.label for m in c.members), n) for c, n in zip(groups, rows, strict=True)
+            ("+".join(m.label for m in g.members), n) for g, n in zip(groups, rows, strict=True)
         ),
         num_seeds=num_seeds,
         num_runs=len(jobs) * sum(rows) * num_seeds,

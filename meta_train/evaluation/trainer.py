@@ -103,21 +103,31 @@ def resolve_tasks(tasks: Any) -> list[EvalTask]:
 # --- The jitted trainer.
 
 
-class _GridOutput(NamedTuple):
-    """Leading axes ``[grid rows, seeds]``."""
+class _Segment(NamedTuple):
+    """One segment of every run; leading axes ``[grid rows, seeds]``."""
 
-    losses: jax.Array  # [G, S, num_steps] minibatch training loss before each update
+    carry: Any  # (params, optimizer state) to continue from
+    losses: jax.Array  # [G, S, length] minibatch training loss before each update
     valid_losses: jax.Array  # [G, S, V] minibatch inner-valid loss at ``valid_curve_steps``
-    params: Any  # final params, leaves [G, S, ...]
+    params: Any  # the params to evaluate (schedule-free: its average), leaves [G, S, ...]
 
 
 VALID_CURVE_POINTS = 20
 
 
-def valid_curve_steps(num_steps: int) -> np.ndarray:
-    """``[V]``: after how many updates the inner-valid curve is measured (about 20 points)."""
-    every = max(1, num_steps // VALID_CURVE_POINTS)
-    return every * np.arange(1, num_steps // every + 1)
+def valid_curve_steps(num_steps: int, segment: int | None = None) -> np.ndarray:
+    """``[V]``: after how many updates the inner-valid curve is measured: about 20 points per
+    ``segment`` (default: the whole run) of ``num_steps``."""
+    segment = segment or num_steps
+    every = max(1, segment // VALID_CURVE_POINTS)
+    within = every * np.arange(1, segment // every + 1)
+    return np.concatenate([start + within for start in range(0, num_steps, segment)])
+
+
+def segment_length(num_steps: int, base: int) -> int:
+    """``base`` (a task's own horizon) where it divides ``num_steps``, so that every horizon that
+    is a whole multiple of it reuses one compiled segment; else the whole run."""
+    return base if num_steps % base == 0 else num_steps
 
 
 Options = tuple[tuple[str, Any], ...]  # XLA compiler options, hashable
@@ -131,30 +141,60 @@ def _jit(function: Callable, options: Options, *static_argnames: str) -> Callabl
     )
 
 
-def _train_grid(
+def _grid(run: Callable, thetas: Any) -> Callable:
+    """``run(row, theta, key, *per_run)`` vmapped over seeds, then over rows (and thetas)."""
+    theta_axis = None if thetas is None else 0
+    per_seed = jax.vmap(run, in_axes=(None, None, 0, 0))
+    return jax.vmap(per_seed, in_axes=(0, theta_axis, None, 0))
+
+
+def _init_grid(
     task_args: Any,
     thetas: Any,
     rows: jax.Array,
     keys: jax.Array,
+    total: jax.Array,
     *,
     family: Family,
     build_task: Callable[[Any], Task],
-    num_steps: int,
-) -> _GridOutput:
-    """Train one task ``num_steps`` steps for every grid row ``rows[g]`` (with ``thetas[g]``, a
-    learned rule's) and seed ``keys[s]``."""
+) -> Any:
+    """``(params, state)`` of every row and seed at initialisation, for a run of ``total``."""
     task = build_task(task_args)
 
-    def run(row: jax.Array, theta: Any, key: jax.Array) -> _GridOutput:
-        tx, eval_params = family.build(row, theta, num_steps)
-        init_key, data_key = inner_training.split_seed(key)
-        params = task.init(init_key)
+    def run(row: jax.Array, theta: Any, key: jax.Array, _: Any) -> Any:
+        tx, _ = family.build(row, theta, total)
+        params = task.init(inner_training.split_seed(key)[0])
+        return params, tx.init(params)
+
+    return _grid(run, thetas)(rows, thetas, keys, jnp.zeros((rows.shape[0], keys.shape[0])))
+
+
+def _train_segment(
+    task_args: Any,
+    thetas: Any,
+    rows: jax.Array,
+    keys: jax.Array,
+    carry: Any,
+    segment: jax.Array,
+    total: jax.Array,
+    *,
+    family: Family,
+    build_task: Callable[[Any], Task],
+    length: int,
+) -> _Segment:
+    """Segment ``segment`` (``length`` steps) of a ``total``-step run, for every grid row
+    ``rows[g]`` (with ``thetas[g]``, a learned rule's) and seed ``keys[s]``."""
+    task = build_task(task_args)
+
+    def run(row: jax.Array, theta: Any, key: jax.Array, carry: Any) -> _Segment:
+        tx, eval_params = family.build(row, theta, total)
+        data_key = jax.random.fold_in(inner_training.split_seed(key)[1], segment)
 
         # Chunks of training steps, each followed by one inner-valid minibatch: the curve costs
         # V forward passes, where a per-step lax.cond would run both branches under vmap.
-        num_evals = len(valid_curve_steps(num_steps))
-        every = num_steps // num_evals
-        step_keys = jax.random.split(data_key, num_steps)
+        num_evals = len(valid_curve_steps(length))
+        every = length // num_evals
+        step_keys = jax.random.split(data_key, length)
         valid_keys = jax.random.split(jax.random.fold_in(data_key, 1), num_evals)
 
         def chunk(carry, keys):
@@ -165,19 +205,17 @@ def _train_grid(
 
         head = num_evals * every
         chunks = (step_keys[:head].reshape(num_evals, every), valid_keys)
-        carry, (losses, valid_losses) = jax.lax.scan(chunk, (params, tx.init(params)), chunks)
+        carry, (losses, valid_losses) = jax.lax.scan(chunk, carry, chunks)
         params, state = carry
         losses = losses.reshape(head)
-        if head < num_steps:
+        if head < length:
             params, state, tail = inner_training.train(
                 task, tx.update, params, state, step_keys[head:]
             )
             losses = jnp.concatenate([losses, tail])
-        return _GridOutput(losses, valid_losses, eval_params(state, params))
+        return _Segment((params, state), losses, valid_losses, eval_params(state, params))
 
-    theta_axis = None if thetas is None else 0
-    per_row = jax.vmap(run, in_axes=(None, None, 0))
-    return jax.vmap(per_row, in_axes=(0, theta_axis, None))(rows, thetas, keys)
+    return _grid(run, thetas)(rows, thetas, keys, carry)
 
 
 # Evaluation runs once per run, unbatched, in its own jitted function: compiled once per task and
@@ -246,36 +284,49 @@ def _signature(tree: Any) -> Any:
     return jax.tree.structure(tree), tuple((x.shape, x.dtype) for x in jax.tree.leaves(tree))
 
 
-def run_group(
-    group: Group, task: EvalTask, num_steps: int, keys: jax.Array, options: Options
-) -> Outputs:
-    """Train every row of ``group`` on ``task`` for each seed; compiled once per (family, task
-    builder, shapes, steps, options) and kept for the process (``compile_seconds`` 0 on reuse)."""
-    rows, thetas = jnp.asarray(group.rows()), group.thetas()
-    start = time.perf_counter()
-    key = (
-        group.family,
-        task.build,
-        num_steps,
-        options,
-        _signature((task.args, thetas, rows, keys)),
-    )
+def _compiled(function: Callable, args: tuple, options: Options, **static: Any) -> Any:
+    """``function`` lowered and compiled for ``args``, kept for the process: one compile per
+    (function, static arguments, argument shapes, options)."""
+    key = (function, options, tuple(sorted(static.items())), _signature(args))
     if key not in _COMPILED:
-        train_grid = _jit(_train_grid, options, "family", "build_task", "num_steps")
-        _COMPILED[key] = train_grid.lower(
-            task.args,
-            thetas,
-            rows,
-            keys,
-            family=group.family,
-            build_task=task.build,
-            num_steps=num_steps,
-        ).compile()
+        jitted = _jit(function, options, *static)
+        _COMPILED[key] = jitted.lower(*args, **static).compile()
+    return _COMPILED[key]
+
+
+def run_group(
+    group: Group,
+    task: EvalTask,
+    num_steps: int,
+    keys: jax.Array,
+    options: Options,
+    segment: int | None = None,
+) -> Outputs:
+    """Train every row of ``group`` on ``task`` for ``num_steps`` for each seed, in segments of
+    ``segment`` steps (default: one) that share one compiled function across horizons.
+    ``compile_seconds`` is 0 where both compiled functions were already cached."""
+    segment = segment or num_steps
+    if num_steps % segment:
+        raise ValueError(f"segment {segment} does not divide num_steps {num_steps}")
+    rows, thetas = jnp.asarray(group.rows()), group.thetas()
+    total = jnp.asarray(num_steps, jnp.int32)
+    static = {"family": group.family, "build_task": task.build}
+    start = time.perf_counter()
+    init = _compiled(_init_grid, (task.args, thetas, rows, keys, total), options, **static)
+    carry = init(task.args, thetas, rows, keys, total)
+    args = (task.args, thetas, rows, keys, carry, jnp.int32(0), total)
+    train = _compiled(_train_segment, args, options, length=segment, **static)
     compiled_at = time.perf_counter()
-    output = _COMPILED[key](task.args, thetas, rows, keys)
-    metrics = _final_metrics(task, output.params, output.losses.shape[:2], options)
+    losses, valid_losses = [], []
+    for index in range(num_steps // segment):
+        output = train(task.args, thetas, rows, keys, carry, jnp.int32(index), total)
+        carry = output.carry
+        losses.append(output.losses)
+        valid_losses.append(output.valid_losses)
     losses, valid_losses = (
-        np.asarray(jax.device_get(x), np.float64) for x in (output.losses, output.valid_losses)
+        np.concatenate(jax.device_get(x), axis=-1).astype(np.float64)
+        for x in (losses, valid_losses)
     )
+    metrics = _final_metrics(task, output.params, losses.shape[:2], options)
     seconds = (compiled_at - start, time.perf_counter() - compiled_at)
     return Outputs(losses, valid_losses, metrics, *seconds)

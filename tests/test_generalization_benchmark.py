@@ -1,0 +1,57 @@
+"""``python -m benchmarks.generalization --quick``: each part once, tiny suite (fast tier)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+import lopt
+from meta_train.evaluation import contenders
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # benchmarks/ is not an installed package; python -m runs it from ROOT
+    sys.path.insert(0, ROOT)
+
+from benchmarks import generalization  # noqa: E402
+
+
+def test_generalization_quick(tmp_path):
+    assert generalization.main(["--quick", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "generalization.json").read_text())
+    assert (tmp_path / "generalization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"commit", "jax_version", "argv", "date", "load_average"} <= set(saved["provenance"])
+    assert saved["seconds"] > 0 and saved["reference"] == "adamw"
+    subject = saved["subject"]
+    assert subject == lopt.shipped.DEFAULT_PRETRAINED
+    rows = {(row["contender"], row["horizon"]): row for row in saved["headline"]}
+    expected = {subject, "untrained", "sgdm", *contenders.TUNING_FREE, *lopt.pretrained_names()}
+    assert {label for label, horizon in rows if horizon == "1x"} == expected
+    assert {(subject, "10x"), (subject, "16x width (quadratic_d8)")} <= set(rows)
+    assert ("sgdm", "10x") not in rows  # SGD-M only at 1x and 2x
+
+    # The headline's counts are the per-task outcomes against tuned AdamW (one task at 1x).
+    task = saved["reports"]["suite"]["tasks"][0]
+    ours = task["runs"][subject]["metrics_mean"]["train_loss"]
+    adamw = task["runs"]["adamw"]["metrics_mean"]["train_loss"]
+    counts = rows[(subject, "1x")]["vs_reference"]["train_loss"]
+    assert counts["wins"] + counts["ties"] + counts["losses"] == 1
+    if abs(ours - adamw) > 0.02 * max(ours, adamw):
+        assert counts["wins"] == float(ours < adamw)
+    normalized = rows[(subject, "1x")]["normalized_train_loss_iqm"]
+    assert normalized["count"] == 1 and normalized["value"] == pytest.approx(ours / adamw)
+    assert task["runs"]["adamw"]["tuned"] and len(task["runs"]["adamw"]["grid"]) >= 9
+    assert set(rows[(subject, "1x")]["vs_best_tuning_free"]) == set(generalization.METRICS)
+
+    per_task = {(row["task"], row["horizon"]): row for row in saved["per_task"]}
+    assert set(per_task) == {
+        ("mlp_digits_tiny", "1x"),
+        ("mlp_digits_tiny", "10x"),
+        ("quadratic_d8", "16x width (quadratic_d8)"),
+    }
+    row = per_task[("mlp_digits_tiny", "1x")]
+    assert row["best_tuning_free"]["train_loss"] in contenders.TUNING_FREE
+    assert row["vs_untrained"]["train_loss"]["ratio"] > 0
+    assert isinstance(saved["grid_edges"], list)
