@@ -3,7 +3,9 @@
 Each lives in ``lopt/weights/<name>/``: ``export/`` (what ``lopt.save`` wrote at the end of its
 meta-training run) and ``training.json`` (the config that produced it, the meta-training budget,
 the commit, the date and the meta-loss curve). ``python -m meta_train.ship`` writes both from a
-finished ``lopt meta-train`` workdir.
+finished ``lopt meta-train`` workdir. Which version ``lopt.pretrained()`` loads is named in
+``weights/default.json``; only ``python -m meta_train.release_gate --promote`` changes it, when the
+generalization benchmark committed beside the candidate's weights shows it beating the default.
 """
 
 from __future__ import annotations
@@ -17,9 +19,26 @@ import optax
 from lopt import export
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
-DEFAULT_PRETRAINED = "normalized-v1"
+DEFAULT_FILE = os.path.join(WEIGHTS_DIR, "default.json")
 EXPORT_DIR = "export"
 TRAINING_FILE = "training.json"
+BENCHMARK_FILE = "generalization.json"
+
+
+def _read_default() -> str:
+    with open(DEFAULT_FILE, encoding="utf-8") as file:
+        return json.load(file)["name"]
+
+
+DEFAULT_PRETRAINED = _read_default()
+
+
+def set_default(name: str) -> None:
+    """Make ``name`` the version ``lopt.pretrained()`` loads (from the next import of lopt on)."""
+    pretrained_path(name)
+    with open(DEFAULT_FILE, "w", encoding="utf-8") as file:
+        json.dump({"name": name}, file)
+        file.write("\n")
 
 
 def pretrained_names() -> list[str]:
