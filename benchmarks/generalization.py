@@ -10,14 +10,15 @@ Contenders (``meta_train.evaluation.contenders``), on the suite ``generalization
 - the tuning-free optimizers of ``optax.contrib`` at their published defaults.
 
 Protocol: horizons 1x and 2x of every task's horizon, 10x on a subset and the 16x-wide task at 1x
-(SGD-M only at 1x and 2x); 3 seeds, paired. A tuned contender's rate is chosen per criterion (train
-loss by final train loss, test loss and accuracy by inner-valid loss) and flagged when at a grid
-end. Per contender and horizon, separately for train loss, test loss and test accuracy: wins / ties
-/ losses (``policy.outcome``: ties are not wins) and the win rate with a 95% bootstrap interval over
-tasks, against tuned AdamW and against the best tuning-free peer of each task; the IQM of the final
-train loss over AdamW's with a stratified-bootstrap interval (seeds resampled within tasks); the
-VeLO speed-up (AdamW's steps to its own final loss over the contender's). The shipped rule against
-its untrained init: per task, the ratio of final losses with a paired 95% t-interval over seeds.
+(SGD-M not on the wide task); 3 seeds, paired. A tuned contender's rate is chosen per criterion
+(train loss by final train loss, test loss and accuracy by inner-valid loss) and flagged when at a
+grid end. Per contender and horizon, separately for train loss, test loss and test accuracy: wins /
+ties / losses (``policy.outcome``: ties are not wins) and the win rate with a 95% bootstrap
+interval over tasks, against tuned AdamW and against the best tuning-free peer of each task; the
+IQM of the final train loss over AdamW's with a stratified-bootstrap interval (seeds resampled
+within tasks); the VeLO speed-up (AdamW's steps to its own final loss over the contender's). The
+shipped rule against its untrained init: per task, the ratio of final losses with a paired 95%
+t-interval over seeds.
 
 Writes ``generalization.json`` (every report, the aggregates, provenance, wall time) and
 ``generalization.png`` (win rates against tuned AdamW with intervals). Scratch output unless
@@ -54,7 +55,6 @@ LONG_HORIZON = 10.0
 LONG_TASKS = ("mlp_digits_tanh", "mlp_wine", "mlp_gmm_d32_c8", "noisy_quadratic")
 WIDE_TASK = "mlp_digits_w512"
 METRICS = ("train_loss", "test_loss", "test_accuracy")
-T_975 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95%
 # --quick: every part once, on the tiny suite's two tasks (the "wide" one is only a stand-in).
 QUICK = {
     "suite": "tiny",
@@ -128,11 +128,12 @@ def main(argv: Sequence[str]) -> int:
     parts = {"suite": (suite_tasks, settings["horizons"], config.baselines)}
     if settings["long_tasks"]:
         long_tasks = [by_name[name] for name in settings["long_tasks"]]
-        parts["long"] = (long_tasks, [args.long_horizon], ("adamw",))
+        # SGD-M too: the suite's compiled segments then serve the long runs (no recompile).
+        parts["long"] = (long_tasks, [args.long_horizon], config.baselines)
     if settings["wide_task"]:
         parts["wide"] = ([by_name[settings["wide_task"]]], [1.0], ("adamw",))
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     reports = {}
     for part, (part_tasks, horizons, baselines) in parts.items():
         print(f"--- {part}: {len(part_tasks)} tasks at {horizons}", file=sys.stderr)
@@ -145,7 +146,7 @@ def main(argv: Sequence[str]) -> int:
             progress=not args.quick,
             settings={"part": part},
         )
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     subject_label = reports["suite"].subject
     rows = headline_rows(reports)
@@ -154,7 +155,11 @@ def main(argv: Sequence[str]) -> int:
     print(format_per_task(per_task, subject_label))
     print(format_headline(rows))
     print(f"grid edges: {len(edges)} chosen rates at an end of their grid")
-    print(f"({seconds / 60:.1f} min on {os.cpu_count()} CPU cores)")
+    split = trainer_seconds(reports)
+    print(
+        f"({seconds / 60:.1f} min wall, {cpu_seconds / 60:.1f} min CPU on {os.cpu_count()} cores; "
+        f"trainers: {split['compile'] / 60:.1f} min compiling, {split['run'] / 60:.1f} min running)"
+    )
     os.makedirs(out, exist_ok=True)
     payload = {
         "benchmark": NAME,
@@ -170,8 +175,11 @@ def main(argv: Sequence[str]) -> int:
             "quick": args.quick,
         },
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "trainer_seconds": split,
         "headline": rows,
         "per_task": per_task,
+        "meta_training_effect": meta_training_effect(per_task),
         "grid_edges": edges,
         "reports": {part: report.to_dict(r) for part, r in reports.items()},
     }
@@ -283,11 +291,12 @@ def paired_ratio(task: report.TaskResult, label: str, other: str, metric: str) -
     if not values.size or not np.all(np.isfinite(values) & (values > 0)):
         return None
     logs = np.log(ours) - np.log(theirs)
-    half = (
-        T_975.get(logs.size - 1, 1.96) * logs.std(ddof=1) / np.sqrt(logs.size)
-        if logs.size > 1
-        else math.nan
-    )
+    if logs.size < 2:  # one seed: no interval
+        half = math.nan
+    else:
+        from scipy import stats  # a dependency of jax
+
+        half = stats.t.ppf(0.975, logs.size - 1) * logs.std(ddof=1) / math.sqrt(logs.size)
     mean = float(logs.mean())
     return {"ratio": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half)}
 
@@ -325,6 +334,36 @@ def per_task_rows(reports: dict[str, report.Report], subject: str) -> list[dict[
                 }
             )
     return rows
+
+
+def trainer_seconds(reports: dict[str, report.Report]) -> dict[str, float]:
+    """Seconds the compiled trainers spent compiling and running, each group counted once per
+    task (its contenders share the figures)."""
+    seen = {
+        (part, task.task, task.horizon, run.compile_seconds, run.run_seconds)
+        for part, part_report in reports.items()
+        for task in part_report.tasks
+        for run in task.runs.values()
+    }
+    return {"compile": sum(s[3] for s in seen), "run": sum(s[4] for s in seen)}
+
+
+def meta_training_effect(per_task: list[dict[str, Any]]) -> dict[str, Any]:
+    """Does meta-training help? Per horizon and loss, over the tasks: how many paired intervals
+    of the rule's final loss over its untrained init's lie wholly below 1 (helps), wholly above
+    (hurts) or straddle it, and the IQM of the ratios with a 95% bootstrap interval over tasks."""
+    effect: dict[str, Any] = {}
+    for horizon in dict.fromkeys(row["horizon"] for row in per_task):
+        rows = [r for r in per_task if r["horizon"] == horizon and r["vs_untrained"]]
+        for metric in ("train_loss", "test_loss"):
+            ratios = [r["vs_untrained"][metric] for r in rows if r["vs_untrained"][metric]]
+            effect.setdefault(horizon, {})[metric] = {
+                "helps": sum(r["high"] < 1 for r in ratios),
+                "hurts": sum(r["low"] > 1 for r in ratios),
+                "unclear": sum(not (r["high"] < 1 or r["low"] > 1) for r in ratios),
+                "ratio_iqm": aggregate.estimate([r["ratio"] for r in ratios])._asdict(),
+            }
+    return effect
 
 
 def grid_edges(reports: dict[str, report.Report]) -> list[dict[str, Any]]:
