@@ -373,7 +373,7 @@ def grid_edges(reports: dict[str, report.Report]) -> list[dict[str, Any]]:
         for task in part_report.tasks:
             for label, run in task.runs.items():
                 for criterion, selection in run.selected.items():
-                    if run.grid and report.at_grid_edge(run, criterion):
+                    if run.grid and run.at_grid_edge(criterion):
                         edges.append(
                             {
                                 "task": task.task,

@@ -14,7 +14,6 @@ import lopt
 from meta_train import cli
 from meta_train.evaluation import contenders, policy, trainer
 from meta_train.evaluation import evaluate as evaluation
-from meta_train.evaluation import report as reporting
 from tasks.base import Task
 
 
@@ -36,8 +35,18 @@ class Bowl(Task):
 
 def test_every_named_contender_trains_a_tiny_task():
     names = contenders.names()
-    assert {"adamw", "sgdm", "prodigy", "schedule_free_adamw", "dadapt_adamw", "dog", "dowg",
-            "mechanize", "cocob", "muon"} <= set(names)
+    assert {
+        "adamw",
+        "sgdm",
+        "prodigy",
+        "schedule_free_adamw",
+        "dadapt_adamw",
+        "dog",
+        "dowg",
+        "mechanize",
+        "cocob",
+        "muon",
+    } <= set(names)
     assert set(lopt.pretrained_names()) <= set(names)  # discovered, not listed
     peers = [name for name in names if name not in ("adamw", lopt.pretrained_names()[0])]
     report = evaluation.evaluate(
@@ -64,9 +73,7 @@ def test_every_named_contender_trains_a_tiny_task():
 
 
 def test_schedule_free_is_evaluated_at_its_averaged_params():
-    built = contenders.OptaxFamily(("schedule_free_adamw",)).build(
-        jnp.zeros(2), None, num_steps=10
-    )
+    built = contenders.OptaxFamily(("schedule_free_adamw",)).build(jnp.zeros(2), None, num_steps=10)
     params = {"w": jnp.ones(3)}
     state = built.transform.init(params)
     grads = {"w": jnp.ones(3)}
@@ -126,7 +133,7 @@ def test_grid_edge_flag_fires_when_the_best_rate_is_at_an_end():
     )
     run = report.tasks[0].runs["adam"]
     assert run.train.learning_rate == 1e-2
-    assert reporting.at_grid_edge(run, "train") and reporting.at_grid_edge(run, "valid")
+    assert run.at_grid_edge("train") and run.at_grid_edge("valid")
     saved = json.loads(report.to_json())
     assert saved["tasks"][0]["runs"]["adam"]["at_grid_edge"] == {"train": True, "valid": True}
     assert "1e-2 (edge)" in report.format_console()

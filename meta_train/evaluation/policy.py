@@ -92,3 +92,24 @@ def tie_rule() -> str:
         f"tie: both final losses below {LOSS_FLOOR:g}, or within {TIE_RTOL:.0%} of each other "
         f"(accuracies within {ACCURACY_TIE * 100:g} points); ties count 0.5, not as wins"
     )
+
+
+def smooth(curve: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average along the last axis; the first steps average what exists so far.
+
+    Trailing (causal) so that the step at which a smoothed curve reaches a loss is a step that had
+    already been taken. Non-finite values propagate.
+    """
+    curve = np.asarray(curve, np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is nan: diverged stays so
+        cumulative = np.cumsum(curve, axis=-1)
+        shifted = np.zeros_like(cumulative)
+        shifted[..., window:] = cumulative[..., :-window]
+        counts = np.minimum(np.arange(1, curve.shape[-1] + 1), window)
+        return (cumulative - shifted) / counts
+
+
+def steps_to_reach(curve: np.ndarray, target: float) -> int | None:
+    """Steps until ``curve`` (one loss per step) first is ``<= target``: index + 1, or ``None``."""
+    reached = np.flatnonzero(np.asarray(curve) <= target)
+    return int(reached[0]) + 1 if reached.size else None

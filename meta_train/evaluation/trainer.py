@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from meta_train.evaluation import inner_training
-from meta_train.evaluation.contenders import Family, Group
+from meta_train.evaluation.contenders import Group
+from meta_train.evaluation.families import Family
 from tasks.base import Task
 
 EVAL_SPLITS = ("train", "inner_valid", "test")
