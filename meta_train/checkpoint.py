@@ -22,9 +22,12 @@ its buffers, so an asynchronous save could read an array after the next step has
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from meta_train import config_flags
-from meta_train.evaluation.out_folder import EVAL_MARKER_FILE
+from meta_train.evaluation.out_folder import EVAL_MARKER_FILE, probe_writable
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -75,6 +78,17 @@ class WorkdirLockedError(WorkdirError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be restored or does not verify; the message names step and file."""
+
+
+# The errors of a write the file system refused (full, read-only, no permission, quota, I/O).
+WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EFBIG}
+)
+
+
+class RunWriteError(RuntimeError):
+    """A write of a running meta-training failed (disk full, permissions); the message names the
+    write, the error and the last saved checkpoint, from which the same command resumes."""
 
 
 # --- The workdir.
@@ -159,6 +173,97 @@ def check_workdir(workdir: str, config: Any, overwrite: bool = False) -> None:
                 "the same config to resume it, choose another --workdir, or pass --overwrite to "
                 "delete that run's outputs and start afresh"
             )
+
+
+def check_writable(workdir: str) -> None:
+    """Raise ``WorkdirError`` unless a file can be written in ``workdir`` (or where it would be
+    created); ``check_workdir`` comes first, and nothing is left behind."""
+    try:
+        probe_writable(workdir)
+    except OSError as error:
+        raise WorkdirError(
+            f"--workdir {workdir} is not writable ({error.strerror or error}); choose a writable "
+            "folder, or fix its permissions"
+        ) from None
+
+
+def latest_saved_step(workdir: str) -> int | None:
+    """The newest complete checkpoint step in ``workdir`` (orbax renames a step's folder to its
+    number once it is written), or ``None``."""
+    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    steps = (
+        [int(name) for name in os.listdir(folder) if name.isdigit()]
+        if os.path.isdir(folder)
+        else []
+    )
+    return max(steps, default=None)
+
+
+def _folder_bytes(path: str) -> int:
+    """The disk space the files under ``path`` take (whole blocks, as ``du``: a checkpoint's
+    many small files take about twice their sizes)."""
+    return sum(
+        os.stat(os.path.join(root, name)).st_blocks * 512
+        for root, _, names in os.walk(path)
+        for name in names
+    )
+
+
+def ensure_space(folder: str, needed: int, what: str) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``what`` when the file system of ``folder`` has fewer than
+    ``needed`` bytes free: checked before orbax writes, whose own disk-full failure logs errors
+    and tracebacks from its threads before it raises."""
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"{os.strerror(errno.ENOSPC)}: {what} needs about {needed // 1024} KiB and "
+            f"{probe} has {free // 1024} KiB free",
+        )
+
+
+def _io_failure(error: BaseException) -> bool:
+    """Whether ``error`` (orbax and tensorstore raise ``ValueError`` with a status) is the file
+    system refusing a write, rather than a bug."""
+    return isinstance(error, OSError) or bool(
+        re.search(r"RESOURCE_EXHAUSTED|PERMISSION_DENIED|os_error_code", str(error))
+    )
+
+
+@contextlib.contextmanager
+def orbax_write(what: str) -> Any:
+    """Around an orbax write: its failure to write (``_io_failure``) is re-raised as one
+    ``OSError`` naming ``what``, and its threads' ERROR logs of that failure are kept quiet."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except Exception as error:
+        if not _io_failure(error):
+            raise
+        found = re.search(r"os_error_code='?(\d+)", str(error))
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(
+            code, f"cannot write {what}: {os.strerror(code)} ({_first_line(error, 200)})"
+        ) from None
+    finally:
+        absl_logger.setLevel(level)
+
+
+def save_margin(previous: str, tree: Any) -> int:
+    """Bytes to have free before writing a copy of ``previous`` (an earlier checkpoint step or
+    export folder): its size and a quarter more; when there is none yet, twice the bytes of
+    ``tree`` (taken as 8 per element) and 128 KiB for orbax's metadata."""
+    if os.path.isdir(previous):
+        size = _folder_bytes(previous)
+        return size + size // 4
+    # 8 bytes per element bounds every dtype of the state (rng keys are two uint32 words).
+    elements = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(tree))
+    return 2 * 8 * elements + 128 * 1024
 
 
 def removable_entries(workdir: str) -> list[str]:
@@ -338,14 +443,19 @@ class Checkpointer:
         the state's ``fingerprint``."""
         if step in self.manager.all_steps():
             return False
+        latest = self.latest_step()
+        previous = self._step_dir(latest) if latest is not None else ""
+        what = f"the checkpoint of step {step} in {self.directory}"
+        ensure_space(self.directory, save_margin(previous, state), what)
         meta = meta | {"fingerprint": fingerprint(state)}
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+        with orbax_write(what):
+            return self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
 
     def _step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))

@@ -22,6 +22,9 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# The exit status of a run that stopped because a write failed (disk full, permissions).
+WRITE_FAILED = 4
+
 IMPORT_HINT = "is it yours? pass --import MODULE (the module or .py file that registers it)"
 
 
@@ -175,7 +178,9 @@ def _run_meta_train(argv: list[str]) -> int:
     """``lopt meta-train``: exit status 0 when done, 2 for a bad config or a refused workdir
     (before anything is written or compiled) or unusable checkpoints, 3 when the run stopped
     because it cannot produce a usable optimizer (non-finite theta, no usable update, every
-    particle diverged), 128 + signal number when stopped by SIGINT/SIGTERM (after saving)."""
+    particle diverged), 4 (``WRITE_FAILED``) when a write failed mid-run (disk full, permissions;
+    one line names the last saved checkpoint, from which a rerun resumes), 128 + signal number
+    when stopped by SIGINT/SIGTERM (after saving)."""
     import jax
 
     from meta_train import checkpoint, config_flags, health, train
@@ -210,6 +215,9 @@ def _run_meta_train(argv: list[str]) -> int:
     except health.RunHealthError as error:
         print(f"lopt meta-train: failed: {error}", file=sys.stderr)
         return 3
+    except checkpoint.RunWriteError as error:
+        print(f"lopt meta-train: stopped: {error}", file=sys.stderr)
+        return WRITE_FAILED
     if summary["interrupted"]:
         return 128 + int(signal.Signals[summary["interrupted"]])
     return 0
@@ -311,7 +319,8 @@ def _evaluate_parser() -> argparse.ArgumentParser:
 
 def _run_evaluate(argv: list[str]) -> int:
     """``lopt evaluate``: print the table and summary line, write the report files. Exit status 2
-    for bad arguments or an output folder it must not write to (checked before anything runs)."""
+    for bad arguments or an output folder it must not (or cannot) write to, checked before
+    anything runs; 4 (``WRITE_FAILED``) when writing the report failed (disk full)."""
     import numpy as np
 
     from meta_train.evaluation import contenders, evaluate, out_folder
@@ -371,7 +380,11 @@ def _run_evaluate(argv: list[str]) -> int:
         compiler_options=evaluate.FAST_COMPILE if args.fast_compile else None,
         settings={"suite": args.suite, "command": "lopt evaluate " + shlex.join(argv)},
     )
-    paths = report.save(out, plots=not args.no_plots)
+    try:
+        paths = report.save(out, plots=not args.no_plots)
+    except OSError as error:
+        print(f"lopt evaluate: stopped: cannot write the report to {out}: {error}", file=sys.stderr)
+        return WRITE_FAILED
     print(report.format_console())
     num_plots = sum(kind.startswith("plot:") for kind in paths)
     print(f"wrote {paths['markdown']}, {paths['json']} and {num_plots} plots to {out}")

@@ -200,9 +200,19 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str
     return rest, overrides
 
 
+# Integers reach jax as int32 (step counts, horizons, seeds): larger ones overflow there, after the
+# workdir was claimed, so validation refuses them.
+INT32_MAX = 2**31 - 1
+
+
 def _finite(key: str, value: Any) -> None:
     if not math.isfinite(value):
         raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+    if isinstance(value, int) and not -INT32_MAX - 1 <= value <= INT32_MAX:
+        raise ConfigError(
+            f"config key {key!r} is {value}, outside the int32 range lopt computes in "
+            f"(at most {INT32_MAX})"
+        )
 
 
 def _at_least(key: str, value: Any, minimum: float) -> None:
@@ -216,7 +226,7 @@ def _positive(key: str, value: Any) -> None:
 
 
 def _finite_numbers(key: str, value: Any) -> None:
-    """Every number in ``value`` (nested dicts, tuples) is finite."""
+    """Every number in ``value`` (nested dicts, tuples) is finite, every integer an int32."""
     if isinstance(value, bool | str) or value is None:
         return
     if isinstance(value, int | float):
@@ -353,6 +363,43 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
         if config[section].num_tasks:
             with _blame(f"{section}.suite"):
                 registry.suite_entries(config[section].suite)
+
+
+# Above these a run is almost surely a typo (``window=horizon=1e9``): the pretrained optimizer's
+# whole run was 4.8e6 inner steps, with horizons up to 500.
+COSTLY_INNER_STEPS = 10**9
+COSTLY_BURN_IN_STEPS = 10**6
+# 4.8e6 inner steps in 41 minutes (README, lopt.pretrained_info()).
+PRETRAINED_INNER_STEPS_PER_S = 2e3
+
+
+def cost_warning(config: ml_collections.ConfigDict) -> str | None:
+    """A warning when ``config`` asks for an absurd amount of work, else ``None``: more than
+    ``COSTLY_INNER_STEPS`` inner steps in all (outer steps x 2 x pairs x window, summed over the
+    groups) or a burn-in of more than ``COSTLY_BURN_IN_STEPS`` sequential inner steps (staggered
+    particles start up to a horizon in), which runs before the first outer step, silently."""
+    estimator = config.estimator
+    per_outer_step = sum(2 * group.num_pairs * estimator.window for group in config.groups.values())
+    total = config.num_outer_steps * per_outer_step
+    burn_in = estimator.horizon if estimator.stagger else 0
+    if total <= COSTLY_INNER_STEPS and burn_in <= COSTLY_BURN_IN_STEPS:
+        return None
+    return (
+        f"warning: this run is {total:.1e} inner training steps ({config.num_outer_steps} outer "
+        f"steps x {per_outer_step:.1e}: 2 x pairs x estimator.window {estimator.window}), after "
+        f"a burn-in of up to {burn_in:.1e} sequential inner steps per group (estimator.horizon "
+        f"{estimator.horizon}, staggered) before the first outer step; at the pretrained run's "
+        f"~{PRETRAINED_INNER_STEPS_PER_S:.0e} inner steps per second (2-core CPU) that is "
+        f"{_duration(total / PRETRAINED_INNER_STEPS_PER_S)}: check estimator.horizon, "
+        "estimator.window and the groups' num_pairs"
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} seconds"
 
 
 def engine_config(config: ml_collections.ConfigDict, num_pairs: int) -> Any:

@@ -5,6 +5,7 @@ and ``HeldOutWatch``, which flags held-out loss rising while the meta-loss falls
 """
 
 # No ``from __future__ import annotations``: clu reads the metric classes off the annotations.
+import contextlib
 import json
 import math
 import os
@@ -79,9 +80,20 @@ class MetricWriter:
             value = _as_float(value)
             row[name] = value if math.isfinite(value) else None
             self.tensorboard.add_scalar(name, value, int(step), walltime=row["wall_time"])
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        self.tensorboard.flush()
+        try:
+            with open(self.jsonl_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as error:
+            raise OSError(
+                error.errno, f"cannot append to {self.jsonl_path}: {error.strerror}"
+            ) from None
+        try:
+            self.tensorboard.flush()
+        except OSError as error:
+            folder = os.path.join(self.workdir, TENSORBOARD_DIR)
+            raise OSError(
+                error.errno, f"cannot write the events in {folder}: {error.strerror}"
+            ) from None
 
     def write_text(self, step: int, tag: str, text: str) -> None:
         if not self.active:
@@ -112,6 +124,23 @@ class MetricWriter:
     def close(self) -> None:
         if self.active:
             self.tensorboard.close()
+
+    def abort(self) -> None:
+        """Stop after a failed write (a full disk) without writing more: the event writers'
+        threads end, their unflushable buffers are dropped, and tensorboardX's atexit hook finds
+        them closed, so nothing prints a traceback after the run's one-line error. tensorboardX
+        has no public way to do this; its private parts are used defensively (a version without
+        them only makes this noisier)."""
+        if not self.active or self.tensorboard.all_writers is None:
+            return
+        for file_writer in self.tensorboard.all_writers.values():
+            events = file_writer.event_writer
+            events._closed = True  # the atexit hook's close becomes a no-op
+            with contextlib.suppress(Exception):
+                events._worker.stop()
+            with contextlib.suppress(Exception):
+                events._ev_writer._py_recordio_writer.close()
+        self.tensorboard.file_writer = self.tensorboard.all_writers = None
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict:

@@ -32,11 +32,13 @@ theta, and process 0 writes the logs and the export.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -138,6 +140,14 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _one_line(error: OSError) -> str:
+    """An ``OSError`` as one line: its message and the file it names, if any."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"{text} ({error.filename})" if error.filename and str(error.filename) not in text else text
+    )
+
+
 def _compare_with_adam(
     config: ml_collections.ConfigDict,
     optimizer: lopt.LearnedOptimizer,
@@ -224,8 +234,32 @@ def _restore_or_init(
     return state, 0, burn_in_steps
 
 
+@contextlib.contextmanager
+def _closed_on_failure(
+    writer: metrics.MetricWriter, checkpointer: checkpoint.Checkpointer
+) -> Iterator[None]:
+    """A failure in the block (a full disk, say) must end in the caller's one line: the writers
+    are closed as far as they can be, and their own retries (tensorboardX at exit) kept quiet."""
+    try:
+        yield
+    except BaseException:
+        writer.abort()
+        with contextlib.suppress(Exception):
+            checkpointer.close()
+        raise
+
+
 def _due(step: int, every: int) -> bool:
     return step % every == 0
+
+
+def _export(path: str, optimizer: lopt.LearnedOptimizer, theta: Any, metadata: dict) -> None:
+    """``lopt.save``, refused up front when the disk cannot hold it (``checkpoint.ensure_space``),
+    its orbax failures one ``OSError``."""
+    what = f"the export of step {metadata['meta_training_steps']} to {path}"
+    checkpoint.ensure_space(os.path.dirname(path), checkpoint.save_margin(path, theta), what)
+    with checkpoint.orbax_write(what):
+        lopt.save(path, optimizer, theta, metadata)
 
 
 class _Saver(NamedTuple):
@@ -248,7 +282,7 @@ class _Saver(NamedTuple):
         if export and self.chief:
             theta = jax.device_get(state.theta)
             metadata = export_metadata(self.config, step, self.groups)
-            lopt.save(os.path.join(self.workdir, "export"), self.optimizer, theta, metadata)
+            _export(os.path.join(self.workdir, "export"), self.optimizer, theta, metadata)
 
 
 def _log_scalars(
@@ -353,9 +387,13 @@ def meta_train(
     """
     # Everything that can be wrong with the config or the workdir fails here, before any compile.
     config_flags.validate(config, jax.device_count())
+    warning = config_flags.cost_warning(config)
+    if warning:
+        _log(warning)
     chief = jax.process_index() == 0  # the process that writes logs, exports and reports
     if chief:
         checkpoint.check_workdir(workdir, config, overwrite)
+        checkpoint.check_writable(workdir)
     optimizer = build_optimizer(config)
     groups = build_groups(config, optimizer)
     lock = checkpoint.WorkdirLock(workdir)
@@ -367,6 +405,17 @@ def meta_train(
             if removed:
                 _log(f"--overwrite removed what lopt wrote in {workdir}: {', '.join(removed)}")
         return _meta_train(config, workdir, optimizer, groups, chief)
+    except OSError as error:
+        if error.errno not in checkpoint.WRITE_ERRNOS:
+            raise
+        saved = checkpoint.latest_saved_step(workdir)
+        resume = (
+            f"the last saved checkpoint is outer step {saved}; once the workdir is writable, "
+            "rerun the same command to resume from it"
+            if saved
+            else "no checkpoint was saved yet; once the workdir is writable, rerun the same command"
+        )
+        raise checkpoint.RunWriteError(f"a write failed: {_one_line(error)}; {resume}") from error
     finally:
         lock.release()
 
@@ -399,64 +448,70 @@ def _meta_train(
     meta["config"] = config_flags.canonical(config)
     save = _Saver(config, workdir, optimizer, groups, checkpointer, meta, chief)
     writer = metrics.MetricWriter(workdir, resume_step=start_step, active=chief)
-    if not start_step:
-        _record_start(writer, config, state.theta)
+    with _closed_on_failure(writer, checkpointer):
+        if not start_step:
+            _record_start(writer, config, state.theta)
 
-    outer_step = outer.OuterStep(groups, settings, mesh)
-    compile_seconds = outer_step.compile(state)
-    steps_per_call = outer.inner_steps_per_outer_step(groups)
-    compiled = f"compiled in {compile_seconds:.1f}s" if compile_seconds else "reused (compiled)"
-    _log(f"outer step {compiled} on {mesh.size} device(s); {steps_per_call} inner steps each")
-    evals = []
-    if config.eval.num_tasks:
-        evals = held_out.make_held_out_evals(
-            optimizer, config.eval.suite, config.eval.num_tasks, config.eval.num_steps
-        )
-    last_eval, watch = {}, metrics.HeldOutWatch()
-    if evals and not start_step:
-        last_eval = _evaluate(evals, state.theta, 0, writer, watch)
+        outer_step = outer.OuterStep(groups, settings, mesh)
+        compile_seconds = outer_step.compile(state)
+        steps_per_call = outer.inner_steps_per_outer_step(groups)
+        compiled = f"compiled in {compile_seconds:.1f}s" if compile_seconds else "reused (compiled)"
+        _log(f"outer step {compiled} on {mesh.size} device(s); {steps_per_call} inner steps each")
+        evals = []
+        if config.eval.num_tasks:
+            evals = held_out.make_held_out_evals(
+                optimizer, config.eval.suite, config.eval.num_tasks, config.eval.num_steps
+            )
+        last_eval, watch = {}, metrics.HeldOutWatch()
+        if evals and not start_step:
+            last_eval = _evaluate(evals, state.theta, 0, writer, watch)
 
-    # The loop. Work is dispatched asynchronously; reading the metrics at a log step syncs. The
-    # throughput counts outer-step time only: evaluations, checkpoints and exports are paused out.
-    monitor, failure, accumulated = health.HealthMonitor(_log), None, None
-    step, throughput, timer = start_step, float("nan"), chrono.Chrono()
-    quiet = not (config.progress and chief)
-    bar = tqdm(total=config.num_outer_steps, initial=start_step, disable=quiet, unit="step")
-    with _StopSignals() as stop:
-        while step < config.num_outer_steps and not stop.signum:
-            state, step_metrics, group_losses = outer_step(state)
-            accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
-            step += 1
-            timer.tick()
-            bar.update()
-            logged = _due(step, config.log_every) or step == config.num_outer_steps or stop.signum
-            if logged:
-                scalars, lap = _log_scalars(accumulated, group_losses, timer, steps_per_call)
-                accumulated, throughput = None, scalars["particle_steps_per_s"]
-                writer.write_scalars(step, scalars)
-                watch.add_meta_loss(scalars["meta_loss"])
-                bar.set_postfix(meta_loss=f"{scalars['meta_loss']:.4g}")
-                failure = monitor.observe(step, scalars, lap.steps)
-            evaluate_now = evals and _due(step, config.eval.every)
-            checkpoint_now = _due(step, config.checkpoint_every)
-            export_now = _due(step, config.export_every)
-            if failure is None and (logged or evaluate_now or checkpoint_now or export_now):
-                failure = health.nonfinite_theta(step, state.theta)  # reading theta syncs
-            if failure:
-                break
-            if evaluate_now or checkpoint_now or export_now:
-                with timer.paused(state):
-                    if evaluate_now:
-                        last_eval = _evaluate(evals, state.theta, step, writer, watch)
-                    save(step, state, checkpoint=checkpoint_now, export=export_now)
-        bar.close()
-        failure = (
-            failure or monitor.final_verdict(step) or health.nonfinite_theta(step, state.theta)
-        )
-        if failure is None:
-            save(step, state)
-    checkpointer.close()
-    writer.close()
+        # The loop. Work is dispatched asynchronously; reading the metrics at a log step syncs.
+        # The throughput counts outer-step time only: evaluations, checkpoints and exports are
+        # paused out.
+        monitor, failure, accumulated = health.HealthMonitor(_log), None, None
+        step, throughput, timer = start_step, float("nan"), chrono.Chrono()
+        quiet = not (config.progress and chief)
+        bar = tqdm(total=config.num_outer_steps, initial=start_step, disable=quiet, unit="step")
+        with _StopSignals() as stop:
+            while step < config.num_outer_steps and not stop.signum:
+                state, step_metrics, group_losses = outer_step(state)
+                accumulated = (
+                    step_metrics if accumulated is None else accumulated.merge(step_metrics)
+                )
+                step += 1
+                timer.tick()
+                bar.update()
+                logged = (
+                    _due(step, config.log_every) or step == config.num_outer_steps or stop.signum
+                )
+                if logged:
+                    scalars, lap = _log_scalars(accumulated, group_losses, timer, steps_per_call)
+                    accumulated, throughput = None, scalars["particle_steps_per_s"]
+                    writer.write_scalars(step, scalars)
+                    watch.add_meta_loss(scalars["meta_loss"])
+                    bar.set_postfix(meta_loss=f"{scalars['meta_loss']:.4g}")
+                    failure = monitor.observe(step, scalars, lap.steps)
+                evaluate_now = evals and _due(step, config.eval.every)
+                checkpoint_now = _due(step, config.checkpoint_every)
+                export_now = _due(step, config.export_every)
+                if failure is None and (logged or evaluate_now or checkpoint_now or export_now):
+                    failure = health.nonfinite_theta(step, state.theta)  # reading theta syncs
+                if failure:
+                    break
+                if evaluate_now or checkpoint_now or export_now:
+                    with timer.paused(state):
+                        if evaluate_now:
+                            last_eval = _evaluate(evals, state.theta, step, writer, watch)
+                        save(step, state, checkpoint=checkpoint_now, export=export_now)
+            bar.close()
+            failure = (
+                failure or monitor.final_verdict(step) or health.nonfinite_theta(step, state.theta)
+            )
+            if failure is None:
+                save(step, state)
+        checkpointer.close()
+        writer.close()
     if failure:
         raise health.RunHealthError(f"{failure} ({monitor.summary()})")
     interrupted = signal.Signals(stop.signum).name if stop.signum else None

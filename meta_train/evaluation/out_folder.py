@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 
 from lopt.export import CONFIG_FILE
 
@@ -24,9 +25,25 @@ def default_out_folder(optimizer: str, suite: str) -> str:
     return os.path.join("runs", f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', optimizer)}.eval_{suite}")
 
 
+def probe_writable(path: str) -> None:
+    """Raise ``OSError`` unless a file can be created and written in the folder ``path``, or,
+    when it does not exist yet, in its nearest existing parent (where it would be created)."""
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    descriptor, probe = tempfile.mkstemp(prefix=".lopt-write-probe-", dir=folder)
+    try:
+        os.write(descriptor, b"lopt")
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+        os.remove(probe)
+
+
 def check_out_folder(out: str) -> None:
     """Raise ``ValueError`` unless ``out`` may receive a report: not a file, not inside an export,
-    and new, empty or written by ``lopt evaluate`` before (it holds its marker or a report)."""
+    new, empty or written by ``lopt evaluate`` before (it holds its marker or a report), and
+    writable (``probe_writable``)."""
     path = os.path.abspath(out)
     folder = path
     while True:
@@ -47,6 +64,12 @@ def check_out_folder(out: str) -> None:
             f"--out {out} holds files lopt evaluate did not write ({shown}); choose a new or "
             "empty folder"
         )
+    try:
+        probe_writable(path)
+    except OSError as error:
+        raise ValueError(
+            f"--out {out} is not writable ({error.strerror or error}); choose a writable folder"
+        ) from None
 
 
 def claim_out_folder(out: str, optimizer: str, suite: str) -> None:
