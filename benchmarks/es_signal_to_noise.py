@@ -27,7 +27,10 @@ An outer step with N pairs sees ``g_N``, the mean of N draws. Reported per group
   heavy-tailed;
 - ``snr_per_pair``: ``||mu||^2 / tr(Sigma)`` (an N-pair estimate's SNR is N times it) and
   ``pairs_for_cosine_half``: ``tr(Sigma) / ||mu||^2`` (where ``theory`` reaches 0.5), with
-  bootstrap standard errors over draws (a 10-90% bootstrap interval for the pairs).
+  bootstrap standard errors over draws (for the pairs, the 10-90% normal interval of the SNR).
+  Isotropic Gaussian ES has ``tr(Sigma) >= (P + 1) ||mu||^2`` per pair where the loss is linear
+  at scale sigma (``Cov = 2A + tr(A) I - mu mu^T``, ``A = E[g g^T] >= mu mu^T``), so a cosine of
+  0.5 needs at least ``P + 1`` pairs whatever the task noise (``es_floor_pairs``).
 
 Positive control (``control``): the same code on ``reference_systems``' systems with a known
 gradient ``g``: ``dot_ratio`` must match ``||g||^2 / (||g||^2 + tr(Sigma) / N)`` (``exact_theory``)
@@ -123,6 +126,14 @@ def subset_cosines(
     }
 
 
+# Normal quantile of 0.9: the pairs' interval is the 10-90% one.
+_Z90 = 1.2816
+
+
+def _reciprocal(snr: float) -> float:
+    return 1.0 / snr if snr > 0 else float("inf")
+
+
 def summarize(
     draws: np.ndarray,
     pair_counts: Sequence[int],
@@ -139,7 +150,11 @@ def summarize(
         resampled.append(moments(rows))
     boot_mean_sq, boot_trace = np.asarray(resampled).T
     snr = mean_sq / trace
-    boot_snr = boot_mean_sq / boot_trace
+    snr_se = float(np.std(boot_mean_sq / boot_trace))
+    # The bootstrap gives spreads only: a resample repeats draws, which the debiased ||mu||^2
+    # counts as independent, so its resamples sit about tr(Sigma) / M (SNR 1 / M) too high and
+    # their quantiles would be shifted. 1 / snr is heavy-tailed near 0, hence an interval.
+    snr_low, snr_high = snr - _Z90 * snr_se, snr + _Z90 * snr_se
     curve = []
     for n in pair_counts:
         if draws.shape[0] // (2 * n) < 1:
@@ -155,13 +170,9 @@ def summarize(
         "trace_cov": trace,
         "trace_cov_se": float(np.std(boot_trace)),
         "snr_per_pair": snr,
-        "snr_per_pair_se": float(np.std(boot_snr)),
-        # A 10-90% bootstrap interval rather than a standard error: 1 / snr is heavy-tailed when
-        # ||mu||^2 is near zero.
-        "pairs_for_cosine_half": 1.0 / snr if snr > 0 else float("inf"),
-        "pairs_for_cosine_half_interval": [
-            float(1.0 / q) if q > 0 else float("inf") for q in np.quantile(boot_snr, [0.9, 0.1])
-        ],
+        "snr_per_pair_se": snr_se,
+        "pairs_for_cosine_half": _reciprocal(snr),
+        "pairs_for_cosine_half_interval": [_reciprocal(snr_high), _reciprocal(snr_low)],
         "cosine": curve,
     }
 
@@ -322,9 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="control + one small group, < 1 min")
     parser.add_argument("--config", default="pretrained_v2")
     parser.add_argument("--rule", choices=("v1", "config"), default="v1")
-    parser.add_argument("--replicates", type=int, default=6, help="R populations per group")
+    parser.add_argument("--replicates", type=int, default=16, help="R populations per group")
     parser.add_argument("--windows", default="10,20,50", help="truncation windows K")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sigma", type=float, default=None, help="perturbation scale (default: the config's)"
+    )
+    # digits compiles in about half the time of conv, the config's first group.
+    parser.add_argument("--quick-group", default="digits", help="the group --quick measures")
     output.add_arguments(parser)
     args = parser.parse_args(argv)
     path = output.resolve(args, "es_signal_to_noise.json")
@@ -346,13 +362,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     groups, theta, meta_loss = build_real(args.config, args.rule)
-    # Fast compiles: each group's two programs compile once and run a few seconds in all, so XLA's
-    # full optimisation (about 4x the compile time) would not pay for itself.
+    # Fast compiles: each group's two programs compiled in about 50 s and then ran about 5 s a
+    # replicate (loaded 2-core CPU, R = 16); XLA's full optimisation, about 4x the compile time
+    # (compile_options), would cost more than its faster steps save.
     compiler_options = FAST_COMPILE
     replicates = args.replicates
+    if args.sigma is not None:
+        groups = [
+            group._replace(engine_config=dataclasses.replace(group.engine_config, sigma=args.sigma))
+            for group in groups
+        ]
     if args.quick:
-        # One group, short horizons and windows, fast compiles: a smoke run of the same path.
-        group = groups[0]
+        # One group, short horizons and windows: a smoke run of the same path.
+        by_name = {group.name: group for group in groups}
+        if args.quick_group not in by_name:
+            raise SystemExit(f"--quick-group {args.quick_group!r}: choose one of {list(by_name)}")
+        group = by_name[args.quick_group]
         short = dataclasses.replace(group.engine_config, horizon=(10, 30), num_pairs=4)
         groups, windows, replicates = [group._replace(engine_config=short)], [5, 10], 2
     num_params = int(ravel_pytree(theta)[0].size)
@@ -373,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rule": args.rule,
             "meta_loss": meta_loss,
             "theta_entries": num_params,
+            "es_floor_pairs": num_params + 1,
             "replicates": replicates,
             "pairs_per_replicate": pairs_per_replicate,
             "windows": windows,

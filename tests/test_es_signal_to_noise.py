@@ -83,6 +83,14 @@ def test_subset_cosines_and_moments_on_known_draws():
     with pytest.raises(ValueError):
         snr.subset_cosines(same, 5, rng, 1)
     mu, scale = np.full(50, 0.1), np.linspace(0.5, 1.5, 50)
-    mean_sq, trace = snr.moments(mu + scale * rng.normal(size=(20000, 50)))
+    draws = mu + scale * rng.normal(size=(20000, 50))
+    mean_sq, trace = snr.moments(draws)
     assert mean_sq == pytest.approx(mu @ mu, abs=0.05)  # se ~ sqrt(2 tr(S^2)) / M ~ 0.008
     assert trace == pytest.approx(scale @ scale, rel=0.02)
+    # SNR 0.5 / 54 per draw: ~108 pairs for cosine 0.5, inside the interval, which is not
+    # shifted by the bootstrap's repeated draws (they would move it by 1 / M in SNR).
+    summary = snr.summarize(draws[:2000], (), rng, bootstrap=100)
+    low, high = summary["pairs_for_cosine_half_interval"]
+    true_snr = (mu @ mu) / (scale @ scale)
+    assert abs(summary["snr_per_pair"] - true_snr) < 4 * summary["snr_per_pair_se"]
+    assert low < summary["pairs_for_cosine_half"] < high
