@@ -29,7 +29,13 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 # Keys whose value may change on an existing workdir: they change how long the run goes or how it
 # reports, not the trajectory of theta (num_outer_steps only with a constant outer schedule).
 # allow_short_horizon only relaxes validation.
-RESUMABLE_KEYS = ("num_outer_steps", "progress", "pairs_per_chunk", "estimator.allow_short_horizon")
+RESUMABLE_KEYS = (
+    "num_outer_steps",
+    "progress",
+    "pairs_per_chunk",
+    "estimator.allow_short_horizon",
+    "comparison.suite",  # the end-of-run comparison only; its default changed from "default"
+)
 # Dicts whose keys are free (forwarded as keyword arguments), so an override may add a key.
 OPEN_DICTS = ("overrides",)
 
@@ -359,10 +365,18 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
             augmentation = {"level": f"groups.{name}.augmentation"}
             with _blame(augmentation | {"scale_range": f"groups.{name}.augmentation_range"}):
                 augment.ReparameterizedFamily(None, group.augmentation, group.augmentation_range)
-    for section in ("eval", "comparison"):
-        if config[section].num_tasks:
-            with _blame(f"{section}.suite"):
-                registry.suite_entries(config[section].suite)
+    if config.eval.num_tasks:
+        with _blame("eval.suite"):
+            registry.suite_entries(config.eval.suite)
+    if config.comparison.num_tasks:
+        with _blame("comparison.suite" if config.comparison.suite else "eval.suite"):
+            registry.suite_entries(comparison_suite(config))
+
+
+def comparison_suite(config: ml_collections.ConfigDict) -> str:
+    """The suite of the end-of-run comparison: ``comparison.suite``, or when it is empty (the
+    default) ``eval.suite``, so that a run on your own tasks is judged on your own suite."""
+    return config.comparison.suite or config.eval.suite
 
 
 # Above these a run is almost surely a typo (``window=horizon=1e9``): the pretrained optimizer's

@@ -173,8 +173,9 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 EVAL_PANEL = "held-out tasks (not meta-trained on)"
+META_LOSS_PANEL = "meta-loss"
 CURVE_PANELS = (
-    ("meta-loss", lambda name: name == "meta_loss" or name.endswith("/meta_loss")),
+    (META_LOSS_PANEL, lambda name: name == "meta_loss" or name.endswith("/meta_loss")),
     ("estimate norm", lambda name: name == "estimate_norm"),
     (EVAL_PANEL, lambda name: name.startswith("eval/") and name.endswith("loss")),
     ("inner particle-steps / s", lambda name: name == "particle_steps_per_s"),
@@ -187,6 +188,22 @@ def curve_label(name: str) -> str:
         task, _, figure = name[len("eval/") :].rpartition("/")
         return f"{task} {figure.replace('_', ' ')}"
     return name
+
+
+def smoothing_window(count: int) -> int:
+    """An odd moving-window length for ``count`` points: about a twentieth of them, at least 5."""
+    return max(5, count // 20) | 1
+
+
+def smooth(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, spread)``, each ``[len(values)]``: the centred moving mean of ``values`` over
+    ``window`` points (fewer at the ends), and the moving standard deviation about it."""
+    values = np.asarray(values, np.float64)
+    kernel = np.ones(window)
+    count = np.convolve(np.ones_like(values), kernel, mode="same")
+    mean = np.convolve(values, kernel, mode="same") / count
+    square = np.convolve(values**2, kernel, mode="same") / count
+    return mean, np.sqrt(np.maximum(square - mean**2, 0.0))
 
 
 def plot_curves(jsonl_path: str, png_path: str, title: str = "", eval_label: str = "") -> str:
@@ -206,8 +223,21 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "", eval_label: str
         names = sorted({name for row in rows for name in row if selects(name)})
         for name in names:
             points = [(r["step"], r[name]) for r in rows if r.get(name) is not None]
-            if points:
-                steps, values = zip(*points, strict=True)
+            if not points:
+                continue
+            steps, values = (np.asarray(column) for column in zip(*points, strict=True))
+            if label == META_LOSS_PANEL and len(points) >= 10:
+                # The raw meta-loss is noisy enough to hide its trend: draw it faint, and over
+                # it the moving mean with a band of the moving standard deviation around it.
+                window = smoothing_window(len(points))
+                mean, spread = smooth(values, window)
+                raw = axis.plot(steps, values, alpha=0.25, linewidth=0.8)
+                color = raw[0].get_color()
+                axis.plot(steps, mean, color=color, label=f"{curve_label(name)} (mean of {window})")
+                axis.fill_between(
+                    steps, mean - spread, mean + spread, color=color, alpha=0.2, label="+-1 std"
+                )
+            else:
                 marker = "." if len(points) < 20 else None
                 axis.plot(steps, values, label=curve_label(name), marker=marker)
         held_out = label == EVAL_PANEL
@@ -216,7 +246,7 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "", eval_label: str
         if label != "inner particle-steps / s" and names:
             positive = all(r.get(n) is None or r[n] > 0 for r in rows for n in names)
             axis.set_yscale("log" if positive else "linear")
-        if len(names) > 1 or (held_out and names):
+        if len(names) > 1 or (held_out and names) or (label == META_LOSS_PANEL and names):
             axis.legend(fontsize="small")
     if title:
         figure.suptitle(title)

@@ -55,6 +55,7 @@ from meta_train import (
     metrics,
     outer,
     unrolled_tasks,
+    verdict,
     warm_start,
 )
 from meta_train.evaluation import held_out
@@ -153,15 +154,15 @@ def _compare_with_adam(
     optimizer: lopt.LearnedOptimizer,
     theta: Any,
     workdir: str,
-) -> dict[str, Any]:
-    """Train a few held-out tasks with the meta-trained optimizer, the untrained one and Adam at
-    each of ``config.comparison.adam_learning_rates`` (``meta_train.evaluation.evaluate``); write
-    the report to ``<workdir>/comparison`` and return the final training losses (mean over
-    seeds)."""
+) -> tuple[dict[str, Any], Any]:
+    """Train a few held-out tasks of ``config_flags.comparison_suite`` with the meta-trained
+    optimizer, the untrained one and Adam at each of ``config.comparison.adam_learning_rates``
+    (``meta_train.evaluation.evaluate``); write the report to ``<workdir>/comparison``; return
+    the final training losses (mean over seeds) and the report."""
     from meta_train.evaluation import evaluate
 
     section = config.comparison
-    tasks = registry.get_suite(section.suite, section.num_tasks)
+    tasks = registry.get_suite(config_flags.comparison_suite(config), section.num_tasks)
     report = evaluate.evaluate(
         optimizer,
         tasks,
@@ -172,7 +173,7 @@ def _compare_with_adam(
         adam_grid=tuple(section.adam_learning_rates),
         baseline_schedule=evaluate.schedule_of(optimizer),
         untrained_floor=True,
-        name="meta-trained",
+        name=verdict.SUBJECT,
         progress=config.progress,
         settings={"source": "end of lopt meta-train"},
     )
@@ -190,18 +191,7 @@ def _compare_with_adam(
         table[f"{task.task} ({task.num_steps} steps)"] = row
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(table, f, indent=2)
-    return table
-
-
-def _format_comparison(table: dict[str, dict[str, float]]) -> str:
-    columns = sorted({c for row in table.values() for c in row}, key=lambda c: (c[:4] == "adam", c))
-    width = max(len(task) for task in table)
-    title = "final training loss (mean over seeds; Adam at each learning rate, not tuned)"
-    lines = [title, f"{'task':<{width}}  " + "  ".join(columns)]
-    for task, row in table.items():
-        cells = [f"{row.get(c, float('nan')):>{len(c)}.4f}" for c in columns]
-        lines.append(f"{task:<{width}}  " + "  ".join(cells))
-    return "\n".join(lines)
+    return table, report
 
 
 # --- The run.
@@ -346,26 +336,30 @@ def _finish(
 ) -> dict[str, Any]:
     """The end of a run: ``summary`` with the meta-loss of the first and last tenth of the logged
     rows (``jsonl_path``: the chief's log, else ``None``); a completed run's ``curves.png`` and
-    comparison with Adam (the chief's); the closing log line."""
+    comparison with Adam (the chief's); the verdict block and the closing log line."""
     rows = metrics.read_jsonl(jsonl_path) if jsonl_path else []
     start, end = _mean_meta_loss(rows, first=True), _mean_meta_loss(rows, first=False)
     summary |= {"meta_loss_start": start, "meta_loss_end": end}
+    report = None
     if jsonl_path and not summary["interrupted"]:
         eval_steps = f"{config.eval.num_steps} inner steps" if config.eval.num_steps else None
         metrics.plot_curves(
             jsonl_path,
             os.path.join(workdir, metrics.CURVES_FILE),
             title=f"{config.estimator.name}, {config.optimizer.architecture} optimizer",
-            eval_label=f"suite {config.eval.suite!r}, after {eval_steps or 'each horizon'}",
+            eval_label=f"during meta-training: suite {config.eval.suite!r}, "
+            f"after {eval_steps or 'each task horizon'}",
         )
         if config.comparison.num_tasks:
-            summary["comparison"] = _compare_with_adam(config, optimizer, summary["theta"], workdir)
-            _log(_format_comparison(summary["comparison"]))
+            table, report = _compare_with_adam(config, optimizer, summary["theta"], workdir)
+            summary["comparison"] = table
+    if jsonl_path:
+        trend = verdict.meta_loss_trend([row.get("meta_loss") for row in rows])
+        summary["meta_loss_change"] = trend.change if trend else None
+        suite = config_flags.comparison_suite(config)
+        _log(verdict.verdict(trend, report, suite, summary["step"]))
     if start is not None:
-        _log(
-            f"meta-loss {start:.4f} (first tenth of the run) -> {end:.4f} (last tenth) after "
-            f"{summary['step']} outer steps; {health_summary}; outputs in {workdir}"
-        )
+        _log(f"{health_summary}; outputs in {workdir}")
     return summary
 
 

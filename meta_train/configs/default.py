@@ -131,7 +131,7 @@ def mlp_config() -> ml_collections.ConfigDict:
 
     # The held-out comparison against Adam at the end of the run.
     config.comparison = ml_collections.ConfigDict()
-    config.comparison.suite = "default"
+    config.comparison.suite = ""  # "": the suite of eval.suite
     config.comparison.num_tasks = 3  # 0: none
     config.comparison.num_steps = 0  # 0: each task's own horizon
     config.comparison.seeds = 3
