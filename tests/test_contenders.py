@@ -12,7 +12,7 @@ import pytest
 
 import lopt
 from meta_train import cli
-from meta_train.evaluation import contenders, policy, trainer
+from meta_train.evaluation import contenders, eval_tasks, policy, trainer
 from meta_train.evaluation import evaluate as evaluation
 from tasks.base import Task
 
@@ -143,7 +143,7 @@ def test_grid_edge_flag_fires_when_the_best_rate_is_at_an_end():
 def test_cached_trainer_is_reused():
     found = contenders.optax_contenders(["adamw"])
     group = contenders.group(found)[0]
-    (task,) = trainer.resolve_tasks({"bowl": Bowl()})
+    (task,) = eval_tasks.resolve_tasks({"bowl": Bowl()})
     keys = jnp.stack([jax.random.key(0)])
     first = trainer.run_group(group, task, 5, keys, ())
     again = trainer.run_group(group, task, 5, keys, ())

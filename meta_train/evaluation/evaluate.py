@@ -27,8 +27,8 @@ from lopt import schedules
 from lopt.base import LearnedOptimizer
 from meta_train.es.compile_options import FAST_COMPILE
 from meta_train.evaluation import contenders as named
+from meta_train.evaluation import eval_tasks, policy, results, trainer
 from meta_train.evaluation import plan as planning
-from meta_train.evaluation import policy, trainer
 from meta_train.evaluation.contenders import (
     ADAM_GRID,
     ADAMW_GRID,
@@ -37,16 +37,11 @@ from meta_train.evaluation.contenders import (
     SGDM_MOMENTUM,
     BaselineOptions,
     Contender,
-    Group,
 )
 from meta_train.evaluation.policy import DEFAULT_DIVERGENCE_FACTOR
-from meta_train.evaluation.report import (
-    CRITERIA,
+from meta_train.evaluation.results import (
     REFERENCE,
-    GridPoint,
     Report,
-    RunResult,
-    Selection,
     TaskResult,
 )
 
@@ -245,22 +240,22 @@ def evaluate(
     config = dataclasses.replace(config or EvalConfig(), **overrides)
     config.check()
     seed_list, keys = _seed_keys(config.seeds)
-    eval_tasks = trainer.resolve_tasks(tasks)
-    missing = [t.name for t in eval_tasks if t.num_steps is None and config.num_steps is None]
+    resolved = eval_tasks.resolve_tasks(tasks)
+    missing = [t.name for t in resolved if t.num_steps is None and config.num_steps is None]
     if missing:
         raise ValueError(f"tasks {missing} have no horizon: pass num_steps=...")
     subject, found = contenders_of(optimizer, theta, name, seed_list[0], config)
     groups = named.group(found)
     options = tuple(sorted((config.compiler_options or {}).items()))
     jobs = []
-    for task in eval_tasks:
+    for task in resolved:
         base = config.num_steps or task.num_steps
         for horizon in config.horizons:
             steps = max(1, round(horizon * base))
             jobs.append(planning.Job(task, horizon, steps, trainer.segment_length(steps, base)))
     if progress:
         print(planning.plan(jobs, groups, len(seed_list), options).format(), file=sys.stderr)
-    results = []
+    task_results = []
     bar = planning.progress_bar(len(jobs), progress)
     for task, horizon, steps, segment in jobs:
         bar.set_description(f"{task.name} ({steps} steps)")
@@ -270,76 +265,17 @@ def evaluate(
             outputs = trainer.run_group(group, task, steps, keys, options, segment)
             valid_steps = trainer.valid_curve_steps(steps, segment)
             factor = config.divergence_factor
-            for run in _member_results(group, outputs, initial_loss, factor, valid_steps):
+            for run in results.member_results(group, outputs, initial_loss, factor, valid_steps):
                 runs[run.label] = run
         runs = {c.label: runs[c.label] for c in found}
         window = policy.smoothing_window(steps)
-        results.append(TaskResult(task.name, steps, float(horizon), runs, window))
+        task_results.append(TaskResult(task.name, steps, float(horizon), runs, window))
         bar.update()
     bar.close()
     origin = {k: v for c in found if c.label == subject for k, v in c.origin.items()}
     recorded = {**config.record(seed_list), **origin, **(settings or {})}
     description = next((c.description for c in found if c.label == subject), subject)
-    return Report(subject, description, recorded, tuple(results), config.reference)
-
-
-def _member_results(
-    group: Group,
-    outputs: trainer.Outputs,
-    initial_loss: np.ndarray,
-    divergence_factor: float,
-    valid_steps: np.ndarray,
-) -> list[RunResult]:
-    """One ``RunResult`` per member: its grid rows summarised, its selected row per criterion;
-    ``valid_steps``: when the inner-valid curve was measured."""
-    diverged = policy.diverged_runs(
-        outputs.losses, initial_loss[None], outputs.metrics["train_loss"], divergence_factor
-    )
-    member_of_row = group.rows()[:, 0].astype(int)
-
-    def selection(row: int, learning_rate: float | None) -> Selection:
-        metrics = {key: values[row] for key, values in outputs.metrics.items()}
-        valid = (valid_steps, outputs.valid_losses[row])
-        return Selection(learning_rate, outputs.losses[row], metrics, diverged[row], *valid)
-
-    results = []
-    for index, member in enumerate(group.members):
-        rows = np.flatnonzero(member_of_row == index)
-        if member.grid:
-            chosen = {
-                criterion: rows[
-                    policy.select_grid_point(outputs.metrics[metric][rows], diverged[rows])
-                ]
-                for criterion, metric in CRITERIA.items()
-            }
-            by_row = {
-                row: selection(row, member.grid[row - rows[0]]) for row in set(chosen.values())
-            }
-            selected = {criterion: by_row[row] for criterion, row in chosen.items()}
-        else:
-            only = selection(rows[0], member.learning_rate)
-            selected = dict.fromkeys(CRITERIA, only)
-        grid = tuple(
-            GridPoint(
-                learning_rate=lr,
-                valid_loss=float(np.mean(outputs.metrics["inner_valid_loss"][row])),
-                train_loss=float(np.mean(outputs.metrics["train_loss"][row])),
-                num_diverged=int(diverged[row].sum()),
-            )
-            for row, lr in zip(rows, member.grid or (), strict=bool(member.grid))
-        )
-        results.append(
-            RunResult(
-                label=member.label,
-                description=member.description,
-                initial_loss=initial_loss,
-                selected=selected,
-                grid=grid,
-                compile_seconds=outputs.compile_seconds,
-                run_seconds=outputs.run_seconds,
-            )
-        )
-    return results
+    return Report(subject, description, recorded, tuple(task_results), config.reference)
 
 
 # --- CLI helpers.

@@ -13,7 +13,8 @@ import jax
 
 from meta_train.es.compile_options import FAST_COMPILE
 from meta_train.evaluation.contenders import Group
-from meta_train.evaluation.trainer import EvalTask, Options, initial_params
+from meta_train.evaluation.eval_tasks import EvalTask
+from meta_train.evaluation.trainer import Options, initial_params
 
 # Rough costs on a loaded 2-core CPU (meta-training in the background), from the compile and run
 # seconds of `lopt evaluate --optimizer untrained:mlp --suite default --steps 200 --seeds 2`

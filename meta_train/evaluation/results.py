@@ -21,6 +21,8 @@ from meta_train.evaluation.contenders import MIN_TUNED_POINTS
 
 if TYPE_CHECKING:
     from meta_train.evaluation.comparison import LabelSummary
+    from meta_train.evaluation.contenders import Group
+    from meta_train.evaluation.trainer import Outputs
 
 # How a tuned learning rate is chosen from a grid: criterion -> the final metric it minimises.
 CRITERIA = {"train": "train_loss", "valid": "inner_valid_loss"}
@@ -206,3 +208,63 @@ class Report:
         from meta_train.evaluation.report import write
 
         return write(self, out_dir, plots=plots)
+
+
+def member_results(
+    group: Group,
+    outputs: Outputs,
+    initial_loss: np.ndarray,
+    divergence_factor: float,
+    valid_steps: np.ndarray,
+) -> list[RunResult]:
+    """One ``RunResult`` per member of ``group`` from the trainer's ``outputs``: its grid rows
+    summarised, its selected row per criterion;
+    ``valid_steps``: when the inner-valid curve was measured."""
+    diverged = policy.diverged_runs(
+        outputs.losses, initial_loss[None], outputs.metrics["train_loss"], divergence_factor
+    )
+    member_of_row = group.rows()[:, 0].astype(int)
+
+    def selection(row: int, learning_rate: float | None) -> Selection:
+        metrics = {key: values[row] for key, values in outputs.metrics.items()}
+        valid = (valid_steps, outputs.valid_losses[row])
+        return Selection(learning_rate, outputs.losses[row], metrics, diverged[row], *valid)
+
+    results = []
+    for index, member in enumerate(group.members):
+        rows = np.flatnonzero(member_of_row == index)
+        if member.grid:
+            chosen = {
+                criterion: rows[
+                    policy.select_grid_point(outputs.metrics[metric][rows], diverged[rows])
+                ]
+                for criterion, metric in CRITERIA.items()
+            }
+            by_row = {
+                row: selection(row, member.grid[row - rows[0]]) for row in set(chosen.values())
+            }
+            selected = {criterion: by_row[row] for criterion, row in chosen.items()}
+        else:
+            only = selection(rows[0], member.learning_rate)
+            selected = dict.fromkeys(CRITERIA, only)
+        grid = tuple(
+            GridPoint(
+                learning_rate=lr,
+                valid_loss=float(np.mean(outputs.metrics["inner_valid_loss"][row])),
+                train_loss=float(np.mean(outputs.metrics["train_loss"][row])),
+                num_diverged=int(diverged[row].sum()),
+            )
+            for row, lr in zip(rows, member.grid or (), strict=bool(member.grid))
+        )
+        results.append(
+            RunResult(
+                label=member.label,
+                description=member.description,
+                initial_loss=initial_loss,
+                selected=selected,
+                grid=grid,
+                compile_seconds=outputs.compile_seconds,
+                run_seconds=outputs.run_seconds,
+            )
+        )
+    return results
