@@ -60,7 +60,8 @@ RUN_FOLDERS = {
     "comparison": re.compile(r"report\.json|report\.md|summary\.json|.*\.png"),
 }
 EVAL_FOLDER = re.compile(r"(export\.)?eval_.*")
-EVAL_ENTRY = re.compile(r"report\.json|report\.md|.*\.png|" + re.escape(EVAL_MARKER_FILE))
+# Where ``--overwrite`` moves lopt evaluate's folders, one subfolder per overwrite.
+PREVIOUS_EVALUATIONS = "previous_evaluations"
 EXPORT_DEBRIS = re.compile(r"\.export\.(tmp|old)-[0-9a-f]+")
 
 
@@ -267,7 +268,9 @@ def save_margin(previous: str, tree: Any) -> int:
 
 
 def removable_entries(workdir: str) -> list[str]:
-    """The entries of ``workdir`` (relative paths) that lopt wrote and ``--overwrite`` removes."""
+    """The entries of ``workdir`` (relative paths) that lopt wrote and ``--overwrite`` removes.
+    ``lopt evaluate``'s folders are not among them: ``--overwrite`` moves them aside
+    (``evaluation_folders``)."""
     from lopt import export
 
     found = []
@@ -280,21 +283,31 @@ def removable_entries(workdir: str) -> list[str]:
         )
         if whole:
             found.append(name)
-        elif os.path.isdir(path) and (name in RUN_FOLDERS or EVAL_FOLDER.fullmatch(name)):
-            pattern = RUN_FOLDERS.get(name, EVAL_ENTRY)
-            is_eval = name not in RUN_FOLDERS
-            if is_eval and not {"report.json", EVAL_MARKER_FILE} & set(os.listdir(path)):
-                continue  # an eval_* folder that lopt evaluate did not write
+        elif os.path.isdir(path) and name in RUN_FOLDERS:
             found += [
                 os.path.join(name, entry)
                 for entry in sorted(os.listdir(path))
-                if pattern.fullmatch(entry)
+                if RUN_FOLDERS[name].fullmatch(entry)
             ]
     return found
 
 
+def evaluation_folders(workdir: str) -> list[str]:
+    """The ``eval_*`` / ``export.eval_*`` folders of ``workdir`` that ``lopt evaluate`` wrote
+    (they hold its marker or a report): results of another command, which ``--overwrite`` keeps
+    by moving them to ``previous_evaluations/<time>/``."""
+    return [
+        name
+        for name in sorted(os.listdir(workdir))
+        if EVAL_FOLDER.fullmatch(name)
+        and os.path.isdir(os.path.join(workdir, name))
+        and {"report.json", EVAL_MARKER_FILE} & set(os.listdir(os.path.join(workdir, name)))
+    ]
+
+
 def _remove_run_outputs(workdir: str) -> list[str]:
-    """Delete ``removable_entries`` (then each folder of them left empty); return what went."""
+    """Delete ``removable_entries`` (then each folder of them left empty) and move the
+    ``evaluation_folders`` aside; return what went, the moved folders with where to."""
     removed = removable_entries(workdir)
     for name in removed:
         path = os.path.join(workdir, name)
@@ -306,7 +319,14 @@ def _remove_run_outputs(workdir: str) -> list[str]:
         path = os.path.join(workdir, name)
         if not os.listdir(path):
             os.rmdir(path)
-    return removed
+    moved = evaluation_folders(workdir)
+    if moved:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = os.path.join(PREVIOUS_EVALUATIONS, stamp)
+        os.makedirs(os.path.join(workdir, target))
+        for name in moved:
+            os.rename(os.path.join(workdir, name), os.path.join(workdir, target, name))
+    return removed + [f"{name} (moved to {os.path.join(target, name)})" for name in moved]
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import sys
 from typing import NoReturn
@@ -155,8 +156,9 @@ def _meta_train_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start afresh in a lopt workdir: first delete what lopt wrote there (config.json, "
         "metrics.jsonl, parameter_overview.txt, curves.png, export/, the step folders in "
-        "checkpoints/, the event files in tensorboard/, the report files in comparison/ and in "
-        "lopt evaluate's eval_*/export.eval_* folders) and print it; nothing else is deleted. "
+        "checkpoints/, the event files in tensorboard/, the report files in comparison/) and "
+        "print it; lopt evaluate's eval_*/export.eval_* folders are kept, moved to "
+        "previous_evaluations/<time>/; nothing else is deleted. "
         "Without it, a run with the same config resumes and one with another config is refused. "
         "A folder lopt did not start (no lopt-workdir.json) is refused either way",
     )
@@ -363,7 +365,9 @@ def _run_evaluate(argv: list[str]) -> int:
     except ValueError as error:
         print(f"lopt evaluate: error: {error}", file=sys.stderr)
         return 2
-    out_folder.claim_out_folder(out, args.optimizer, args.suite)
+    note = out_folder.claim_out_folder(out, args.optimizer, args.suite)
+    if note:
+        print(note, file=sys.stderr)
     report = evaluate.evaluate(
         args.optimizer,
         registry.get_suite(args.suite),
@@ -380,11 +384,18 @@ def _run_evaluate(argv: list[str]) -> int:
         compiler_options=evaluate.FAST_COMPILE if args.fast_compile else None,
         settings={"suite": args.suite, "command": "lopt evaluate " + shlex.join(argv)},
     )
+    # Written aside and renamed into place: the folder never mixes two runs' files.
+    staging = out_folder.staging_folder(out)
     try:
-        paths = report.save(out, plots=not args.no_plots)
+        written = report.save(staging, plots=not args.no_plots)
+        out_folder.publish(staging, out)
     except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
         print(f"lopt evaluate: stopped: cannot write the report to {out}: {error}", file=sys.stderr)
         return WRITE_FAILED
+    paths = {
+        kind: os.path.join(out, os.path.relpath(path, staging)) for kind, path in written.items()
+    }
     print(report.format_console())
     num_plots = sum(kind.startswith("plot:") for kind in paths)
     print(f"wrote {paths['markdown']}, {paths['json']} and {num_plots} plots to {out}")

@@ -124,8 +124,13 @@ def test_overwrite_removes_only_what_lopt_wrote_and_says_so(tmp_path):
         "export/optimizer.json",
         "export/theta/x",
         ".export.tmp-0123abcd/x",
+    ]
+    # lopt evaluate's results: kept, moved whole (with a file of the user's) under
+    # previous_evaluations/<time>/.
+    eval_entries = [
         "export.eval_default/report.json",
         "export.eval_default/lopt-eval.json",
+        "export.eval_default/mine.txt",
         "eval_tiny/report.json",
     ]
     user_entries = [
@@ -134,9 +139,8 @@ def test_overwrite_removes_only_what_lopt_wrote_and_says_so(tmp_path):
         "tensorboard/my_notes.txt",
         "comparison/my_analysis.ipynb",
         "eval_mine/data.csv",  # an eval_* folder lopt evaluate did not write
-        "export.eval_default/mine.txt",
     ]
-    for entry in lopt_entries + user_entries:
+    for entry in lopt_entries + user_entries + eval_entries:
         (workdir / entry).parent.mkdir(parents=True, exist_ok=True)
         (workdir / entry).write_text(entry)
     before = snapshot(workdir)
@@ -147,8 +151,13 @@ def test_overwrite_removes_only_what_lopt_wrote_and_says_so(tmp_path):
     after = snapshot(workdir)
     for entry in user_entries:
         assert after[entry] == before[entry], entry
+    (stamp,) = os.listdir(workdir / checkpoint.PREVIOUS_EVALUATIONS)
+    moved = {os.path.join(checkpoint.PREVIOUS_EVALUATIONS, stamp, entry) for entry in eval_entries}
+    for entry in eval_entries:
+        assert after[os.path.join(checkpoint.PREVIOUS_EVALUATIONS, stamp, entry)] == before[entry]
+    assert f"eval_tiny (moved to previous_evaluations/{stamp}/eval_tiny)" in removed
     left = {path for path, digest in after.items() if digest != "dir"}
-    assert left == {*user_entries, "config.json", checkpoint.MARKER_FILE}
+    assert left == {*user_entries, *moved, "config.json", checkpoint.MARKER_FILE}
     assert json.loads((workdir / "config.json").read_text())["seed"] == 1
     assert not (workdir / "checkpoints" / "4").exists()
 
