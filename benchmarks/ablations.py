@@ -6,9 +6,10 @@ aggregates of ``benchmarks/generalization.py``.
 
     for n in reference mlp no_augmentation one_family fixed_horizon; do
       lopt meta-train --config ablation_$n --workdir runs/ablation_$n; done
-    python benchmarks/ablations.py                 # evaluates runs/ablation_<name>/export
+    python -m benchmarks.ablations --record       # evaluates runs/ablation_<name>/export
 
-Writes ``benchmarks/results/ablations/ablations.json`` (with provenance).
+Writes ``ablations.json`` (with provenance) to a scratch folder, ``--out`` or, with ``--record``,
+``benchmarks/results/ablations/`` (``benchmarks/output.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import generalization
+from benchmarks import generalization, output
 from benchmarks.provenance import provenance
 from meta_train.configs import _ablation
 from meta_train.evaluation import evaluate
@@ -37,7 +35,7 @@ TASKS = (
     "mlp_gmm_d32_c8",
 )
 SEEDS = 2
-DEFAULT_OUT = os.path.join("benchmarks", "results", "ablations")
+OUT = "ablations"  # under benchmarks/results/ (with --record) or the scratch folder
 COLUMNS = (
     "win_rate_train_loss",
     "win_rate_test_loss",
@@ -85,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="folder holding runs/ablation_<name>/")
     parser.add_argument("--ablations", default=",".join(_ablation.ABLATIONS))
     parser.add_argument("--seeds", type=int, default=SEEDS)
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    output.add_arguments(parser)
     args = parser.parse_args(argv)
+    out = output.resolve(args, OUT)
     results = {}
     for name in [n.strip() for n in args.ablations.split(",") if n.strip()]:
         export = os.path.join(args.runs, f"ablation_{name}", "export")
@@ -97,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         results[name] = evaluate_ablation(export, args.seeds)
         print(format_table({name: results[name]}), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "ablations.json")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "ablations.json")
     # Ablations evaluated by earlier invocations are kept; each result keeps its own provenance.
     stored = {}
     if os.path.exists(path):

@@ -4,8 +4,11 @@ comparison with Adam on the held-out tasks (final train and test loss, mean over
 
     lopt meta-train --workdir runs/meta_loss_train --config.meta_loss=train
     lopt meta-train --workdir runs/meta_loss_outer_valid --config.meta_loss=outer_valid
-    python benchmarks/default_config_runs.py --run-commit <commit the runs were made at> \
+    python -m benchmarks.default_config_runs --record --run-commit <commit the runs were made at> \
         runs/meta_loss_train runs/meta_loss_outer_valid
+
+writes ``default_config_runs.json`` to a scratch folder, ``--out`` or, with ``--record``,
+``benchmarks/results/`` (``benchmarks/output.py``).
 
 The provenance is that of the collection; ``run_commit`` is the commit the runs were made at
 (``lopt meta-train`` records its config, not its commit).
@@ -18,12 +21,10 @@ import json
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from benchmarks import output
 from benchmarks.provenance import provenance
 
-OUT = os.path.join("benchmarks", "results", "default_config_runs.json")
+OUT = "default_config_runs.json"  # under benchmarks/results/ (with --record) or the scratch folder
 
 
 def _tenths(rows: list[dict]) -> tuple[float, float]:
@@ -68,14 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--run-commit", required=True, help="the commit the runs were made at")
-    parser.add_argument("--out", default=OUT)
+    output.add_arguments(parser)
     args = parser.parse_args(argv)
+    path = output.resolve(args, OUT)
     result = {
         "provenance": provenance(),
         "run_commit": args.run_commit,
         "runs": {os.path.basename(os.path.normpath(w)): collect(w) for w in args.workdirs},
     }
-    with open(args.out, "w") as file:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as file:
         json.dump(result, file, indent=2)
     for name, run in result["runs"].items():
         print(name, run["summary_line"])

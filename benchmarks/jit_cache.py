@@ -8,7 +8,10 @@ and in alternating order, ``--repeats`` times: all jax caches cleared, then the 
 (trace + compile + run) and the median of ``--calls`` further identical calls (steady state).
 The machine is noisy: read the ratios between the variants of the same repeat.
 
-    python benchmarks/jit_cache.py [--out benchmarks/results/jit_cache.json]
+    python -m benchmarks.jit_cache [--out PATH | --record]
+
+writes ``jit_cache.json`` to a scratch folder, ``--out`` or, with ``--record``,
+``benchmarks/results/`` (``benchmarks/output.py``).
 """
 
 from __future__ import annotations
@@ -25,9 +28,7 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from benchmarks import output
 from benchmarks.provenance import provenance
 from meta_train.es import engine, reference_systems
 
@@ -58,8 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calls", type=int, default=50)
-    parser.add_argument("--out", default=None, help="JSON output path")
+    output.add_arguments(parser)
     args = parser.parse_args(argv)
+    path = output.resolve(args, "jit_cache.json")
     run_provenance = provenance(["benchmarks/jit_cache.py", *(argv or sys.argv[1:])])
 
     system = reference_systems.LinearQuadraticSystem.create(jax.random.key(0), 4, 3)
@@ -89,10 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "load_average_after": list(os.getloadavg()),
     }
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
     return result
 
 

@@ -1,7 +1,10 @@
 """Variance of ES-Single and PES, and the bias of truncated ES, against the number of windows T/K.
 
-    python benchmarks/variance.py            # T = 1000, T/K in {1, 10, 100, 1000}
-    python benchmarks/variance.py --quick    # T = 100, T/K in {1, 10, 100}, fewer pairs
+    python -m benchmarks.variance --record   # T = 1000, T/K in {1, 10, 100, 1000}
+    python -m benchmarks.variance --quick    # T = 100, T/K in {1, 10, 100}, fewer pairs
+
+write ``variance.json`` and ``variance.png`` to a scratch folder, ``--out`` or, with ``--record``,
+``benchmarks/results/`` (``benchmarks/output.py``).
 
 For each T/K (T fixed, K = T / (T/K)), lockstep particles run one whole inner problem in T/K
 windows and every pair's per-window estimate is one sample. Pooling the windows gives the
@@ -43,8 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import output
 from benchmarks.provenance import provenance
 from meta_train.es.compile_options import FAST_COMPILE
 
@@ -258,7 +260,7 @@ def merge_rows(path: str, payload: dict, estimators: tuple[str, ...]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    output.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--skip-mlp", action="store_true", help="only the independent-gradient system"
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset to rerun; the others' rows are kept from the JSON in --out",
     )
     args = parser.parse_args(argv)
+    out = output.resolve(args, "")
     estimators = tuple(e for e in ESTIMATORS if e in args.estimators)
     if set(args.estimators) - set(ESTIMATORS):
         raise SystemExit(f"--estimators: choose from {ESTIMATORS}, got {args.estimators}")
@@ -318,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += mlp_rows
 
     print(table(rows))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "variance.json")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "variance.json")
     now = provenance(sys.argv)
     payload = {
         "quick": args.quick,
@@ -332,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = merge_rows(path, payload, estimators)
     with open(path, "w") as file:
         json.dump(payload, file, indent=2)
-    plot(payload["rows"], os.path.join(args.out, "variance.png"))
-    log(f"wrote {args.out}/variance.json and variance.png")
+    plot(payload["rows"], os.path.join(out, "variance.png"))
+    log(f"wrote {path} and variance.png")
     return 0
 
 

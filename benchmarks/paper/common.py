@@ -1,7 +1,8 @@
 """Shared plumbing of the paper experiments: arguments, the outer loop on the engine, output files.
 
 Every experiment is ``main(argv) -> int`` with ``--quick`` (seconds, for the test suite) and a full
-mode, and writes ``<out>/<name>.json`` and ``<out>/<name>.png``.
+mode, and writes ``<out>/<name>.json`` and ``<out>/<name>.png``: ``<out>`` is ``--out``, or
+``benchmarks/results/paper`` with ``--record``, else a scratch folder (``benchmarks/output.py``).
 """
 
 from __future__ import annotations
@@ -21,19 +22,27 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from benchmarks import output
 from benchmarks.provenance import ROOT, provenance
 from meta_train.es import engine
 from meta_train.es.system import UnrolledSystem
 
-DEFAULT_OUT = os.path.join("benchmarks", "results", "paper")
+OUT = "paper"  # under benchmarks/results/ (with --record) or the scratch folder
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with the options every experiment shares."""
     parse = argparse.ArgumentParser(description=description)
     parse.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
-    parse.add_argument("--out", default=DEFAULT_OUT, help="directory for the JSON and PNG")
+    output.add_arguments(parse)
     return parse
+
+
+def parse_args(parse: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse``'s arguments, ``out`` resolved to the folder this run writes to."""
+    args = parse.parse_args(argv)
+    args.out = output.resolve(args, OUT)
+    return args
 
 
 def add_scale_arguments(

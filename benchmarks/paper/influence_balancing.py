@@ -6,7 +6,7 @@ Particles never reset (a horizon longer than the run, lockstep). Outer SGD at lr
 theta = 0.5, sigma = 0.1, K = 1. Expected: TES and TBPTT(K=1) move away from theta*; PES needs
 many particles and is unstable with few; ES-Single converges with N = 4.
 
-    python benchmarks/paper/influence_balancing.py [--quick] [--out DIR]
+    python -m benchmarks.paper.influence_balancing [--quick] [--out DIR | --record]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument("--lr", type=float, default=1e-4, help="outer SGD learning rate")
     parse.add_argument("--sigma", type=float, default=0.1)
     common.add_estimators_argument(parse, ESTIMATORS)
-    args = parse.parse_args(argv)
+    args = common.parse_args(parse, argv)
     runs, num_steps, num_seeds = FULL_RUNS, args.steps, args.seeds
     if args.quick:
         runs, num_steps, num_seeds = QUICK_RUNS, 20, 2

@@ -8,7 +8,7 @@ several seeds (``vmap``ped). We plot the meta-loss curves and evaluate every res
 task (the digits MLP with tanh units, never sampled in meta-training) against Adam tuned over a
 learning-rate grid (``meta_train.evaluation.evaluate``).
 
-    python -m benchmarks.paper.learned_optimizer [--quick] [--out DIR]
+    python -m benchmarks.paper.learned_optimizer [--quick] [--out DIR | --record]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_scale_arguments(parse, pairs=4, seeds=3, sigma=0.01, outer_lr=3e-3)
     parse.add_argument("--eval-seeds", type=int, default=3)
     common.add_estimators_argument(parse, tuple(e for e, _ in ESTIMATORS))
-    args = parse.parse_args(argv)
+    args = common.parse_args(parse, argv)
     partial = args.estimators is not None
     horizon, window, pairs, outer_steps, seeds = (
         args.horizon,

@@ -7,7 +7,7 @@ staggered, outer Adam. The reference is a grid search over theta of the same obj
 training loss of a full T-step run, averaged over seeds). Expected: TES drifts to small learning
 rates (short-horizon bias); ES-Single settles near the grid optimum; PES with K = 1 fluctuates more.
 
-    python -m benchmarks.paper.lr_schedule [--quick] [--out DIR]
+    python -m benchmarks.paper.lr_schedule [--quick] [--out DIR | --record]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "--clip", type=float, default=1.0, help="clip estimates to this global norm (0: off)"
     )
     common.add_estimators_argument(parse, tuple(LABELS))
-    args = parse.parse_args(argv)
+    args = common.parse_args(parse, argv)
     quick = args.quick
     horizon, pairs, inner_steps, num_seeds = args.horizon, args.pairs, args.inner_steps, args.seeds
     runs = [(e, k) for k in (1, 10) for e in common.selected(args, tuple(LABELS))]

@@ -9,7 +9,7 @@ outer steps the current theta is scored on fresh sequences; at a recall accuracy
 ``L`` grows by one (new particles, a new compile). Expected: ES-Single >= PES > TES in the length
 reached.
 
-    python -m benchmarks.paper.lstm_copy [--quick] [--out DIR]
+    python -m benchmarks.paper.lstm_copy [--quick] [--out DIR | --record]
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument("--check", type=int, default=200, help="outer steps between checks")
     common.add_scale_arguments(parse, pairs=32, seeds=3, sigma=0.1, outer_lr=0.01)
     common.add_estimators_argument(parse, tuple(LABELS))
-    args = parse.parse_args(argv)
+    args = common.parse_args(parse, argv)
     steps, pairs, check, num_seeds = args.steps, args.pairs, args.check, args.seeds
     estimators = common.selected(args, tuple(LABELS))
     if args.quick:

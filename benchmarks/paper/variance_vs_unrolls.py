@@ -13,7 +13,7 @@ loss depends only on that window's theta (``IndependentGradientSystem``), has va
 per-step gradients it grows linearly in ``W``; with identical (fully correlated) ones it falls
 to about ``P / 2`` and PES is *lower* than ES-Single, as the paper notes.
 
-    python -m benchmarks.paper.variance_vs_unrolls [--quick] [--out DIR]
+    python -m benchmarks.paper.variance_vs_unrolls [--quick] [--out DIR | --record]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parse = common.parser(__doc__.splitlines()[0])
     parse.add_argument("--horizon", type=int, default=32, help="T, steps per inner problem")
     parse.add_argument("--samples", type=int, default=4000, help="independent pairs per point")
-    args = parse.parse_args(argv)
+    args = common.parse_args(parse, argv)
     horizon, samples = args.horizon, args.samples
     windows_counts = [w for w in (1, 2, 4, 8, 16, 32, 64) if horizon % w == 0 and w <= horizon]
     problems = make_systems()
