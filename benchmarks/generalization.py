@@ -51,9 +51,10 @@ FORMAT_VERSION = 2
 SUITE = "generalization"
 REFERENCE = "adamw"
 LONG_HORIZON = 10.0
-# The 10x subset: cheap tasks of different kinds (activation, tabular data, mixture, quadratic).
-LONG_TASKS = ("mlp_digits_tanh", "mlp_wine", "mlp_gmm_d32_c8", "noisy_quadratic")
-WIDE_TASK = "mlp_digits_w512"
+# The 10x subset: cheap tasks of different kinds (activation, noisy mixture, noisy labels,
+# residual net with LayerNorm).
+LONG_TASKS = ("mlp_mnist1d_tanh", "mlp_gmm_d32_c8", "mlp_mnist1d_gelu_noise30", "resmlp_mnist1d")
+WIDE_TASK = "mlp_mnist1d_w512"
 METRICS = ("train_loss", "test_loss", "test_accuracy")
 # --quick: every part once, on the tiny suite's two tasks (the "wide" one is only a stand-in).
 QUICK = {
@@ -82,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         "--long-tasks", default=",".join(LONG_TASKS), help="tasks run at --long-horizon ('': none)"
     )
     parser.add_argument("--wide-task", default=WIDE_TASK, help="the 16x-width task ('': none)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="tasks trained at once (default: the number of cores, %(default)s)",
+    )
     parser.add_argument("--fast-compile", action="store_true", help="XLA optimisation level 0")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (tiny suite)")
     output.add_arguments(parser)
@@ -122,6 +129,7 @@ def main(argv: Sequence[str]) -> int:
             *(n for n in contenders.pretrained_names() if n != subject),
         ),
         compiler_options=evaluate.FAST_COMPILE if args.fast_compile or args.quick else None,
+        workers=args.workers,
     )
     only = _names(args.tasks) or tuple(by_name)
     suite_tasks = [t for t in tasks if t.name != settings["wide_task"] and t.name in only]
@@ -172,6 +180,7 @@ def main(argv: Sequence[str]) -> int:
             **settings,
             "long_horizon": args.long_horizon,
             "seeds": config.seeds,
+            "workers": args.workers,
             "quick": args.quick,
         },
         "seconds": seconds,

@@ -13,6 +13,7 @@ Python: ``evaluate(optimizer, tasks, config) -> Report``. CLI: ``lopt evaluate -
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
@@ -71,7 +72,8 @@ class EvalConfig:
     contenders by name (tuning-free optimizers, pretrained versions). ``learned_lr_multipliers``
     add a learned rule with a run-time ``learning_rate`` tuned over ``default * multipliers``.
     ``untrained_floor`` adds the learned rule's initialisation (seed ``seeds[0]``).
-    ``compiler_options`` go to XLA (``FAST_COMPILE``: faster compiles, slower steps).
+    ``compiler_options`` go to XLA (``FAST_COMPILE``: faster compiles, slower steps). ``workers``:
+    tasks trained at once (threads; up to the number of cores pays).
     """
 
     num_steps: int | None = None
@@ -90,6 +92,7 @@ class EvalConfig:
     untrained_floor: bool = True
     divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR
     compiler_options: Mapping[str, Any] | None = None
+    workers: int = 1
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the bad field."""
@@ -111,6 +114,8 @@ class EvalConfig:
             )
         for name in ("adam_grid", "adamw_grid", "sgdm_grid"):
             _check_grid(name, getattr(self, name))
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.learned_lr_multipliers:
             _check_grid("learned_lr_multipliers", self.learned_lr_multipliers)
 
@@ -143,6 +148,7 @@ class EvalConfig:
             "speedup": f"{self.reference}'s steps to its own final smoothed train loss / the "
             "optimizer's steps, where reached and kept",
             "compiler_options": dict(self.compiler_options or {}),
+            "workers": self.workers,
         }
 
 
@@ -254,23 +260,37 @@ def evaluate(
             steps = max(1, round(horizon * base))
             jobs.append(planning.Job(task, horizon, steps, trainer.segment_length(steps, base)))
     if progress:
-        print(planning.plan(jobs, groups, len(seed_list), options).format(), file=sys.stderr)
-    task_results = []
+        print(
+            planning.plan(jobs, groups, len(seed_list), options, config.workers).format(),
+            file=sys.stderr,
+        )
     bar = planning.progress_bar(len(jobs), progress)
-    for task, horizon, steps, segment in jobs:
-        bar.set_description(f"{task.name} ({steps} steps)")
-        initial_loss = trainer.initial_train_loss(task, keys, options)
-        runs = {}
-        for group in groups:
-            outputs = trainer.run_group(group, task, steps, keys, options, segment)
-            valid_steps = trainer.valid_curve_steps(steps, segment)
-            factor = config.divergence_factor
-            for run in results.member_results(group, outputs, initial_loss, factor, valid_steps):
-                runs[run.label] = run
-        runs = {c.label: runs[c.label] for c in found}
-        window = policy.smoothing_window(steps)
-        task_results.append(TaskResult(task.name, steps, float(horizon), runs, window))
-        bar.update()
+
+    def run_task(task_jobs: list[planning.Job]) -> list[TaskResult]:
+        done = []
+        for task, horizon, steps, segment in task_jobs:
+            bar.set_description(f"{task.name} ({steps} steps)")
+            initial_loss = trainer.initial_train_loss(task, keys, options)
+            runs = {}
+            for group in groups:
+                outputs = trainer.run_group(group, task, steps, keys, options, segment)
+                valid_steps = trainer.valid_curve_steps(steps, segment)
+                factor = config.divergence_factor
+                for run in results.member_results(
+                    group, outputs, initial_loss, factor, valid_steps
+                ):
+                    runs[run.label] = run
+            runs = {c.label: runs[c.label] for c in found}
+            window = policy.smoothing_window(steps)
+            done.append(TaskResult(task.name, steps, float(horizon), runs, window))
+            bar.update()
+        return done
+
+    # A task's horizons run in one worker, in order (they share its compiled segments); tasks in
+    # parallel: XLA:CPU runs these small programs and compiles on one core each.
+    by_task = [[job for job in jobs if job.task is task] for task in resolved]
+    with concurrent.futures.ThreadPoolExecutor(config.workers) as pool:
+        task_results = [result for done in pool.map(run_task, by_task) for result in done]
     bar.close()
     origin = {k: v for c in found if c.label == subject for k, v in c.origin.items()}
     recorded = {**config.record(seed_list), **origin, **(settings or {})}

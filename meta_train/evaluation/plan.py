@@ -60,13 +60,18 @@ class Plan(NamedTuple):
 
 
 def plan(
-    jobs: Sequence[Job], groups: Sequence[Group], num_seeds: int, options: Options = ()
+    jobs: Sequence[Job],
+    groups: Sequence[Group],
+    num_seeds: int,
+    options: Options = (),
+    workers: int = 1,
 ) -> Plan:
     """The plan of the jobs: counts, compiles and a rough ETA.
 
-    Compiles: per task and segment length, each group's initialisation and segment (shared by
-    every horizon that is a multiple of the segment), and per task one initialisation and one
-    evaluation function. Parameter counts come from ``jax.eval_shape`` (nothing is compiled).
+    ``workers`` tasks train at once. Compiles: per task and segment length, each group's
+    initialisation and segment (shared by every horizon that is a multiple of the segment), and
+    per task one initialisation and one evaluation function. Parameter counts come from
+    ``jax.eval_shape`` (nothing is compiled).
     """
     rows = [len(group.rows()) for group in groups]
     sizes = {job.task.name: _num_params(job.task) for job in jobs}
@@ -88,7 +93,8 @@ def plan(
         num_seeds=num_seeds,
         num_runs=len(jobs) * sum(rows) * num_seeds,
         num_compiles=num_compiles,
-        eta_seconds=num_compiles * COMPILE_SECONDS[fast] + step_seconds,
+        eta_seconds=(num_compiles * COMPILE_SECONDS[fast] + step_seconds)
+        / min(workers, len(sizes)),
     )
 
 
