@@ -1,7 +1,7 @@
 """Inputs and outputs shared by the per-parameter learned optimizers (MLP and LSTM).
 
-Per parameter (rows of a ``[num_params, num_features]`` matrix, each column normalised per tensor
-as ``x / sqrt(mean_tensor(x**2) + eps)``):
+Per parameter (columns ``[size_i]`` per tensor, ``columns``; each normalised per tensor as
+``x / sqrt(mean_tensor(x**2) + eps)``, a scale the networks fold into their first layer):
 
     g, p, m_b for b in momentum_decays, sqrt(v), g / sqrt(v + eps)
 
@@ -22,7 +22,7 @@ Output: two numbers per parameter, ``direction`` and ``magnitude``, giving the s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -51,21 +51,30 @@ class Inputs(NamedTuple):
 
     Attributes:
       layout: static layout of the params.
-      features: ``[num_params, num_features]`` normalised per-parameter features.
-      tensor_mean_squares: ``[num_tensors, num_features]`` the per-tensor normalisers.
+      tensors: per tensor, ``(g, p, m, v)``: flat float32 gradient and parameter ``[size_i]``,
+        updated momenta ``[size_i, num_decays]`` and second moment ``[size_i]`` (the new state);
+        ``columns(*tensors[i])`` are its feature columns, not yet normalised.
+      scales: ``[num_tensors, num_features]`` the normalisers ``rsqrt(mean square + eps)``: the
+        network's features are ``columns[i][k] * scales[i, k]``.
+      tensor_mean_squares: ``[num_tensors, num_features]`` the per-tensor mean squares.
       context: ``[num_context]`` per-step features (time, optionally loss).
-      momenta: ``[size_i, num_decays]`` per tensor, updated momenta (new state).
-      second_moment: ``[size_i]`` per tensor, updated second moment (new state).
       loss_ema: ``[]`` updated loss moving average (new state).
     """
 
     layout: flat.FlatLayout
-    features: jax.Array
+    tensors: tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array], ...]
+    scales: jax.Array
     tensor_mean_squares: jax.Array
     context: jax.Array
-    momenta: tuple[jax.Array, ...]
-    second_moment: tuple[jax.Array, ...]
     loss_ema: jax.Array
+
+    @property
+    def momenta(self) -> tuple[jax.Array, ...]:
+        return tuple(m for _, _, m, _ in self.tensors)
+
+    @property
+    def second_moment(self) -> tuple[jax.Array, ...]:
+        return tuple(v for _, _, _, v in self.tensors)
 
 
 def freeze_sequences(obj: Any) -> None:
@@ -164,11 +173,6 @@ def update_moments(
     return momentum, second_moment
 
 
-def flat_momentum(momenta: tuple[jax.Array, ...], index: int) -> jax.Array:
-    """``[num_params]``: the momentum with decay number ``index`` of every tensor."""
-    return jnp.concatenate([m[:, index] for m in momenta])
-
-
 def time_features(config: FeatureConfig, step: jax.Array, num_steps: jax.Array) -> jax.Array:
     """``[T]``: ``tanh(t / tau - 1)`` per absolute time scale, then ``tanh(f / tau - 1)`` per
     fraction scale, with ``f = t / num_steps`` (one vector op, not one op per feature)."""
@@ -239,14 +243,10 @@ def prepare_inputs(
         )
     layout, tensors = updated_tensors(config, state, grads, params)
     # Tensor by tensor, on per-tensor state: the mean squares are reduced straight from g, p, m
-    # and v (sqrt(v)**2 = v, (g / sqrt(v))**2 = g**2 / v), so XLA never materialises an
-    # unnormalised [N, F] matrix (nor slices of one): the normalised matrix is written once, by
-    # the final concatenation.
-    blocks, mean_squares, momenta, second_moment = [], [], [], []
+    # and v (sqrt(v)**2 = v, (g / sqrt(v))**2 = g**2 / v). Nothing [num_params]-sized is built
+    # here: the networks run per tensor, in one pass reading g, p, m and v.
+    mean_squares = []
     for g_i, p_i, m_i, v_i in tensors:
-        momenta.append(m_i)
-        second_moment.append(v_i)
-        size = g_i.shape[0]
         inv_rms_i = jax.lax.rsqrt(v_i + RMS_EPS)
         mean_square = jnp.concatenate(
             [
@@ -255,19 +255,9 @@ def prepare_inputs(
                 jnp.stack([jnp.mean(v_i), jnp.mean(jnp.square(g_i * inv_rms_i))]),
             ]
         )
-        if not size:
+        if not g_i.shape[0]:
             mean_square = jnp.zeros_like(mean_square)
-        scale = jax.lax.rsqrt(mean_square + NORM_EPS)
-        block = [
-            g_i[:, None],
-            p_i[:, None],
-            m_i,
-            jnp.sqrt(v_i)[:, None],
-            (g_i * inv_rms_i)[:, None],
-        ]
-        blocks.append(jnp.concatenate(block, axis=1) * scale)
         mean_squares.append(mean_square)
-    features = jnp.concatenate(blocks)
     mean_squares = jnp.stack(mean_squares)
     context = time_features(config, state.step, state.num_steps)
     loss_ema = state.loss_ema
@@ -276,18 +266,76 @@ def prepare_inputs(
         context = jnp.concatenate([context, feature[None]])
     return Inputs(
         layout,
-        features,
+        tuple(tensors),
+        jax.lax.rsqrt(mean_squares + NORM_EPS),
         mean_squares,
         context,
-        tuple(momenta),
-        tuple(second_moment),
         loss_ema,
     )
 
 
-def scaled_step(out: jax.Array, exp_mult: float, step_mult: float) -> jax.Array:
-    """``[N]`` step from ``out[N, 2] = (direction, magnitude)``."""
-    return out[:, 0] * jnp.exp(exp_mult * out[:, 1]) * step_mult
+def columns(g: jax.Array, p: jax.Array, m: jax.Array, v: jax.Array) -> list[jax.Array]:
+    """The ``num_features`` feature columns ``[n]`` of one tensor (or block of rows), not yet
+    normalised: ``g, p, m_b..., sqrt(v), g / sqrt(v + eps)``."""
+    momenta = [m[:, b] for b in range(m.shape[1])]
+    return [g, p, *momenta, jnp.sqrt(v), g * jax.lax.rsqrt(v + RMS_EPS)]
+
+
+def dense(
+    inputs: Sequence[jax.Array], w: jax.Array, b: jax.Array | Sequence[jax.Array]
+) -> list[jax.Array]:
+    """``inputs @ w + b`` on columns: ``[sum_k inputs[k] * w[k, j] + b[j] for j]``, each ``[n]``
+    (``b[j]`` a scalar or a column).
+
+    Written as per-column scalar arithmetic, not as ``[n, I] @ [I, O]``: XLA fuses a whole network
+    of such layers into one loop over the parameters, where the skinny matmuls are memory-bound
+    (they write and read an ``[n, O]`` matrix per layer; about 10x slower on CPU)."""
+    return [
+        sum((x_k * w[k, j] for k, x_k in enumerate(inputs)), start=b[j]) for j in range(w.shape[1])
+    ]
+
+
+ROW_BLOCK = 1024  # rows per block of map_row_blocks: [1024, 64] float32 gates are 256 KiB
+
+
+def map_row_blocks(
+    fn: Callable[..., tuple[jax.Array, ...]], arrays: Sequence[jax.Array]
+) -> tuple[jax.Array, ...]:
+    """``fn(*arrays)`` for a row-wise ``fn`` (row ``r`` of every output depends only on row ``r``
+    of every input ``arrays[i][n, ...]``), run over blocks of ``ROW_BLOCK`` rows (``lax.map``,
+    then the remaining rows), so that the ``[rows, width]`` intermediates of ``fn``'s skinny
+    matmuls stay in cache: over all ``n`` rows at once each would make a round trip through
+    memory. Equal to ``fn(*arrays)`` up to float rounding."""
+    n = arrays[0].shape[0]
+    full = n // ROW_BLOCK * ROW_BLOCK
+    parts = []
+    if full:
+        blocks = [x[:full].reshape(full // ROW_BLOCK, ROW_BLOCK, *x.shape[1:]) for x in arrays]
+        out = jax.lax.map(lambda xs: fn(*xs), blocks)
+        parts.append([o.reshape(full, *o.shape[2:]) for o in out])
+    if full < n or not full:  # the remaining rows (an empty tensor: none at all)
+        parts.append(fn(*(x[full:] for x in arrays)))
+    return tuple(
+        jnp.concatenate(outs) if len(parts) > 1 else outs[0] for outs in zip(*parts, strict=True)
+    )
+
+
+def tree_of(layout: flat.FlatLayout, pieces: Sequence[jax.Array]) -> Any:
+    """The params-shaped tree of the per-tensor ``pieces[size_i]``, reshaped and cast to the leaf
+    dtypes."""
+    leaves = [
+        piece.reshape(shape).astype(dtype)
+        for piece, shape, dtype in zip(pieces, layout.shapes, layout.dtypes, strict=True)
+    ]
+    return jax.tree.unflatten(layout.treedef, leaves)
+
+
+def scaled_step(
+    direction: jax.Array, magnitude: jax.Array, exp_mult: float, step_mult: float
+) -> jax.Array:
+    """``[N]`` step ``direction * exp(exp_mult * magnitude) * step_mult`` from the network's two
+    output columns ``[N]``."""
+    return direction * jnp.exp(exp_mult * magnitude) * step_mult
 
 
 def adam_direction(

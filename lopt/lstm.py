@@ -2,9 +2,11 @@
 a per-tensor LSTM (as in Metz et al.'s RNN-MLP optimizer).
 
 One LSTM cell, shared by all parameters, carries a small hidden state per parameter. Its input is
-the per-parameter feature matrix of ``lopt.features`` (the same as the MLP optimizer's); the
-per-step context enters as a bias of the gates. A linear read-out of the hidden state gives
-``(direction, magnitude)`` and the step ``direction * exp(exp_mult * magnitude) * step_mult``.
+the per-parameter features of ``lopt.features`` (the same as the MLP optimizer's); the per-step
+context enters as a bias of the gates. It runs tensor by tensor over cache-sized blocks of rows
+(``features.map_row_blocks``): one pass over the tensor's features and hidden state. A linear
+read-out of the hidden state gives ``(direction, magnitude)`` and the step
+``direction * exp(exp_mult * magnitude) * step_mult``.
 
 With ``per_tensor=True`` a second LSTM runs over one row per tensor, whose input is the log of the
 tensor's feature normalisers (how large its gradients, parameters and momenta are) and the
@@ -66,15 +68,21 @@ def lstm_cell_params(w_x: jax.Array, w_h: jax.Array) -> dict:
     return {"w_x": w_x, "w_h": w_h, "b": b}
 
 
-def lstm_cell(gates: jax.Array, cell: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One LSTM step from the gate pre-activations ``gates [..., 4H]`` (input, forget, cell,
-    output; e.g. ``x @ w_x + h @ w_h + b``) and ``cell [..., H]``: ``(hidden, cell)``, with
-    ``cell' = sigmoid(f) cell + sigmoid(i) tanh(g)``, ``hidden = sigmoid(o) tanh(cell')``.
-
-    Callers form ``gates`` themselves: the learned optimizer adds context and per-tensor terms."""
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
+def lstm_gates(
+    i: jax.Array, f: jax.Array, g: jax.Array, o: jax.Array, cell: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One LSTM step from the gate pre-activations (input, forget, cell, output) and ``cell``, all
+    of one shape: ``(hidden, cell)``, with ``cell' = sigmoid(f) cell + sigmoid(i) tanh(g)``,
+    ``hidden = sigmoid(o) tanh(cell')``."""
     cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
     return jax.nn.sigmoid(o) * jnp.tanh(cell), cell
+
+
+def lstm_cell(gates: jax.Array, cell: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``lstm_gates`` on ``gates [..., 4H]`` (e.g. ``x @ w_x + h @ w_h + b``) and ``cell [..., H]``.
+
+    Callers form ``gates`` themselves: the learned optimizer adds context and per-tensor terms."""
+    return lstm_gates(*jnp.split(gates, 4, axis=-1), cell)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,9 +181,7 @@ class LSTMOptimizer(feats.FeatureFields, LearnedOptimizer):
             self.feature_config, "LSTMOptimizer", state, grads, params, loss
         )
         cell_theta = theta["cell"]
-        gates_in = inputs.features @ cell_theta["w_x"] + (
-            cell_theta["b"] + inputs.context @ theta["context_w"]
-        )
+        gate_bias = cell_theta["b"] + inputs.context @ theta["context_w"]
         tensor_hidden, tensor_cell = state.tensor_hidden, state.tensor_cell
         if self.per_tensor:
             log_scales = LOG_FEATURE_SCALE * jnp.log(inputs.tensor_mean_squares + LOG_FLOOR)
@@ -190,20 +196,44 @@ class LSTMOptimizer(feats.FeatureFields, LearnedOptimizer):
                 + tensor_hidden @ tensor_theta["w_h"],
                 tensor_cell,
             )
-            tensor_gates = tensor_hidden @ theta["tensor_to_gates"]
-            gates_in = gates_in + flat.per_tensor_broadcast(inputs.layout, tensor_gates)
-        hidden, cell = lstm_cell(gates_in + state.hidden @ cell_theta["w_h"], state.cell)
-        out = hidden @ theta["out"]["w"] + theta["out"]["b"]
-        flat_updates = feats.scaled_step(out, self.exp_mult, self.step_mult)
+            gate_biases = gate_bias + tensor_hidden @ theta["tensor_to_gates"]
+        else:
+            gate_biases = jnp.broadcast_to(
+                gate_bias, (inputs.layout.num_tensors, gate_bias.shape[0])
+            )
+        pieces, hidden, cell = [], [], []
+        for offset, size, (g, p, m, v), scales, bias in zip(
+            inputs.layout.offsets,
+            inputs.layout.sizes,
+            inputs.tensors,
+            inputs.scales,
+            gate_biases,
+            strict=True,
+        ):
+            w_x = scales[:, None] * cell_theta["w_x"]  # the normalisation, folded into w_x
+
+            def rows(g, p, m, v, h, c, w_x=w_x, bias=bias):
+                x = jnp.stack(feats.columns(g, p, m, v), axis=1)
+                h, c = lstm_cell(x @ w_x + h @ cell_theta["w_h"] + bias, c)
+                out = h @ theta["out"]["w"] + theta["out"]["b"]
+                return feats.scaled_step(out[:, 0], out[:, 1], self.exp_mult, self.step_mult), h, c
+
+            rows_i = slice(offset, offset + size)
+            update, hidden_i, cell_i = feats.map_row_blocks(
+                rows, (g, p, m, v, state.hidden[rows_i], state.cell[rows_i])
+            )
+            pieces.append(update)
+            hidden.append(hidden_i)
+            cell.append(cell_i)
         new_state = LSTMOptState(
             state.step + 1,
             state.num_steps,
             inputs.momenta,
             inputs.second_moment,
             inputs.loss_ema,
-            hidden,
-            cell,
+            jnp.concatenate(hidden),
+            jnp.concatenate(cell),
             tensor_hidden,
             tensor_cell,
         )
-        return flat.unflatten(inputs.layout, flat_updates), new_state
+        return feats.tree_of(inputs.layout, pieces), new_state
