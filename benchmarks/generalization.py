@@ -241,39 +241,45 @@ def _outcome(task: report.TaskResult, label: str, other: str, metric: str) -> fl
     return float(policy.outcome([ours], [theirs], report.higher_is_better(metric))[0])
 
 
-def _normalized_scores(task: report.TaskResult, label: str) -> np.ndarray | None:
+def _normalized_scores(task: report.TaskResult, label: str, reference: str) -> np.ndarray | None:
     """``[seeds]``: each seed's final train loss over the reference's seed mean."""
-    reference = task.runs[REFERENCE].train.mean("train_loss")
-    if not (math.isfinite(reference) and reference > 0):
+    theirs = task.runs[reference].train.mean("train_loss")
+    if not (math.isfinite(theirs) and theirs > 0):
         return None
     ours = np.asarray(task.runs[label].train.metrics["train_loss"], np.float64)
-    return np.where(np.isfinite(ours), ours / reference, np.inf)
+    return np.where(np.isfinite(ours), ours / theirs, np.inf)
 
 
 def headline_rows(reports: dict[str, report.Report]) -> list[dict[str, Any]]:
-    """Per (contender, part, horizon): against tuned AdamW and the best tuning-free peer."""
+    """Per (contender, part, horizon): against each report's reference (tuned AdamW here) and the
+    best tuning-free peer."""
     rows = []
     for part, part_report in reports.items():
+        reference = part_report.reference
         for horizon in part_report.horizons:
             results = [t for t in part_report.tasks if t.horizon == horizon]
             name = _horizon(part, part_report, results[0])
-            for label in (lbl for lbl in results[0].runs if lbl != REFERENCE):
-                rows.append(_headline_row(results, label, name))
+            for label in (lbl for lbl in results[0].runs if lbl != reference):
+                rows.append(_headline_row(results, label, name, reference))
     return [report.plain(row) for row in rows]
 
 
-def _headline_row(results: list[report.TaskResult], label: str, horizon: str) -> dict[str, Any]:
+def _headline_row(
+    results: list[report.TaskResult], label: str, horizon: str, reference: str
+) -> dict[str, Any]:
     vs_reference, vs_peer = {}, {}
     for metric in METRICS:
-        outcomes = [_outcome(t, label, REFERENCE, metric) for t in results]
+        outcomes = [_outcome(t, label, reference, metric) for t in results]
         vs_reference[metric] = _counts([o for o in outcomes if o is not None])
-        if label not in contenders.TUNING_FREE:
+        if label not in contenders.TUNING_FREE and _tuning_free(results[0]):
             peers = [(t, best_peer(t, metric)) for t in results]
             outcomes = [_outcome(t, label, p, metric) for t, p in peers if p]
             vs_peer[metric] = _counts([o for o in outcomes if o is not None])
-    speedups = [report.speedup(t, label, REFERENCE) for t in results]
+    speedups = [report.speedup(t, label, reference) for t in results]
     speedups = [s.value for s in speedups if s is not None and s.value is not None]
-    scores = [s for s in (_normalized_scores(t, label) for t in results) if s is not None]
+    scores = [
+        s for s in (_normalized_scores(t, label, reference) for t in results) if s is not None
+    ]
     selections = [t.runs[label].train for t in results]
     return {
         "contender": label,
@@ -316,8 +322,9 @@ def per_task_rows(reports: dict[str, report.Report], subject: str) -> list[dict[
     rows = []
     for part, part_report in reports.items():
         for task in part_report.tasks:
-            comparison = report.compare(task, subject, REFERENCE)
-            adamw = task.runs[REFERENCE]
+            reference = part_report.reference
+            comparison = report.compare(task, subject, reference)
+            tuned = task.runs[reference]
             rows.append(
                 {
                     "task": task.task,
@@ -325,7 +332,7 @@ def per_task_rows(reports: dict[str, report.Report], subject: str) -> list[dict[
                     "steps": task.num_steps,
                     "normalized_train_loss": comparison.normalized.get("train_loss"),
                     "normalized_test_loss": comparison.normalized.get("test_loss"),
-                    "vs_reference": {m: _outcome(task, subject, REFERENCE, m) for m in METRICS},
+                    "vs_reference": {m: _outcome(task, subject, reference, m) for m in METRICS},
                     "best_tuning_free": {m: best_peer(task, m) for m in METRICS},
                     "vs_best_tuning_free": {
                         m: _outcome(task, subject, p, m) if (p := best_peer(task, m)) else None
@@ -338,7 +345,9 @@ def per_task_rows(reports: dict[str, report.Report], subject: str) -> list[dict[
                     if "untrained" in task.runs
                     else None,
                     "speedup": None if comparison.speedup is None else comparison.speedup.format(),
-                    "adamw_learning_rate": {c: s.learning_rate for c, s in adamw.selected.items()},
+                    "reference_learning_rate": {
+                        c: s.learning_rate for c, s in tuned.selected.items()
+                    },
                     "diverged_runs": task.runs[subject].train.num_diverged,
                 }
             )
