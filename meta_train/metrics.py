@@ -191,8 +191,9 @@ def curve_label(name: str) -> str:
 
 
 def smoothing_window(count: int) -> int:
-    """An odd moving-window length for ``count`` points: about a twentieth of them, at least 5."""
-    return max(5, count // 20) | 1
+    """An odd moving-window length for ``count`` points: about a tenth of them (the verdict
+    compares tenths), at least 5."""
+    return max(5, count // 10) | 1
 
 
 def smooth(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:

@@ -105,6 +105,8 @@ def ship(
         shutil.rmtree(target)
     destination = os.path.join(target, shipped.EXPORT_DIR)
     shutil.copytree(os.path.join(workdir, "export"), destination)
+    # A run's export from before fingerprints gets one here (its theta verified first).
+    lopt.export.add_fingerprint(destination)
     with open(os.path.join(target, shipped.TRAINING_FILE), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
     return destination

@@ -147,7 +147,7 @@ def test_held_out_panel_is_labelled_and_the_warning_is_logged(run):
     _, workdir, _, logged, drawn = run
     assert os.path.exists(os.path.join(workdir, metrics.CURVES_FILE))
     panel = drawn["titles"].index(
-        f"{metrics.EVAL_PANEL}\nsuite 'obs_quadratic', after 10 inner steps"
+        f"{metrics.EVAL_PANEL}\nduring meta-training: suite 'obs_quadratic', after 10 inner steps"
     )
     assert drawn["legends"][panel] == ["quadratic test loss", "quadratic train loss"]
     assert "warning: test warning at 2" in logged and "warning: test warning at 4" in logged

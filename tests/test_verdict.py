@@ -95,7 +95,7 @@ def test_the_smoothed_curve_and_its_band():
     np.testing.assert_allclose(spread, 0.0, atol=1e-7)
     _, spread = metrics.smooth(np.tile([1.0, -1.0], 50), 7)
     assert 0.9 < np.median(spread) <= 1.0
-    assert metrics.smoothing_window(100) == 5 and metrics.smoothing_window(1000) == 51
+    assert metrics.smoothing_window(30) == 5 and metrics.smoothing_window(1000) == 101
 
 
 def test_every_run_ends_with_its_verdict(tmp_path, capsys):
