@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
@@ -66,7 +67,7 @@ class Contender(NamedTuple):
     grid: tuple[float, ...] | None = None
     learning_rate: float | None = None
     theta: Any = None
-    origin: dict[str, Any] = {}  # noqa: RUF012 (read-only facts for the report)
+    origin: Mapping[str, Any] = MappingProxyType({})  # facts for the report (read-only)
 
     def rows(self) -> list[float]:
         """The learning rate of each of its grid rows (0 where none applies)."""
@@ -184,7 +185,7 @@ def learned_contenders(
     theta: Any,
     description: str,
     multipliers: Sequence[float] = (),
-    origin: dict[str, Any] | None = None,
+    origin: Mapping[str, Any] | None = None,
 ) -> list[Contender]:
     """The rule at its own learning rate and, for multipliers and a run-time ``learning_rate``
     field, also over ``default * multipliers`` (``"<label> (tuned lr)"``) in the same trainer."""
