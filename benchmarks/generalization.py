@@ -241,12 +241,15 @@ def _outcome(task: report.TaskResult, label: str, other: str, metric: str) -> fl
     return float(policy.outcome([ours], [theirs], report.higher_is_better(metric))[0])
 
 
-def _normalized_scores(task: report.TaskResult, label: str, reference: str) -> np.ndarray | None:
-    """``[seeds]``: each seed's final train loss over the reference's seed mean."""
-    theirs = task.runs[reference].train.mean("train_loss")
+def _normalized_scores(
+    task: report.TaskResult, label: str, reference: str, metric: str
+) -> np.ndarray | None:
+    """``[seeds]``: each seed's final loss ``metric`` over the reference's seed mean, each at the
+    rate its criterion chose (``None`` when the reference's mean is not positive and finite)."""
+    theirs = task.runs[reference].for_metric(metric).mean(metric)
     if not (math.isfinite(theirs) and theirs > 0):
         return None
-    ours = np.asarray(task.runs[label].train.metrics["train_loss"], np.float64)
+    ours = np.asarray(task.runs[label].for_metric(metric).metrics[metric], np.float64)
     return np.where(np.isfinite(ours), ours / theirs, np.inf)
 
 
@@ -277,9 +280,16 @@ def _headline_row(
             vs_peer[metric] = _counts([o for o in outcomes if o is not None])
     speedups = [report.speedup(t, label, reference) for t in results]
     speedups = [s.value for s in speedups if s is not None and s.value is not None]
-    scores = [
-        s for s in (_normalized_scores(t, label, reference) for t in results) if s is not None
-    ]
+    normalized = {
+        metric: aggregate.stratified_estimate(
+            [
+                s
+                for t in results
+                if (s := _normalized_scores(t, label, reference, metric)) is not None
+            ]
+        )
+        for metric in ("train_loss", "test_loss")
+    }
     selections = [t.runs[label].train for t in results]
     return {
         "contender": label,
@@ -290,7 +300,8 @@ def _headline_row(
         "win_rate_train_loss": vs_reference["train_loss"]["win_rate"],
         "win_rate_test_loss": vs_reference["test_loss"]["win_rate"],
         "speedup_iqm": aggregate.estimate(speedups),
-        "normalized_train_loss_iqm": aggregate.stratified_estimate(scores),
+        "normalized_train_loss_iqm": normalized["train_loss"],
+        "normalized_test_loss_iqm": normalized["test_loss"],
         "diverged_runs": f"{sum(s.num_diverged for s in selections)}/"
         f"{sum(s.num_seeds for s in selections)}",
         "tasks_with_divergence": sum(s.num_diverged > 0 for s in selections),
@@ -443,7 +454,7 @@ def format_per_task(rows: list[dict[str, Any]], subject: str) -> str:
 def format_headline(rows: list[dict[str, Any]]) -> str:
     """Wins/ties/losses against tuned AdamW per metric; intervals 95% bootstrap over tasks."""
     header = ["contender", "horizon", "tasks", *(f"vs AdamW {m} W/T/L" for m in METRICS)]
-    header += ["train loss / AdamW IQM", "speed-up IQM", "diverged"]
+    header += ["train loss / AdamW IQM", "test loss / AdamW IQM", "speed-up IQM", "diverged"]
 
     def wtl(counts: dict) -> str:
         return f"{counts['wins']}/{counts['ties']}/{counts['losses']}"
@@ -455,6 +466,7 @@ def format_headline(rows: list[dict[str, Any]]) -> str:
             str(row["tasks"]),
             *(wtl(row["vs_reference"][m]) for m in METRICS),
             aggregate.Estimate(**row["normalized_train_loss_iqm"]).format(),
+            aggregate.Estimate(**row["normalized_test_loss_iqm"]).format(),
             aggregate.Estimate(**row["speedup_iqm"]).format(suffix="x"),
             row["diverged_runs"],
         ]

@@ -132,6 +132,7 @@ def generalization_table() -> str:
                     f"{peer[m]['wins']}/{peer[m]['ties']}/{peer[m]['losses']}" for m in metrics
                 ),
                 estimate(row["normalized_train_loss_iqm"], row["tasks"]),
+                estimate(row["normalized_test_loss_iqm"], row["tasks"]),
                 estimate(row["speedup_iqm"], row["tasks"], "x"),
                 row["diverged_runs"],
             ]
@@ -145,6 +146,7 @@ def generalization_table() -> str:
         "test accuracy",
         "vs best tuning-free, train / test / acc",
         "train loss / AdamW's, IQM",
+        "test loss / AdamW's, IQM",
         "speed-up IQM",
         "diverged runs",
     ]

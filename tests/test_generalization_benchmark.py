@@ -42,6 +42,10 @@ def test_generalization_quick(tmp_path):
         assert counts["wins"] == float(ours < adamw)
     normalized = rows[(subject, "1x")]["normalized_train_loss_iqm"]
     assert normalized["count"] == 1 and normalized["value"] == pytest.approx(ours / adamw)
+    test_ours = task["runs"][subject]["metrics_mean"]["test_loss"]
+    test_adamw = task["runs"]["adamw"]["metrics_mean"]["test_loss"]  # each at its valid-chosen lr
+    test_normalized = rows[(subject, "1x")]["normalized_test_loss_iqm"]
+    assert test_normalized["value"] == pytest.approx(test_ours / test_adamw)
     assert task["runs"]["adamw"]["tuned"] and len(task["runs"]["adamw"]["grid"]) >= 9
     assert set(rows[(subject, "1x")]["vs_best_tuning_free"]) == set(generalization.METRICS)
 
