@@ -8,23 +8,26 @@ Times, in one run and interleaved round by round (so machine load hits every var
   LSTM optimizers;
 * the optimizer update alone (``tx.update``) of each learned optimizer;
 * the bare forward pass of each per-parameter network over a ready ``[num_params, num_features]``
-  matrix: the arithmetic an update cannot avoid.
+  matrix, to one number per parameter (``bare_pass``): the arithmetic an update cannot avoid.
 
-Prints a table with the ratios to Adam's step and of each update to its bare pass, and writes
-``benchmarks/results/optimizer_step.json``. Compile times are reported apart.
+Prints a table with the ratios to Adam's step and of each update to its bare pass, and writes a
+JSON (``benchmarks/results/optimizer_step.json`` with ``--record``, else a scratch folder; see
+``benchmarks/output.py``). Compile times are reported apart. The JSON's provenance carries the load
+average when the run started and ``load_average_after`` when it ended: on a shared machine compare
+the ratios, which are measured within one run, not the milliseconds.
 
-    python benchmarks/optimizer_step.py            # ~1M-parameter model
-    python benchmarks/optimizer_step.py --quick    # ~50k parameters, a few seconds
+    python -m benchmarks.optimizer_step --record   # ~1M-parameter model
+    python -m benchmarks.optimizer_step --quick    # ~50k parameters, a few seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,10 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import lopt
+from benchmarks import output
 from benchmarks.provenance import provenance
 
 BATCH_SIZE = 128
@@ -167,7 +168,7 @@ def run(quick: bool, rounds: int) -> dict:
                 if "context_w" in thetas[name]
                 else ()
             )
-            bare = jax.jit(optimizer.apply_network)
+            bare = jax.jit(functools.partial(bare_pass, optimizer))
             bare, compile_times[f"bare/{name}"] = compile_seconds(
                 bare, thetas[name], features, *context
             )
@@ -197,6 +198,14 @@ def run(quick: bool, rounds: int) -> dict:
             "jax": jax.__version__,
         },
     }
+
+
+def bare_pass(optimizer: Any, theta: Any, features: jax.Array, *context: jax.Array) -> jax.Array:
+    """``[N]``: the rule's network over ready features and its per-parameter output (the MLP rules'
+    ``direction * exp(1e-3 * magnitude)``: one number per parameter, as in an update, so a fused
+    network is one loop rather than one per output column)."""
+    out = optimizer.apply_network(theta, features, *context)
+    return out if out.ndim == 1 else out[:, 0] * jnp.exp(1e-3 * out[:, 1])
 
 
 def ratios_of(seconds: dict[str, float], learned: dict) -> dict[str, float]:
@@ -309,23 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~50k-parameter model")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 20 / 7)")
-    parser.add_argument(
-        "--out",
-        default=os.path.join(os.path.dirname(__file__), "results", "optimizer_step.json"),
-        help="where to write the JSON results",
-    )
+    output.add_arguments(parser)
     args = parser.parse_args(argv)
+    out = output.resolve(args, "optimizer_step.json")
     rounds = args.rounds or (20 if args.quick else 7)
     if rounds < 1:
         parser.error(f"--rounds must be >= 1, got {rounds}")
     result = {"provenance": provenance(argv), **run(args.quick, rounds)}
     print(format_table(result))
+    result["load_average_after"] = list(os.getloadavg())
     result["toy"] = toy_comparison()
     print(format_toy(result["toy"]))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
