@@ -54,6 +54,25 @@ def test_speedup_is_adam_steps_over_steps_to_adam_final_loss():
     assert reporting.speedup(task, "nan").value is None
 
 
+def test_velo_speedup_is_the_reference_steps_to_the_runs_final_loss():
+    from meta_train.evaluation import comparison
+
+    task = _lines_task(
+        adam=_run("adam", 1.0 - 0.005 * STEPS),  # 0.505 after 100 steps
+        slow=_run("slow", 1.0 - 0.001 * STEPS),  # ends at 0.901: Adam is there after 21 steps
+        fast=_run("fast", 1.0 - 0.01 * STEPS),  # ends at 0.01: Adam never gets there
+        nan=_run("nan", np.full(100, np.nan)),
+    )
+    slow = comparison.velo_speedup(task, "slow", "adam")
+    assert slow.target_loss == pytest.approx(0.901) and slow.reference_steps == 21
+    assert slow.value == pytest.approx(0.21) and not slow.censored
+    fast = comparison.velo_speedup(task, "fast", "adam")
+    assert fast.censored and fast.value == 1.0 and fast.format() == ">= 1.00x"
+    assert comparison.velo_speedup(task, "adam", "adam").value == 1.0
+    diverged = comparison.velo_speedup(task, "nan", "adam")
+    assert diverged.value == 0.0 and not diverged.censored
+
+
 def test_speedup_needs_the_loss_reached_and_kept():
     rises = np.concatenate([1.0 - 0.02 * STEPS[:30], 0.42 + 0.01 * STEPS[:70]])
     task = _lines_task(

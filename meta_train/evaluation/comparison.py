@@ -72,6 +72,42 @@ def speedup(task: TaskResult, label: str, reference: str = REFERENCE) -> SpeedUp
     )
 
 
+class VeloSpeedUp(NamedTuple):
+    """VeLO's speed-up: the steps the reference needs to reach the run's final training loss over
+    the run's steps (seed-mean curves smoothed by a trailing moving average, as ``speedup``)."""
+
+    target_loss: float  # the run's own final smoothed training loss
+    reference_steps: int | None  # steps the reference needs to reach it (None: never)
+    num_steps: int
+
+    @property
+    def censored(self) -> bool:
+        """The reference never reached the run's loss: ``value`` is only a lower bound."""
+        return self.reference_steps is None and math.isfinite(self.target_loss)
+
+    @property
+    def value(self) -> float:
+        """``reference_steps / num_steps``; a lower bound of 1 where the reference never gets
+        there (it ran as long); 0 for a diverged run (no finite loss to reach)."""
+        if not math.isfinite(self.target_loss):
+            return 0.0
+        return (self.reference_steps or self.num_steps) / self.num_steps
+
+    def format(self) -> str:
+        return f">= {self.value:.2f}x" if self.censored else f"{self.value:.2f}x"
+
+
+def velo_speedup(task: TaskResult, label: str, reference: str = REFERENCE) -> VeloSpeedUp | None:
+    """The VeLO speed-up of ``task.runs[label]`` over the reference (``None`` without one)."""
+    if reference not in task.runs:
+        return None
+    window = task.smoothing_window
+    reference_curve = smooth(task.runs[reference].train.curves.mean(axis=0), window)
+    target = float(smooth(task.runs[label].train.curves.mean(axis=0), window)[-1])
+    steps = steps_to_reach(reference_curve, target) if math.isfinite(target) else None
+    return VeloSpeedUp(target, steps, task.num_steps)
+
+
 class Comparison(NamedTuple):
     """One run against the reference on one task; each metric under its own criterion."""
 
