@@ -118,7 +118,16 @@ def train_step_thunk(tx, params, x, y) -> tuple[Callable, float]:
     return thunk, seconds
 
 
-def run(quick: bool, rounds: int) -> dict:
+OPTIMIZERS = {
+    "normalized": lambda: lopt.get_optimizer("normalized", mup_base_fan_in=32),
+    "mlp": lambda: lopt.get_optimizer("mlp"),
+    "mlp_small": lambda: lopt.get_optimizer("mlp_small"),
+    "mlp_adam": lambda: lopt.get_optimizer("mlp_adam"),
+    "lstm": lambda: lopt.get_optimizer("lstm"),
+}
+
+
+def run(quick: bool, rounds: int, names: list[str]) -> dict:
     input_dim, hidden = QUICK_MODEL if quick else FULL_MODEL
     key_params, key_x, key_y, key_theta, key_features = jax.random.split(jax.random.key(0), 5)
     params = init_mlp(key_params, input_dim, hidden)
@@ -129,13 +138,7 @@ def run(quick: bool, rounds: int) -> dict:
     loss = mlp_loss(params, x, y)
     num_steps = 1000
 
-    learned = {
-        "normalized": lopt.get_optimizer("normalized", mup_base_fan_in=32),
-        "mlp": lopt.get_optimizer("mlp"),
-        "mlp_small": lopt.get_optimizer("mlp_small"),
-        "mlp_adam": lopt.get_optimizer("mlp_adam"),
-        "lstm": lopt.get_optimizer("lstm"),
-    }
+    learned = {name: OPTIMIZERS[name]() for name in names}
     transforms = {"adam": optax.adam(1e-3)}
     thetas = {}
     for name, optimizer in learned.items():
@@ -318,17 +321,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~50k-parameter model")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 20 / 7)")
+    parser.add_argument(
+        "--optimizers",
+        default=",".join(OPTIMIZERS),
+        type=lambda text: text.split(","),
+        help=f"learned optimizers to time against Adam (default: all of {', '.join(OPTIMIZERS)})",
+    )
+    parser.add_argument("--no-toy", action="store_true", help="skip the toy comparison")
     output.add_arguments(parser)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.optimizers) - set(OPTIMIZERS))
+    if unknown:
+        parser.error(f"unknown --optimizers {unknown}; choose from {list(OPTIMIZERS)}")
     out = output.resolve(args, "optimizer_step.json")
     rounds = args.rounds or (20 if args.quick else 7)
     if rounds < 1:
         parser.error(f"--rounds must be >= 1, got {rounds}")
-    result = {"provenance": provenance(argv), **run(args.quick, rounds)}
+    result = {"provenance": provenance(argv), **run(args.quick, rounds, args.optimizers)}
     print(format_table(result))
     result["load_average_after"] = list(os.getloadavg())
-    result["toy"] = toy_comparison()
-    print(format_toy(result["toy"]))
+    if not args.no_toy:
+        result["toy"] = toy_comparison()
+        print(format_toy(result["toy"]))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)

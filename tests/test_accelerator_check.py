@@ -1,0 +1,29 @@
+"""``benchmarks/accelerator_check.py --quick``: every stage of the accelerator check runs in
+miniature on the CPU and lands in one JSON with provenance."""
+
+import json
+
+from benchmarks import accelerator_check
+
+
+def test_quick_check_runs_every_stage_and_writes_one_json(tmp_path):
+    out = tmp_path / "check.json"
+    assert accelerator_check.main(["--quick", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["provenance"]["commit"] is not None
+    assert set(record["stages"]) == {"tests", "throughput", "optimizer_step", "meta_train"}
+    for name, stage in record["stages"].items():
+        assert stage["returncode"] == 0, f"{name} failed:\n{stage['output_tail']}"
+    summary = record["summary"]
+    assert summary["all_passed"]
+    assert all(r["particle_steps_per_s"] > 0 for r in summary["throughput"].values())
+    assert summary["optimizer_step_ratios"]["step/normalized_over_adam"] > 0
+
+
+def test_full_check_fits_its_time_budget():
+    """On an accelerator the stages' limits add up to about 8 minutes at most."""
+    stages = accelerator_check.stages(quick=False, work="/nonexistent")
+    assert [s.name for s in stages] == ["tests", "throughput", "optimizer_step", "meta_train"]
+    assert sum(s.timeout_s for s in stages) <= 8 * 60
+    throughput = next(s for s in stages if s.name == "throughput")
+    assert "--accelerator" in throughput.argv and "all" in throughput.argv
