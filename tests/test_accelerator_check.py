@@ -2,8 +2,14 @@
 miniature on the CPU and lands in one JSON with provenance."""
 
 import json
+import pathlib
+import sys
 
-from benchmarks import accelerator_check
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, ROOT)
+
+from benchmarks import accelerator_check  # noqa: E402
 
 
 def test_quick_check_runs_every_stage_and_writes_one_json(tmp_path):
