@@ -31,6 +31,7 @@ date, platform, devices, load average before the run) and the load average after
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -51,14 +52,12 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import lopt
+from benchmarks import output
 from benchmarks.provenance import provenance
-from meta_train import outer, unrolled_tasks
+from meta_train import config_flags, outer, train, unrolled_tasks
 from meta_train.es import engine
-from tasks import registry
+from tasks import augment, registry
 
 
 class Setting(NamedTuple):
@@ -76,6 +75,8 @@ SETTINGS = {
     "reference": Setting(32, 10, 200, 0.01, 3e-4, (32, 32), 10, 5),
     "quick": Setting(2, 5, 20, 0.01, 3e-4, (8,), 2, 1),
     "accelerator": Setting(2048, 10, 200, 0.01, 3e-4, (32, 32), 10, 5),
+    # Only steps_per_round and rounds are read: the rest comes from meta_train/configs/pretrained.
+    "pretrained": Setting(8, 20, 500, 0.01, 1e-3, (8, 8), 3, 5),
 }
 
 
@@ -117,8 +118,6 @@ class EngineVariant(Variant):
     def __init__(
         self, setting: Setting, family, optimizer, num_devices: int, pairs_per_chunk: int | None
     ):
-        chunks = "all pairs at once" if pairs_per_chunk is None else f"chunks of {pairs_per_chunk}"
-        self.name = f"engine, {chunks} ({num_devices} dev)"
         config = engine.EngineConfig(
             num_pairs=setting.num_pairs,
             window=setting.window,
@@ -127,8 +126,14 @@ class EngineVariant(Variant):
             pairs_per_chunk=pairs_per_chunk,
         )
         system = unrolled_tasks.TaskTrainingSystem(family, optimizer)
-        self.groups = [outer.TaskGroup("digits", system, config, 1.0)]
-        self.settings = outer.OuterSettings("adam", setting.outer_learning_rate)
+        groups = [outer.TaskGroup("digits", system, config, 1.0)]
+        settings = outer.OuterSettings("adam", setting.outer_learning_rate)
+        self._build(groups, settings, optimizer, num_devices, pairs_per_chunk)
+
+    def _build(self, groups, settings, optimizer, num_devices: int, pairs_per_chunk) -> None:
+        chunks = "all pairs at once" if pairs_per_chunk is None else f"chunks of {pairs_per_chunk}"
+        self.name = f"engine, {chunks} ({num_devices} dev)"
+        self.groups, self.settings = groups, settings
         self.mesh = outer.make_mesh(num_devices)
         self.theta = optimizer.init_meta_params(jax.random.key(0))
         self.inner_steps_per_call = outer.inner_steps_per_outer_step(self.groups)
@@ -270,6 +275,151 @@ class AdamVariant(JittedVariant):
         self.jitted = jax.jit(sharded, donate_argnums=0)
 
 
+class PretrainedEngineVariant(EngineVariant):
+    """The engine on the ``pretrained`` config's groups, as ``lopt meta-train`` builds them."""
+
+    def __init__(self, config, num_devices: int, pairs_per_chunk: int | None):
+        optimizer = train.build_optimizer(config)
+        groups = train.build_groups(config, optimizer)
+        groups = [
+            g._replace(
+                engine_config=dataclasses.replace(g.engine_config, pairs_per_chunk=pairs_per_chunk)
+            )
+            for g in groups
+        ]
+        self._build(
+            groups, config_flags.outer_settings(config), optimizer, num_devices, pairs_per_chunk
+        )
+
+
+# Inner-step ablations of the pretrained setting: the same particles (every group's 2 x pairs
+# trainings, augmented as configured unless noted), K steps per call, no estimator, no resets.
+UNROLLS = {
+    "adamw": "plain AdamW: the ceiling",
+    "rule": "the normalized rule at a fixed theta (no ES)",
+    "sgd": "plain SGD: forward/backward and data sampling, an update of one multiply-add",
+    "sgd, no augmentation": "plain SGD on the families without their augmentation",
+    "sgd, fixed batch": "plain SGD, one key for every step (XLA hoists the batch out of the loop)",
+}
+
+
+class UnrollVariant(JittedVariant):
+    """The pretrained groups' particles trained by ``kind`` (a key of ``UNROLLS``), vmapped,
+    scanned K steps per call, sharded over a mesh of ``num_devices`` like the engine."""
+
+    def __init__(self, config, kind: str, num_devices: int):
+        self.name = f"unroll: {kind} ({num_devices} dev)"
+        self.extra = {}
+        window = config.estimator.window
+        optimizer = train.build_optimizer(config)
+        theta = optimizer.init_meta_params(jax.random.key(0))
+        mesh = outer.make_mesh(num_devices)
+        if kind == "rule":
+            # The rule's own update, as the engine calls it (lopt.to_optax adds a host callback
+            # per step that warns past the horizon).
+            horizon = config.estimator.horizon
+            tx = optax.GradientTransformationExtraArgs(
+                lambda params: optimizer.init(theta, params, horizon),
+                lambda grads, state, params, value=None: optimizer.update(
+                    theta, state, grads, params, value
+                ),
+            )
+        elif kind == "adamw":
+            tx = optax.adamw(1e-3)
+        else:
+            tx = optax.sgd(1e-3)
+        programs, states = [], []
+        self.inner_steps_per_call = 0
+        for index, group in enumerate(config.groups.values()):
+            family = registry.get_family(group.family, **group.overrides)
+            if group.augmentation != "none" and kind != "sgd, no augmentation":
+                family = augment.reparameterize(
+                    family, group.augmentation, tuple(group.augmentation_range)
+                )
+            num_particles = 2 * group.num_pairs
+            self.inner_steps_per_call += num_particles * window
+            programs.append(_unroll_program(family, tx, window, mesh, kind == "sgd, fixed batch"))
+            states.append(_unroll_init(family, tx, num_particles, jax.random.key(3 + index), mesh))
+        self.state = states
+
+        def step(states):
+            return [program(state) for program, state in zip(programs, states, strict=True)]
+
+        self.jitted = jax.jit(step, donate_argnums=0)
+
+
+def _unroll_init(family, tx, num_particles: int, key: jax.Array, mesh) -> Any:
+    def init(key):
+        config_key, init_key = jax.random.split(key)
+        config = family.sample(config_key)
+        task_params = family.task(config).init(init_key)
+        return config, task_params, tx.init(task_params), key
+
+    particles = jax.vmap(init)(jax.random.split(key, num_particles))
+    return jax.device_put(particles, NamedSharding(mesh, P(outer.AXIS)))
+
+
+def _unroll_program(family, tx, window: int, mesh, fixed_batch: bool) -> Any:
+    def unroll(particle):
+        config, task_params, opt_state, key = particle
+        task = family.task(config)
+        key, data_key = jax.random.split(key)
+
+        def body(carry, step_key):
+            task_params, opt_state = carry
+            loss, grads = jax.value_and_grad(task.loss)(
+                task_params, data_key if fixed_batch else step_key
+            )
+            updates, opt_state = tx.update(grads, opt_state, task_params, value=loss)
+            return (optax.apply_updates(task_params, updates), opt_state), None
+
+        carry, _ = jax.lax.scan(body, (task_params, opt_state), jax.random.split(data_key, window))
+        return (config, *carry, key)
+
+    return jax.shard_map(
+        jax.vmap(unroll), mesh=mesh, in_specs=P(outer.AXIS), out_specs=P(outer.AXIS)
+    )
+
+
+def pretrained_variants(device_counts: list[int], chunks: list[int | None]) -> list[Variant]:
+    """The engine on the pretrained config (``lopt meta-train --config pretrained``: its chunking
+    first, then ``chunks``) and the unroll ablations, on each mesh size."""
+    config = config_flags.load_config("pretrained")
+    default_chunk = config_flags.pairs_per_chunk(config, jax.default_backend())
+    chunks = [default_chunk, *(c for c in chunks if c != default_chunk)]
+    variants: list[Variant] = []
+    for n in device_counts:
+        variants += [PretrainedEngineVariant(config, n, chunk) for chunk in chunks]
+        variants += [UnrollVariant(config, kind, n) for kind in UNROLLS]
+    return variants
+
+
+def breakdown(medians: dict[str, float], devices: int) -> dict[str, float]:
+    """Milliseconds per 1000 inner particle-steps of the parts of a step on ``devices``, from the
+    medians of the ablated variants (differences of timings, so noisy where they are small). The
+    unrolls vectorise all particles, so the ES overhead is taken against the engine with all
+    pairs at once (when it ran); the engine as ``lopt meta-train`` runs it is listed apart."""
+    per = {name: 1e3 / rate for name, rate in medians.items() if name.endswith(f"({devices} dev)")}
+
+    def get(prefix: str) -> float | None:
+        return next((s for name, s in per.items() if name.startswith(prefix)), None)
+
+    sgd, rule = get("unroll: sgd ("), get("unroll: rule (")
+    parts = {
+        "engine_as_meta_train_runs_it": next(s for n, s in per.items() if n.startswith("engine")),
+        "engine_all_pairs_at_once": get("engine, all pairs at once"),
+        "adamw_ceiling": get("unroll: adamw ("),
+        "forward_backward_and_data": sgd,
+        "of_which_data_sampling": sgd - get("unroll: sgd, fixed batch ("),
+        "of_which_augmentation": sgd - get("unroll: sgd, no augmentation ("),
+        "rule_update_vectorised": rule - sgd,
+        "adamw_update": get("unroll: adamw (") - sgd,
+    }
+    if parts["engine_all_pairs_at_once"] is not None:
+        parts["es_overhead_vectorised"] = parts["engine_all_pairs_at_once"] - rule
+    return {name: value for name, value in parts.items() if value is not None}
+
+
 def _evosax_version() -> str | None:
     try:
         return importlib.metadata.version("evosax")
@@ -282,41 +432,58 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="tiny setting, about a minute")
     mode.add_argument("--accelerator", action="store_true", help="2048 pairs (4096 trainings)")
+    mode.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="the pretrained config's five groups against plain AdamW, with a breakdown",
+    )
     parser.add_argument("--devices", default="1,2", help="mesh sizes to run (default: 1,2)")
     parser.add_argument("--no-evosax", action="store_true", help="skip the evosax baseline")
     parser.add_argument(
         "--pairs-per-chunk",
         default="all,1",
         type=lambda text: [None if c == "all" else int(c) for c in text.split(",")],
-        help="engine variants to run: pairs vectorised together ('all' or an int; default all,1)",
+        help="engine variants to run: pairs vectorised together ('all' or an int; default all,1; "
+        "--pretrained runs its config's chunking first)",
     )
-    parser.add_argument("--out", default=None, help="JSON output path")
+    output.add_arguments(parser)
     args = parser.parse_args(argv)
     # Taken before anything compiles: the load average is the machine's, not this run's.
     run_provenance = provenance(["benchmarks/meta_train_throughput.py", *(argv or sys.argv[1:])])
-    mode_name = "quick" if args.quick else "accelerator" if args.accelerator else "reference"
+    mode_name = next(
+        (m for m in ("quick", "accelerator", "pretrained") if getattr(args, m)), "reference"
+    )
     setting = SETTINGS[mode_name]
     device_counts = [int(n) for n in args.devices.split(",") if int(n) <= jax.device_count()]
+    suffix = "" if mode_name == "reference" else f"_{mode_name}"
+    path = output.resolve(args, f"meta_train_throughput{suffix}.json")
 
-    family = registry.get_family("mlp_digits")
-    optimizer = lopt.get_optimizer("mlp", hidden_sizes=setting.hidden_sizes)
-    variants: list[Variant] = [
-        EngineVariant(setting, family, optimizer, n, chunk)
-        for chunk in args.pairs_per_chunk
-        for n in device_counts
-    ]
-    variants += [AdamVariant(setting, family, n) for n in device_counts]
-    if not args.no_evosax:
-        try:
-            variants.append(EvosaxVariant(setting, family, optimizer))
-        except ImportError:
-            print("evosax is not installed (pip install evosax): skipping its baseline")
-
-    print(
-        f"{mode_name}: {setting.num_pairs} pairs ({2 * setting.num_pairs} inner trainings), "
-        f"K={setting.window}, T={setting.horizon}, sigma={setting.sigma}, MLP optimizer "
-        f"{setting.hidden_sizes}; {jax.device_count()} {jax.devices()[0].platform} device(s)"
-    )
+    if mode_name == "pretrained":
+        variants = pretrained_variants(device_counts, args.pairs_per_chunk)
+        print(
+            "pretrained: the pretrained config's five groups (8 pairs each, augmented), normalized "
+            f"rule, K=20, horizons log-uniform in [50, 500]; {jax.device_count()} "
+            f"{jax.devices()[0].platform} device(s)"
+        )
+    else:
+        family = registry.get_family("mlp_digits")
+        optimizer = lopt.get_optimizer("mlp", hidden_sizes=setting.hidden_sizes)
+        variants = [
+            EngineVariant(setting, family, optimizer, n, chunk)
+            for chunk in args.pairs_per_chunk
+            for n in device_counts
+        ]
+        variants += [AdamVariant(setting, family, n) for n in device_counts]
+        if not args.no_evosax:
+            try:
+                variants.append(EvosaxVariant(setting, family, optimizer))
+            except ImportError:
+                print("evosax is not installed (pip install evosax): skipping its baseline")
+        print(
+            f"{mode_name}: {setting.num_pairs} pairs ({2 * setting.num_pairs} inner trainings), "
+            f"K={setting.window}, T={setting.horizon}, sigma={setting.sigma}, MLP optimizer "
+            f"{setting.hidden_sizes}; {jax.device_count()} {jax.devices()[0].platform} device(s)"
+        )
     memory = {}
     for variant in variants:
         variant.setup()
@@ -341,7 +508,11 @@ def main(argv: list[str] | None = None) -> int:
         rate = medians[variant.name]
         devices = variant.name.split("(")[-1]
         adam_rate = next(
-            (r for name, r in medians.items() if name.startswith("adam") and devices in name),
+            (
+                r
+                for name, r in medians.items()
+                if name.startswith(("adam", "unroll: adamw")) and devices in name
+            ),
             None,
         )
         results[variant.name] = {
@@ -369,10 +540,20 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_per_round": load_per_round,
         "results": results,
     }
-    suffix = "" if mode_name == "reference" else f"_{mode_name}"
-    path = args.out or os.path.join(
-        os.path.dirname(__file__), "results", f"meta_train_throughput{suffix}.json"
-    )
+    if mode_name == "pretrained":
+        record["breakdown_ms_per_1000_particle_steps"] = {
+            f"{n} dev": breakdown(medians, n) for n in device_counts
+        }
+        record["breakdown_method"] = (
+            "differences of medians of ablated jitted variants timed in the same rounds: "
+            + "; ".join(f"unroll: {k} = {v}" for k, v in UNROLLS.items())
+            + "; es_overhead = engine - unroll: rule (perturbations, antithetic twins, resets, "
+            "meta-loss, outer update, host dispatch)"
+        )
+        for devices, parts in record["breakdown_ms_per_1000_particle_steps"].items():
+            print(f"breakdown, ms per 1000 particle-steps ({devices}):")
+            for part, ms in parts.items():
+                print(f"  {part:<28}{ms:>8.2f}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=2, default=float)
