@@ -14,12 +14,21 @@ round so machine load hits every variant alike:
 * ``adam``: the same 64 inner trainings stepped with ``optax.adam`` and no estimator (vmapped,
   scanned K steps per call, sharded like the engine): the ceiling for the engine's own overhead.
 
-It prints compile times, inner particle-steps per second (median over rounds), their ratios, and
-peak memory, and writes ``benchmarks/results/meta_train_throughput[_<mode>].json``.
+``--pretrained`` measures the recipe that ships instead (``meta_train/configs/pretrained.py``: five
+groups of 8 pairs with their augmentation, the normalized rule, K = 20, horizons log-uniform in
+[50, 500]): the engine as ``lopt meta-train`` runs it (its chunking on this platform) and with all
+pairs at once, against plain AdamW on the same augmented trainings (the ceiling), and ablated
+unrolls of those trainings (the rule at a fixed theta, SGD, SGD without augmentation, SGD on one
+batch) whose differences give where a step's time goes (``breakdown``).
 
-    python benchmarks/meta_train_throughput.py                 # reference configuration
-    python benchmarks/meta_train_throughput.py --quick         # tiny, about a minute on 2 cores
-    python benchmarks/meta_train_throughput.py --accelerator   # 4096 inner trainings (GPU / TPU)
+It prints compile times, inner particle-steps per second (median over rounds), their ratios, and
+peak memory, and writes ``meta_train_throughput[_<mode>].json`` (into ``benchmarks/results/`` with
+``--record``, else a scratch folder; ``benchmarks/output.py``).
+
+    python -m benchmarks.meta_train_throughput --record          # reference configuration
+    python -m benchmarks.meta_train_throughput --quick           # tiny, about a minute
+    python -m benchmarks.meta_train_throughput --accelerator     # 4096 trainings (GPU / TPU)
+    python -m benchmarks.meta_train_throughput --pretrained --devices 2 --pairs-per-chunk all
 
 On a CPU it forces two host devices (``XLA_FLAGS``) before jax starts, so the 2-device runs share
 the same cores as the 1-device runs: they measure how well sharding uses the cores, not more
