@@ -6,7 +6,8 @@ rate or the cosine schedule the learned rules use. All grid rows and seeds of on
 run in a single jitted ``lax.scan`` (``meta_train.evaluation.trainer``); the same seeds give every
 contender the same initialisations and minibatches, so comparisons are paired. The rules
 (divergence, per-criterion selection, grid edges, ties) are ``meta_train.evaluation.policy``; the
-speed-up and the comparisons ``meta_train.evaluation.report``.
+speed-ups and the comparisons ``meta_train.evaluation.comparison``. A task's horizons that are
+whole multiples of its own horizon share one compiled segment; ``workers`` tasks train at once.
 
 Python: ``evaluate(optimizer, tasks, config) -> Report``. CLI: ``lopt evaluate --optimizer NAME``.
 """
@@ -40,11 +41,7 @@ from meta_train.evaluation.contenders import (
     Contender,
 )
 from meta_train.evaluation.policy import DEFAULT_DIVERGENCE_FACTOR
-from meta_train.evaluation.results import (
-    REFERENCE,
-    Report,
-    TaskResult,
-)
+from meta_train.evaluation.results import REFERENCE, Report, TaskResult
 
 BASELINES = tuple(named.TUNED)
 __all__ = [
