@@ -1,0 +1,54 @@
+"""``meta_train_throughput.breakdown``: the parts of a pretrained-setting step from the medians of
+its ablated variants."""
+
+import pathlib
+import sys
+
+import pytest
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, ROOT)
+
+from benchmarks import meta_train_throughput  # noqa: E402
+
+
+def test_breakdown_is_differences_of_milliseconds_per_1000_steps():
+    # Rates (particle-steps/s) chosen as 1000 / ms, so every part is a difference of round ms.
+    ms = {
+        "engine, chunks of 1": 0.4,
+        "engine, all pairs at once": 1.2,
+        "unroll: adamw": 0.3,
+        "unroll: rule": 1.0,
+        "unroll: sgd": 0.25,
+        "unroll: sgd, no augmentation": 0.2,
+        "unroll: sgd, fixed batch": 0.15,
+    }
+    medians = {f"{name} (2 dev)": 1e3 / value for name, value in ms.items()}
+    medians["unroll: sgd (1 dev)"] = 1.0  # another mesh size is ignored
+    parts = meta_train_throughput.breakdown(medians, 2)
+    expected = {
+        "engine_as_meta_train_runs_it": 0.4,
+        "engine_all_pairs_at_once": 1.2,
+        "adamw_ceiling": 0.3,
+        "forward_backward_and_data": 0.25,
+        "of_which_data_sampling": 0.1,
+        "of_which_augmentation": 0.05,
+        "rule_update_vectorised": 0.75,
+        "adamw_update": 0.05,
+        "es_overhead_vectorised": 0.2,
+    }
+    assert parts == pytest.approx(expected)
+
+
+def test_breakdown_without_the_vectorised_engine_has_no_es_overhead():
+    names = [
+        "engine, chunks of 1",
+        "unroll: adamw",
+        "unroll: rule",
+        "unroll: sgd",
+        "unroll: sgd, no augmentation",
+        "unroll: sgd, fixed batch",
+    ]
+    parts = meta_train_throughput.breakdown({f"{n} (1 dev)": 1.0 for n in names}, 1)
+    assert "es_overhead_vectorised" not in parts and "engine_all_pairs_at_once" not in parts
