@@ -404,11 +404,11 @@ def pretrained_variants(device_counts: list[int], chunks: list[int | None]) -> l
 
 
 def breakdown(medians: dict[str, float], devices: int) -> dict[str, float]:
-    """Milliseconds per 1000 inner particle-steps of the parts of a step on ``devices``, from the
+    """Microseconds per inner particle-step of the parts of a step on ``devices``, from the
     medians of the ablated variants (differences of timings, so noisy where they are small). The
     unrolls vectorise all particles, so the ES overhead is taken against the engine with all
     pairs at once (when it ran); the engine as ``lopt meta-train`` runs it is listed apart."""
-    per = {name: 1e3 / rate for name, rate in medians.items() if name.endswith(f"({devices} dev)")}
+    per = {name: 1e6 / rate for name, rate in medians.items() if name.endswith(f"({devices} dev)")}
 
     def get(prefix: str) -> float | None:
         return next((s for name, s in per.items() if name.startswith(prefix)), None)
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     if mode_name == "pretrained":
-        record["breakdown_ms_per_1000_particle_steps"] = {
+        record["breakdown_us_per_particle_step"] = {
             f"{n} dev": breakdown(medians, n) for n in device_counts
         }
         record["breakdown_method"] = (
@@ -559,10 +559,10 @@ def main(argv: list[str] | None = None) -> int:
             + "; es_overhead = engine - unroll: rule (perturbations, antithetic twins, resets, "
             "meta-loss, outer update, host dispatch)"
         )
-        for devices, parts in record["breakdown_ms_per_1000_particle_steps"].items():
-            print(f"breakdown, ms per 1000 particle-steps ({devices}):")
-            for part, ms in parts.items():
-                print(f"  {part:<28}{ms:>8.2f}")
+        for devices, parts in record["breakdown_us_per_particle_step"].items():
+            print(f"breakdown, microseconds per particle-step ({devices}):")
+            for part, us in parts.items():
+                print(f"  {part:<32}{us:>8.1f}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=2, default=float)

@@ -13,9 +13,9 @@ if ROOT not in sys.path:  # benchmarks/ is a folder of the repository, not an in
 from benchmarks import meta_train_throughput  # noqa: E402
 
 
-def test_breakdown_is_differences_of_milliseconds_per_1000_steps():
-    # Rates (particle-steps/s) chosen as 1000 / ms, so every part is a difference of round ms.
-    ms = {
+def test_breakdown_is_differences_of_microseconds_per_step():
+    # Rates (particle-steps/s) chosen as 1e6 / us, so every part is a difference of round us.
+    us = {
         "engine, chunks of 1": 0.4,
         "engine, all pairs at once": 1.2,
         "unroll: adamw": 0.3,
@@ -24,7 +24,7 @@ def test_breakdown_is_differences_of_milliseconds_per_1000_steps():
         "unroll: sgd, no augmentation": 0.2,
         "unroll: sgd, fixed batch": 0.15,
     }
-    medians = {f"{name} (2 dev)": 1e3 / value for name, value in ms.items()}
+    medians = {f"{name} (2 dev)": 1e6 / value for name, value in us.items()}
     medians["unroll: sgd (1 dev)"] = 1.0  # another mesh size is ignored
     parts = meta_train_throughput.breakdown(medians, 2)
     expected = {
