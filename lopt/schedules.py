@@ -46,8 +46,8 @@ def make_schedule(
 ) -> optax.Schedule:
     """The schedule called ``name`` (one of ``SCHEDULES``); ``cosine`` needs ``num_steps``."""
     if name == "constant":
-        return lambda count: jnp.asarray(learning_rate, jnp.float32) * jnp.ones_like(
-            jnp.asarray(count, jnp.float32)
+        return lambda count: (
+            jnp.asarray(learning_rate, jnp.float32) * jnp.ones_like(jnp.asarray(count, jnp.float32))
         )
     if name == "cosine":
         if num_steps is None:
