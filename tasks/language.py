@@ -238,7 +238,7 @@ def _gru_step(params: Params, carry, inputs: jax.Array):
 class LMTask(Task):
     """One language-modelling task of a ``CharLMFamily``."""
 
-    def __init__(self, family: CharLMFamily, config: LMConfig):
+    def __init__(self, family: LMFamily, config: LMConfig):
         self.family = family
         self.config = config
 
@@ -272,7 +272,35 @@ class LMTask(Task):
         )
 
 
-class CharLMFamily(TaskFamily):
+class LMFamily(TaskFamily):
+    """What the language-model families share: the dynamic config (seeds and a log-uniform initial
+    scale in the family's ``init_scale_range``) and ``LMTask``; a family adds its fields,
+    ``init_params`` and ``apply`` (logits ``[batch, seq_len, vocab]`` of tokens)."""
+
+    def _check_positive_ints(self, *fields: str) -> None:
+        for field in fields:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field} must be a positive int, got {value!r}")
+        low, high = self.init_scale_range
+        if not 0.0 < low <= high:
+            raise ValueError(f"init_scale_range must satisfy 0 < low <= high, got {low, high}")
+
+    def sample(self, key: jax.Array) -> LMConfig:
+        init_key, data_key, scale_key = jax.random.split(key, 3)
+        low, high = self.init_scale_range
+        log_scale = jax.random.uniform(scale_key, (), minval=math.log(low), maxval=math.log(high))
+        return LMConfig(sample_seed(init_key), sample_seed(data_key), jnp.exp(log_scale))
+
+    def default_config(self) -> LMConfig:
+        zero = jnp.zeros((), jnp.uint32)
+        return LMConfig(zero, zero, jnp.ones((), jnp.float32))
+
+    def task(self, config: LMConfig) -> LMTask:
+        return LMTask(self, config)
+
+
+class CharLMFamily(LMFamily):
     """Recurrent next-character models: embedding, one LSTM or GRU layer, dense output.
 
     Attributes:
@@ -296,13 +324,7 @@ class CharLMFamily(TaskFamily):
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; use one of {', '.join(CELLS)}")
-        for field in ("hidden", "embed", "seq_len", "batch_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive int, got {value!r}")
-        low, high = self.init_scale_range
-        if not 0.0 < low <= high:
-            raise ValueError(f"init_scale_range must satisfy 0 < low <= high, got {low, high}")
+        self._check_positive_ints("hidden", "embed", "seq_len", "batch_size")
 
     @property
     def name(self) -> str:
@@ -310,19 +332,6 @@ class CharLMFamily(TaskFamily):
             f"lm_{self.data.name}_{self.cell}{self.hidden}_e{self.embed}"
             f"_l{self.seq_len}_b{self.batch_size}"
         )
-
-    def sample(self, key: jax.Array) -> LMConfig:
-        init_key, data_key, scale_key = jax.random.split(key, 3)
-        low, high = self.init_scale_range
-        log_scale = jax.random.uniform(scale_key, (), minval=math.log(low), maxval=math.log(high))
-        return LMConfig(sample_seed(init_key), sample_seed(data_key), jnp.exp(log_scale))
-
-    def default_config(self) -> LMConfig:
-        zero = jnp.zeros((), jnp.uint32)
-        return LMConfig(zero, zero, jnp.ones((), jnp.float32))
-
-    def task(self, config: LMConfig) -> LMTask:
-        return LMTask(self, config)
 
     def init_params(self, key: jax.Array, config: LMConfig) -> Params:
         """Embedding ``N(0, 1)``, recurrent and output weights ``N(0, 1 / fan_in)``, all times the

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tasks.base import SPLITS, Params, TaskFamily, sample_seed
+from tasks.base import SPLITS, Params
 from tasks.image import standard_normals
-from tasks.language import LMConfig, LMTask, TextData, load_text
+from tasks.language import LMConfig, LMFamily, TextData, load_text
 from tasks.residual import layer_norm, layer_norm_params
 
 MLP_EXPANSION = 4
@@ -49,7 +49,7 @@ def causal_self_attention(params: Params, x: jax.Array, num_heads: int) -> jax.A
     return mixed @ params["out"]["w"] + params["out"]["b"]
 
 
-class TransformerLMFamily(TaskFamily):
+class TransformerLMFamily(LMFamily):
     """Causal transformer next-token models (see the module docstring).
 
     Attributes:
@@ -71,15 +71,9 @@ class TransformerLMFamily(TaskFamily):
     init_scale_range: tuple[float, float] = struct.field(pytree_node=False, default=(0.5, 2.0))
 
     def __post_init__(self):
-        for field in ("width", "num_blocks", "num_heads", "seq_len", "batch_size"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive int, got {value!r}")
+        self._check_positive_ints("width", "num_blocks", "num_heads", "seq_len", "batch_size")
         if self.width % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must divide width={self.width}")
-        low, high = self.init_scale_range
-        if not 0.0 < low <= high:
-            raise ValueError(f"init_scale_range must satisfy 0 < low <= high, got {low, high}")
 
     @property
     def name(self) -> str:
@@ -87,19 +81,6 @@ class TransformerLMFamily(TaskFamily):
             f"tfm_{self.data.name}_w{self.width}_k{self.num_blocks}_h{self.num_heads}"
             f"_l{self.seq_len}_b{self.batch_size}"
         )
-
-    def sample(self, key: jax.Array) -> LMConfig:
-        init_key, data_key, scale_key = jax.random.split(key, 3)
-        low, high = self.init_scale_range
-        log_scale = jax.random.uniform(scale_key, (), minval=math.log(low), maxval=math.log(high))
-        return LMConfig(sample_seed(init_key), sample_seed(data_key), jnp.exp(log_scale))
-
-    def default_config(self) -> LMConfig:
-        zero = jnp.zeros((), jnp.uint32)
-        return LMConfig(zero, zero, jnp.ones((), jnp.float32))
-
-    def task(self, config: LMConfig) -> LMTask:
-        return LMTask(self, config)
 
     def init_params(self, key: jax.Array, config: LMConfig) -> Params:
         """Token and position embeddings ``N(0, 1)``; input projections ``N(0, 1 / fan_in)``;
