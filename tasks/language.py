@@ -199,6 +199,26 @@ def load_text(source: str = "markov", data_dir: str | None = None, **markov_opti
     return tfds_text(source, data_dir)
 
 
+def text_for_windows(
+    source: str,
+    data_dir: str | None,
+    seq_len: int,
+    vocab_size: int,
+    branching: int,
+    text_seed: int,
+) -> TextData:
+    """``load_text`` of a language-model family, checked to hold windows of ``seq_len + 1``
+    tokens in every split."""
+    data = load_text(source, data_dir, vocab_size=vocab_size, branching=branching, seed=text_seed)
+    shortest = min(data.split(split).shape[0] for split in SPLITS)
+    if shortest < seq_len + 1:
+        raise ValueError(
+            f"seq_len={seq_len} needs every split of {data.name!r} to hold at least "
+            f"{seq_len + 1} tokens; the shortest has {shortest}. Use a shorter seq_len."
+        )
+    return data
+
+
 class LMConfig(NamedTuple):
     """Dynamic configuration of a language-model task: ``init_seed``, ``data_seed`` (``[]``
     uint32) and ``init_scale`` (``[]`` float32)."""
@@ -388,13 +408,7 @@ def lm_family(
 ) -> CharLMFamily:
     """A character-LM family; ``vocab_size``, ``branching`` and ``text_seed`` shape the synthetic
     language and are ignored for a TFDS text source."""
-    data = load_text(source, data_dir, vocab_size=vocab_size, branching=branching, seed=text_seed)
-    shortest = min(data.split(split).shape[0] for split in SPLITS)
-    if shortest < seq_len + 1:
-        raise ValueError(
-            f"seq_len={seq_len} needs every split of {data.name!r} to hold at least "
-            f"{seq_len + 1} tokens; the shortest has {shortest}. Use a shorter seq_len."
-        )
+    data = text_for_windows(source, data_dir, seq_len, vocab_size, branching, text_seed)
     return CharLMFamily(
         data=data,
         cell=cell,

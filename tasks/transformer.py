@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from tasks.base import SPLITS, Params
+from tasks.base import Params
 from tasks.image import standard_normals
-from tasks.language import LMConfig, LMFamily, TextData, load_text
+from tasks.language import LMConfig, LMFamily, TextData, text_for_windows
 from tasks.residual import layer_norm, layer_norm_params
 
 MLP_EXPANSION = 4
@@ -157,13 +157,7 @@ def transformer_lm_family(
 ) -> TransformerLMFamily:
     """A causal transformer LM family; ``vocab_size``, ``branching`` and ``text_seed`` shape the
     synthetic language (``tasks.language.markov_text``) and are ignored for a TFDS text source."""
-    data = load_text(source, data_dir, vocab_size=vocab_size, branching=branching, seed=text_seed)
-    shortest = min(data.split(split).shape[0] for split in SPLITS)
-    if shortest < seq_len + 1:
-        raise ValueError(
-            f"seq_len={seq_len} needs every split of {data.name!r} to hold at least "
-            f"{seq_len + 1} tokens; the shortest has {shortest}. Use a shorter seq_len."
-        )
+    data = text_for_windows(source, data_dir, seq_len, vocab_size, branching, text_seed)
     return TransformerLMFamily(
         data=data,
         width=width,
