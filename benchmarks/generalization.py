@@ -83,12 +83,6 @@ def _parser() -> argparse.ArgumentParser:
         "--long-tasks", default=",".join(LONG_TASKS), help="tasks run at --long-horizon ('': none)"
     )
     parser.add_argument("--wide-task", default=WIDE_TASK, help="the 16x-width task ('': none)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="tasks trained at once (default: the number of cores, %(default)s)",
-    )
     parser.add_argument("--fast-compile", action="store_true", help="XLA optimisation level 0")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (tiny suite)")
     output.add_arguments(parser)
@@ -129,7 +123,6 @@ def main(argv: Sequence[str]) -> int:
             *(n for n in contenders.pretrained_names() if n != subject),
         ),
         compiler_options=evaluate.FAST_COMPILE if args.fast_compile or args.quick else None,
-        workers=args.workers,
     )
     only = _names(args.tasks) or tuple(by_name)
     suite_tasks = [t for t in tasks if t.name != settings["wide_task"] and t.name in only]
@@ -180,7 +173,6 @@ def main(argv: Sequence[str]) -> int:
             **settings,
             "long_horizon": args.long_horizon,
             "seeds": config.seeds,
-            "workers": args.workers,
             "quick": args.quick,
         },
         "seconds": seconds,

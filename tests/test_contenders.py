@@ -168,19 +168,3 @@ def test_a_tuning_free_contender_through_the_cli(tmp_path, capsys):
     saved = json.loads((out / "report.json").read_text())
     assert saved["subject"] == "cocob"
     assert {"cocob", "adam", "sgdm"} <= set(saved["tasks"][0]["runs"])
-
-
-def test_parallel_workers_give_the_same_report():
-    tasks = {"bowl": Bowl(), "bowl_again": Bowl()}
-    common = dict(num_steps=6, seeds=2, baselines=("adam",), progress=False)
-    one, two = (
-        evaluation.evaluate(
-            "adam", tasks, workers=w, **common, compiler_options=evaluation.FAST_COMPILE
-        )
-        for w in (1, 2)
-    )
-    assert [t.task for t in two.tasks] == ["bowl", "bowl_again"]
-    for a, b in zip(one.tasks, two.tasks, strict=True):
-        np.testing.assert_array_equal(a.runs["adam"].train.curves, b.runs["adam"].train.curves)
-    with pytest.raises(ValueError, match="workers"):
-        evaluation.evaluate("adam", tasks, workers=0, **common)

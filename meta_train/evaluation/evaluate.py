@@ -7,14 +7,13 @@ run in a single jitted ``lax.scan`` (``meta_train.evaluation.trainer``); the sam
 contender the same initialisations and minibatches, so comparisons are paired. The rules
 (divergence, per-criterion selection, grid edges, ties) are ``meta_train.evaluation.policy``; the
 speed-ups and the comparisons ``meta_train.evaluation.comparison``. A task's horizons that are
-whole multiples of its own horizon share one compiled segment; ``workers`` tasks train at once.
+whole multiples of its own horizon share one compiled segment.
 
 Python: ``evaluate(optimizer, tasks, config) -> Report``. CLI: ``lopt evaluate --optimizer NAME``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
@@ -69,8 +68,7 @@ class EvalConfig:
     contenders by name (tuning-free optimizers, pretrained versions). ``learned_lr_multipliers``
     add a learned rule with a run-time ``learning_rate`` tuned over ``default * multipliers``.
     ``untrained_floor`` adds the learned rule's initialisation (seed ``seeds[0]``).
-    ``compiler_options`` go to XLA (``FAST_COMPILE``: faster compiles, slower steps). ``workers``:
-    tasks trained at once (threads; up to the number of cores pays).
+    ``compiler_options`` go to XLA (``FAST_COMPILE``: faster compiles, slower steps).
     """
 
     num_steps: int | None = None
@@ -89,7 +87,6 @@ class EvalConfig:
     untrained_floor: bool = True
     divergence_factor: float = DEFAULT_DIVERGENCE_FACTOR
     compiler_options: Mapping[str, Any] | None = None
-    workers: int = 1
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the bad field."""
@@ -111,8 +108,6 @@ class EvalConfig:
             )
         for name in ("adam_grid", "adamw_grid", "sgdm_grid"):
             _check_grid(name, getattr(self, name))
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.learned_lr_multipliers:
             _check_grid("learned_lr_multipliers", self.learned_lr_multipliers)
 
@@ -145,7 +140,6 @@ class EvalConfig:
             "speedup": f"{self.reference}'s steps to its own final smoothed train loss / the "
             "optimizer's steps, where reached and kept",
             "compiler_options": dict(self.compiler_options or {}),
-            "workers": self.workers,
         }
 
 
@@ -258,36 +252,25 @@ def evaluate(
             jobs.append(planning.Job(task, horizon, steps, trainer.segment_length(steps, base)))
     if progress:
         print(
-            planning.plan(jobs, groups, len(seed_list), options, config.workers).format(),
+            planning.plan(jobs, groups, len(seed_list), options).format(),
             file=sys.stderr,
         )
+    task_results = []
     bar = planning.progress_bar(len(jobs), progress)
-
-    def run_task(task_jobs: list[planning.Job]) -> list[TaskResult]:
-        done = []
-        for task, horizon, steps, segment in task_jobs:
-            bar.set_description(f"{task.name} ({steps} steps)")
-            initial_loss = trainer.initial_train_loss(task, keys, options)
-            runs = {}
-            for group in groups:
-                outputs = trainer.run_group(group, task, steps, keys, options, segment)
-                valid_steps = trainer.valid_curve_steps(steps, segment)
-                factor = config.divergence_factor
-                for run in results.member_results(
-                    group, outputs, initial_loss, factor, valid_steps
-                ):
-                    runs[run.label] = run
-            runs = {c.label: runs[c.label] for c in found}
-            window = policy.smoothing_window(steps)
-            done.append(TaskResult(task.name, steps, float(horizon), runs, window))
-            bar.update()
-        return done
-
-    # A task's horizons run in one worker, in order (they share its compiled segments); tasks in
-    # parallel: XLA:CPU runs these small programs and compiles on one core each.
-    by_task = [[job for job in jobs if job.task is task] for task in resolved]
-    with concurrent.futures.ThreadPoolExecutor(config.workers) as pool:
-        task_results = [result for done in pool.map(run_task, by_task) for result in done]
+    for task, horizon, steps, segment in jobs:
+        bar.set_description(f"{task.name} ({steps} steps)")
+        initial_loss = trainer.initial_train_loss(task, keys, options)
+        runs = {}
+        for group in groups:
+            outputs = trainer.run_group(group, task, steps, keys, options, segment)
+            valid_steps = trainer.valid_curve_steps(steps, segment)
+            factor = config.divergence_factor
+            for run in results.member_results(group, outputs, initial_loss, factor, valid_steps):
+                runs[run.label] = run
+        runs = {c.label: runs[c.label] for c in found}
+        window = policy.smoothing_window(steps)
+        task_results.append(TaskResult(task.name, steps, float(horizon), runs, window))
+        bar.update()
     bar.close()
     origin = {k: v for c in found if c.label == subject for k, v in c.origin.items()}
     recorded = {**config.record(seed_list), **origin, **(settings or {})}

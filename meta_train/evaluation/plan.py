@@ -64,11 +64,10 @@ def plan(
     groups: Sequence[Group],
     num_seeds: int,
     options: Options = (),
-    workers: int = 1,
 ) -> Plan:
     """The plan of the jobs: counts, compiles and a rough ETA.
 
-    ``workers`` tasks train at once. Compiles: per task and segment length, each group's
+    Compiles: per task and segment length, each group's
     initialisation and segment (shared by every horizon that is a multiple of the segment), and
     per task one initialisation and one evaluation function. Parameter counts come from
     ``jax.eval_shape`` (nothing is compiled).
@@ -93,8 +92,7 @@ def plan(
         num_seeds=num_seeds,
         num_runs=len(jobs) * sum(rows) * num_seeds,
         num_compiles=num_compiles,
-        eta_seconds=(num_compiles * COMPILE_SECONDS[fast] + step_seconds)
-        / min(workers, len(sizes)),
+        eta_seconds=num_compiles * COMPILE_SECONDS[fast] + step_seconds,
     )
 
 
