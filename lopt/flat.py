@@ -73,12 +73,3 @@ def unflatten(layout: FlatLayout, flat: jax.Array) -> Any:
         )
     ]
     return jax.tree.unflatten(layout.treedef, leaves)
-
-
-def per_tensor_broadcast(layout: FlatLayout, values: jax.Array) -> jax.Array:
-    """``[num_params, *rest]``: row ``i`` of ``values[num_tensors, *rest]`` repeated over tensor
-    ``i``'s parameters."""
-    rest = values.shape[1:]
-    return jnp.concatenate(
-        [jnp.broadcast_to(values[i], (size, *rest)) for i, size in enumerate(layout.sizes)]
-    )
