@@ -51,9 +51,9 @@ FORMAT_VERSION = 2
 SUITE = "generalization"
 REFERENCE = "adamw"
 LONG_HORIZON = 10.0
-# The 10x subset: cheap tasks of different kinds (activation, noisy mixture, noisy labels,
-# residual net with LayerNorm).
-LONG_TASKS = ("mlp_mnist1d_tanh", "mlp_gmm_d32_c8", "mlp_mnist1d_gelu_noise30", "resmlp_mnist1d")
+# The 10x subset: cheap tasks of different kinds (activation, noisy mixture, noisy labels, small
+# batch); the residual LayerNorm net would cost about as much at 10x as the rest of the benchmark.
+LONG_TASKS = ("mlp_mnist1d_tanh", "mlp_gmm_d32_c8", "mlp_mnist1d_gelu_noise30", "mlp_mnist1d_b32")
 WIDE_TASK = "mlp_mnist1d_w512"
 METRICS = ("train_loss", "test_loss", "test_accuracy")
 # --quick: every part once, on the tiny suite's two tasks (the "wide" one is only a stand-in).
