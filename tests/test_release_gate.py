@@ -60,17 +60,25 @@ def test_promote_writes_the_default_only_when_the_gate_passes(tmp_path, monkeypa
         assert json.loads(default_file.read_text())["name"] == default
 
 
-def test_the_shipped_default_passed_the_gate_against_every_other_shipped_version():
-    """Each shipped version carries its benchmark JSON; a default other than the first version
-    must pass the gate in its own JSON against each version shipped before it."""
+def _shipped_benchmark(name):
+    path = os.path.join(lopt.shipped.WEIGHTS_DIR, name, lopt.shipped.BENCHMARK_FILE)
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def test_every_shipped_version_carries_the_benchmark_that_judged_it():
+    for name in lopt.pretrained_names():
+        benchmark = _shipped_benchmark(name)
+        assert name in {row["contender"] for row in benchmark["headline"]}, name
+        assert benchmark["provenance"]["commit"], name
+
+
+def test_the_shipped_default_is_the_gates_choice():
+    """No version shipped after the default passes the gate against it in its own benchmark (one
+    that did would have been promoted by ``release_gate --promote``)."""
     default = lopt.shipped.DEFAULT_PRETRAINED
-    assert default in lopt.pretrained_names()
     names = lopt.pretrained_names()
-    benchmark_path = os.path.join(lopt.shipped.WEIGHTS_DIR, default, lopt.shipped.BENCHMARK_FILE)
-    older = [name for name in names if name < default]
-    if not older:
-        return
-    with open(benchmark_path, encoding="utf-8") as file:
-        benchmark = json.load(file)
-    for name in older:
-        assert all(c.passed for c in release_gate.check(benchmark, default, name)), name
+    assert default in names
+    for newer in (name for name in names if name > default):
+        checks = release_gate.check(_shipped_benchmark(newer), newer, default)
+        assert not all(c.passed for c in checks), f"{newer} passes the gate: promote it"
