@@ -60,5 +60,5 @@ def test_config_validation_names_init_from():
         config_flags.validate(config, num_available_devices=1)
     config.init_from = SHIPPED
     config.optimizer.hyperparameters.hidden_sizes = (4,)
-    with pytest.raises(config_flags.ConfigError, match="'init_from'.*do not fit"):
+    with pytest.raises(config_flags.ConfigError, match=r"'init_from'.*do not fit"):
         config_flags.validate(config, num_available_devices=1)
