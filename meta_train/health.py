@@ -11,8 +11,9 @@ monitor reads the logged interval means and fails the run (``RunHealthError``) w
 - every particle diverged (masked fraction 1) for as long.
 
 It warns once each time the skipped or the masked fraction of a log interval rises above its
-threshold, and states both in the run's summary line. Steps are counted in whole log intervals: an
-interval counts as stalled only when every step in it was.
+threshold, and states both in the run's summary line, with a warning when more than
+``WARN_RUN_MASKED_FRACTION`` of the run's inner steps were masked. Steps are counted in whole log
+intervals: an interval counts as stalled only when every step in it was.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import jax.numpy as jnp
 MAX_STALLED_STEPS = 20
 WARN_SKIPPED_FRACTION = 0.1
 WARN_MASKED_FRACTION = 0.5
+# Over a whole run, a masked fraction this small already means problems diverge regularly: a
+# problem whose loss goes non-finite is reset, so the masked steps undercount the horizon it lost.
+WARN_RUN_MASKED_FRACTION = 0.01
 STALLED = (
     ": every estimate was non-finite, zero or overflowed; lower estimator.sigma or the learning "
     "rates"
@@ -111,7 +115,13 @@ class HealthMonitor:
         """``"skipped updates K of N, masked fraction x"`` over this process's steps."""
         if not self.steps:
             return "no outer steps in this run"
-        return (
-            f"skipped updates {round(self.skipped)} of {self.steps}, masked fraction "
-            f"{self.masked / self.steps:.3f}"
-        )
+        masked = self.masked / self.steps
+        text = f"skipped updates {round(self.skipped)} of {self.steps}, masked fraction "
+        text += f"{masked:.3f}"
+        if masked > WARN_RUN_MASKED_FRACTION:
+            text += (
+                f" (WARNING: {masked:.1%} of the inner steps had non-finite losses; a problem that "
+                "diverges restarts and loses the rest of its horizon, so the rule was meta-trained "
+                "on early training only: lower the inner learning rate or check the task's loss)"
+            )
+        return text

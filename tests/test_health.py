@@ -19,11 +19,22 @@ def interval(skipped=0.0, masked=0.0, norm=1.0):
 def test_a_healthy_run_passes_and_its_summary_states_skips_and_masking():
     lines = []
     monitor = health.HealthMonitor(lines.append)
-    assert monitor.observe(10, interval(skipped=0.1, masked=0.2), 10) is None
+    assert monitor.observe(10, interval(skipped=0.1, masked=0.02), 10) is None
     assert monitor.observe(20, interval(), 10) is None
     assert monitor.final_verdict(20) is None
-    assert monitor.summary() == "skipped updates 1 of 20, masked fraction 0.100"
+    assert monitor.summary() == "skipped updates 1 of 20, masked fraction 0.010"
     assert lines == []
+
+
+def test_a_run_whose_problems_keep_diverging_says_so_in_its_summary():
+    # A user's task whose loss turns NaN after ~20 of 200 steps: a few percent of steps masked
+    # (the diverged problem restarts), far below the interval warning's threshold.
+    monitor = health.HealthMonitor([].append)
+    for step in range(10, 110, 10):
+        monitor.observe(step, interval(masked=0.046), 10)
+    summary = monitor.summary()
+    assert summary.startswith("skipped updates 0 of 100, masked fraction 0.046 (WARNING: 4.6%")
+    assert "lower the inner learning rate" in summary
 
 
 @pytest.mark.parametrize(
