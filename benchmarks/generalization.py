@@ -301,10 +301,17 @@ def _headline_row(
 
 
 def paired_ratio(task: report.TaskResult, label: str, other: str, metric: str) -> dict | None:
-    """``label``'s final ``metric`` over ``other``'s, paired by seed: ``exp(mean log ratio)`` and
-    its 95% t-interval over seeds (``None`` when a loss is not positive and finite)."""
-    ours = np.asarray(task.runs[label].for_metric(metric).metrics.get(metric, []), np.float64)
-    theirs = np.asarray(task.runs[other].for_metric(metric).metrics.get(metric, []), np.float64)
+    """``label``'s final ``metric`` over ``other``'s on ``task``, paired by seed
+    (``paired_log_ratio``)."""
+    ours = task.runs[label].for_metric(metric).metrics.get(metric, [])
+    theirs = task.runs[other].for_metric(metric).metrics.get(metric, [])
+    return paired_log_ratio(ours, theirs)
+
+
+def paired_log_ratio(ours: Sequence[float], theirs: Sequence[float]) -> dict | None:
+    """``exp(mean log ratio)`` of two losses paired by seed and its 95% t-interval over seeds
+    (``None`` when a loss is not positive and finite)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
     values = np.concatenate([ours, theirs])
     if not values.size or not np.all(np.isfinite(values) & (values > 0)):
         return None
