@@ -313,6 +313,15 @@ def _counts(metric: str, contender: str | None = None) -> tuple[int, int, int]:
     return counts["wins"], counts["ties"], counts["losses"]
 
 
+def _versions(ours: str, theirs: str) -> tuple:
+    from benchmarks import compare_versions
+
+    test = compare_versions.compare(load(GENERALIZATION), ours, theirs, "test_loss")
+    train = compare_versions.compare(load(GENERALIZATION), ours, theirs, "train_loss")
+    iqm = test["ratio_iqm"]
+    return (test["lower"], test["higher"], iqm["value"], iqm["low"], iqm["high"], train["higher"])
+
+
 def _meta_training_effect(horizon: str, metric: str) -> tuple:
     effect = load(GENERALIZATION)["meta_training_effect"][horizon][metric]
     iqm = effect["ratio_iqm"]
@@ -393,6 +402,12 @@ FIGURES: list[Figure] = [
             _counts("test_accuracy", V2)[0],
             _counts("train_loss", V2)[0],
         ),
+    ),
+    Figure(
+        GENERALIZATION,
+        "its test loss is\nlower on {} tasks and higher on {} (ratio IQM {:.3f}, interval {:.3f} "
+        "to {:.3f}) and its training loss\nhigher on {}",
+        lambda: _versions(V2, "normalized-v1"),
     ),
     Figure(
         GENERALIZATION,
