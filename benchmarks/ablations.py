@@ -26,12 +26,12 @@ from meta_train.configs import _ablation
 from meta_train.evaluation import evaluate
 from tasks import registry
 
-# Cheap to compile and run on a CPU: width, activation, depth, tabular data, a new mixture.
+# Cheap to compile and run on a CPU: activation, depth, batch size, label noise, a new mixture.
 TASKS = (
-    "mlp_digits_w128",
-    "mlp_digits_gelu",
-    "mlp_digits_deep4",
-    "mlp_wine",
+    "mlp_mnist1d_tanh",
+    "mlp_mnist1d_gelu_deep4",
+    "mlp_mnist1d_b32",
+    "mlp_mnist1d_gelu_noise30",
     "mlp_gmm_d32_c8",
 )
 SEEDS = 2

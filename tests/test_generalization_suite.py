@@ -100,3 +100,10 @@ def test_every_task_builds_and_starts_at_a_finite_loss():
         loss = jax.jit(instance.loss)(params, jax.random.key(1))
         metrics = instance.evaluate(params)
         assert np.isfinite(float(loss)) and np.isfinite(float(metrics["loss"])), task.name
+
+
+def test_the_ablation_tasks_are_in_the_suite():
+    from benchmarks import ablations
+
+    names = {entry.name for entry in registry.suite_entries("generalization")}
+    assert set(ablations.TASKS) <= names, set(ablations.TASKS) - names
