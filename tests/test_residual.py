@@ -7,8 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from adam_steps import adam_run
 
 from meta_train.es.compile_options import FAST_COMPILE
 from tasks import registry, residual
@@ -79,24 +79,7 @@ def test_scale_invariance_of_the_embedding(family):
 
 
 def test_finite_losses_metrics_and_adam_lowers_the_loss(family):
-    @jit_unoptimised
-    def run(family, key):
-        task = family.task(registry.held_out_config(family, 0))
-        params = task.init(key)
-        adam = optax.adam(1e-2)
-
-        def step(carry, step_key):
-            p, state = carry
-            loss, grads = jax.value_and_grad(task.loss)(p, step_key)
-            updates, state = adam.update(grads, state, p)
-            return (optax.apply_updates(p, updates), state), loss
-
-        (trained, _), losses = jax.lax.scan(
-            step, (params, adam.init(params)), jax.random.split(key, 40)
-        )
-        return losses, task.eval_loss(params, key, "inner_valid"), task.evaluate(trained, "test")
-
-    losses, eval_loss, metrics = jax.device_get(run(family, jax.random.key(0)))
+    losses, eval_loss, metrics = jax.device_get(adam_run(family, jax.random.key(0), "inner_valid"))
     assert np.all(np.isfinite(losses)) and np.isfinite(eval_loss)
     assert set(metrics) == {"loss", "accuracy"}
     assert losses[-5:].mean() < 0.8 * losses[:5].mean(), losses
