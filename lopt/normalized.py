@@ -266,10 +266,13 @@ class NormalizedOptimizer(LearnedOptimizer):
         step = state.step + 1
         skip_index = self.momentum_decays.index(SKIP_DECAY)
         long_run = state.long_run_mean_square or (None,) * len(tensors)
-        leaves = []
+        leaves, new_long_run = [], []
         for (g, p, m, v), u, shape, dtype in zip(
             tensors, long_run, layout.shapes, layout.dtypes, strict=True
         ):
+            if self.step_gain:
+                u = self._long_run(g, u)
+                new_long_run.append(u)
             if not g.shape[0]:
                 d = g  # empty: no RMS to normalize by
             elif self.adam_for_vectors and len(shape) < 2:
@@ -281,19 +284,15 @@ class NormalizedOptimizer(LearnedOptimizer):
                 d = self._raw_direction(theta, g, p, m, v)
                 scale = jax.lax.rsqrt(jnp.mean(jnp.square(d)) + DIRECTION_EPS)
                 if self.step_gain:
-                    scale = scale * self._gain(theta, m[:, skip_index], g, u, step)
+                    scale = scale * self._gain(theta, m[:, skip_index], u, step)
                 d = d * (scale * self.mup_multiplier(shape))
             leaves.append(d.reshape(shape).astype(dtype))
-        if self.step_gain:
-            long_run = tuple(
-                self._long_run(g, u) for (g, _, _, _), u in zip(tensors, long_run, strict=True)
-            )
         return jax.tree.unflatten(layout.treedef, leaves), NormalizedOptState(
             step,
             state.num_steps,
             tuple(m for _, _, m, _ in tensors),
             tuple(v for _, _, _, v in tensors),
-            long_run if self.step_gain else (),
+            tuple(new_long_run),
         )
 
     def _long_run(self, grad: jax.Array, long_run: jax.Array) -> jax.Array:
@@ -303,20 +302,15 @@ class NormalizedOptimizer(LearnedOptimizer):
         return self.gain_decay * long_run + (1 - self.gain_decay) * jnp.mean(jnp.square(grad))
 
     def _gain(
-        self,
-        theta: dict,
-        momentum: jax.Array,
-        grad: jax.Array,
-        long_run: jax.Array,
-        step: jax.Array,
+        self, theta: dict, momentum: jax.Array, long_run: jax.Array, step: jax.Array
     ) -> jax.Array:
-        """``min(1, r ** alpha)``, ``r**2 = mean(m_hat**2) / u_hat`` (module docstring), with ``u``
-        already updated by this step's gradient."""
+        """``min(1, r ** alpha)``, ``r**2 = mean(m_hat**2) / u_hat`` (module docstring), with
+        ``long_run`` (u) already updated by this step's gradient."""
         t = step.astype(jnp.float32)
         log_r_squared = (
             jnp.log(jnp.mean(jnp.square(momentum)) + FEATURE_EPS)
             - 2.0 * jnp.log1p(-(SKIP_DECAY**t))
-            - jnp.log(self._long_run(grad, long_run) + FEATURE_EPS)
+            - jnp.log(long_run + FEATURE_EPS)
             + jnp.log1p(-(self.gain_decay**t))
         )
         return jnp.exp(jnp.minimum(0.0, 0.5 * theta["gain_exponent"] * log_r_squared))
