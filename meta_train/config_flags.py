@@ -343,8 +343,20 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
                 )
             except lopt.ExportError as error:
                 raise ValueError(str(error)) from None
-    with _blame({"meta_loss": "meta_loss", "meta_loss_scale": "meta_loss_scale"}):
-        unrolled_tasks.TaskTrainingSystem(None, optimizer, config.meta_loss, config.meta_loss_scale)
+    with _blame(
+        {
+            "meta_loss": "meta_loss",
+            "meta_loss_scale": "meta_loss_scale",
+            "train_loss_weight": "meta_loss_train_weight",
+        }
+    ):
+        unrolled_tasks.TaskTrainingSystem(
+            None,
+            optimizer,
+            config.meta_loss,
+            config.meta_loss_scale,
+            config.meta_loss_train_weight,
+        )
     with _blame(_OUTER_KEYS):
         outer_settings(config).build()
     for name, group in config.groups.items():

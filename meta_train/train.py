@@ -90,6 +90,7 @@ def build_groups(
             optimizer,
             meta_loss=config.meta_loss,
             meta_loss_scale=config.meta_loss_scale,
+            train_loss_weight=config.meta_loss_train_weight,
         )
         groups.append(
             outer.TaskGroup(

@@ -49,12 +49,15 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
     fresh minibatch of the outer-valid split after the update. With ``meta_loss_scale="initial"``
     it is divided by the problem's loss at initialisation (one minibatch, the same for both twins),
     so problems and families whose losses differ in scale weigh alike in the estimate.
+    ``train_loss_weight`` = w mixes the step's training loss in: ``(1 - w) * meta_loss + w * train``
+    (``meta_loss`` ``"reeval"`` or ``"outer_valid"``; both scaled alike).
     """
 
     family: TaskFamily
     optimizer: LearnedOptimizer = struct.field(pytree_node=False)
     meta_loss: str = struct.field(pytree_node=False, default="train")
     meta_loss_scale: str = struct.field(pytree_node=False, default="none")
+    train_loss_weight: float = struct.field(pytree_node=False, default=0.0)
 
     def __post_init__(self):
         if self.meta_loss not in META_LOSSES:
@@ -62,6 +65,13 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
         if self.meta_loss_scale not in META_LOSS_SCALES:
             raise ValueError(
                 f"meta_loss_scale must be one of {META_LOSS_SCALES}, got {self.meta_loss_scale!r}"
+            )
+        if not 0.0 <= self.train_loss_weight <= 1.0:
+            raise ValueError(f"train_loss_weight must lie in [0, 1], got {self.train_loss_weight}")
+        if self.train_loss_weight and self.meta_loss == "train":
+            raise ValueError(
+                "train_loss_weight mixes the training loss into another meta-loss; with "
+                "meta_loss='train' it must be 0 (or choose meta_loss 'reeval' / 'outer_valid')"
             )
         if not isinstance(self.optimizer, LearnedOptimizer):
             raise TypeError(
@@ -98,6 +108,9 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
             meta_loss = task.loss(params, batch_key)
         else:
             meta_loss = task.eval_loss(params, meta_key, "outer_valid")
+        if self.train_loss_weight:
+            w = self.train_loss_weight
+            meta_loss = (1.0 - w) * jnp.asarray(meta_loss, jnp.float32) + w * loss
         meta_loss = jnp.asarray(meta_loss, jnp.float32) / state.loss_scale
         return TrainingState(params, opt_state, state.loss_scale), meta_loss
 

@@ -61,6 +61,7 @@ def test_the_trainer_config_chooses_from_the_engines_estimators():
         ({"outer.warmup_steps": -1}, ["'outer.warmup_steps'", "at least 0"]),
         ({"meta_loss": "valid"}, ["'meta_loss'", "outer_valid"]),
         ({"meta_loss_scale": "final"}, ["'meta_loss_scale'", "initial"]),
+        ({"meta_loss_train_weight": 2.0}, ["'meta_loss_train_weight'", "[0, 1]"]),
         ({"optimizer.architecture": "mpl"}, ["'optimizer.architecture'", "mlp"]),
         ({"optimizer.hyperparameters.width": 3}, ["'optimizer.hyperparameters'", "width"]),
         ({"groups.digits.augmentation": "layer"}, ["'groups.digits.augmentation'", "global"]),

@@ -357,6 +357,32 @@ def test_task_training_system_step(quadratic_family, meta_loss):
     assert loss.dtype == jnp.float32
 
 
+def test_train_loss_weight_mixes_the_training_loss_in(quadratic_family):
+    optimizer = LearnableSGD()
+    theta = optimizer.init_meta_params(None)
+    config = quadratic_family.sample(jax.random.key(0))
+    key = jax.random.key(2)
+
+    def meta_loss(kind, weight=0.0):
+        system = unrolled_tasks.TaskTrainingSystem(
+            quadratic_family, optimizer, kind, train_loss_weight=weight
+        )
+        state = system.init_state(theta, jax.random.key(1), config, jnp.asarray(17))
+        return float(system.step(theta, state, key, config)[1])
+
+    train, valid = meta_loss("train"), meta_loss("outer_valid")
+    assert train != pytest.approx(valid, rel=1e-3)  # else the mix below proves nothing
+    assert meta_loss("outer_valid", 0.25) == pytest.approx(0.75 * valid + 0.25 * train, rel=1e-5)
+    with pytest.raises(ValueError, match="meta_loss='train'"):
+        unrolled_tasks.TaskTrainingSystem(
+            quadratic_family, optimizer, "train", train_loss_weight=0.5
+        )
+    with pytest.raises(ValueError, match=r"train_loss_weight must lie in \[0, 1\]"):
+        unrolled_tasks.TaskTrainingSystem(
+            quadratic_family, optimizer, "outer_valid", train_loss_weight=1.5
+        )
+
+
 def test_hyperparameter_optimisation_gradient_sign(quadratic_family):
     """Too small a learning rate: ES-Single says increase it (d loss / d log_lr < 0)."""
     optimizer = LearnableSGD()

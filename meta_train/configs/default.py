@@ -87,6 +87,8 @@ def mlp_config() -> ml_collections.ConfigDict:
     # "initial": each inner problem's meta-losses are divided by its loss at initialisation, so
     # families whose losses differ in scale weigh alike.
     config.meta_loss_scale = "none"
+    # w in [0, 1]: the meta-loss is (1 - w) * meta_loss + w * the step's training loss.
+    config.meta_loss_train_weight = 0.0
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.architecture = "mlp"
