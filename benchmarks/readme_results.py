@@ -1,18 +1,19 @@
-"""The measured figures of ``README.md``, generated from the result JSONs.
+"""The measured figures of ``README.md`` and ``docs/results.md``, generated from the result JSONs.
 
-    python -m benchmarks.readme_results                    # check README.md against the JSONs
-    python -m benchmarks.readme_results --write README.md  # refresh its tables and figures
+    python -m benchmarks.readme_results          # check both documents against the JSONs
+    python -m benchmarks.readme_results --write  # refresh their tables and figures in place
 
-Two kinds of quotation:
+Two kinds of quotation, each belonging to one ``Document``:
 
-* tables, rendered whole between ``<!-- readme: NAME -->`` and ``<!-- /readme -->``;
-* figures in prose: a ``Figure`` is a phrase of the README with ``{...}`` format fields (the
-  phrase's own words around them, white space matching any line break) and the JSON values that
-  fill them. The phrase must stand in the README exactly once; ``--write`` replaces only the
-  numbers, so the prose around them stays as written.
+* tables, rendered whole between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``;
+* figures in prose: a ``Figure`` is a phrase with ``{...}`` format fields (the phrase's own words
+  around them, white space matching any line break) and the JSON values that fill them. A field
+  with the spec ``s`` holds a word (a contender's name, ``9.2e-7``), any other a number. The phrase
+  must stand in its document exactly once; ``--write`` replaces only the fields, so the prose
+  around them stays as written.
 
-``tests/test_readme_figures.py`` checks that every table and every figure of the README is the
-one its JSON gives, so a rerun of a benchmark shows up as a failing test until the README follows.
+``tests/test_readme_figures.py`` checks that every table and every figure of both documents is the
+one its JSON gives, so a rerun of a benchmark shows up as a failing test until they follow.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
+RESULTS_MD = os.path.join(ROOT, "docs", "results.md")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 GENERALIZATION = os.path.join(RESULTS, "generalization", "generalization.json")
 ABLATIONS = os.path.join(RESULTS, "ablations", "ablations.json")
 OPTIMIZER_STEP = os.path.join(RESULTS, "optimizer_step.json")
 THROUGHPUT = os.path.join(RESULTS, "meta_train_throughput.json")
+THROUGHPUT_PRETRAINED = os.path.join(RESULTS, "meta_train_throughput_pretrained.json")
 VARIANCE = os.path.join(RESULTS, "variance.json")
 VARIANCE_SEED = os.path.join(RESULTS, "paper", "variance_independent_seed{}.json")
 DEFAULT_CONFIG_RUNS = os.path.join(RESULTS, "default_config_runs.json")
@@ -49,6 +52,7 @@ ABLATION_DESCRIPTIONS = {
     "one_family": "one_family: the digits MLP alone (same 40 pairs)",
     "fixed_horizon": "fixed_horizon: one horizon of 200 instead of log-uniform [50, 500]",
 }
+METRICS = ("train_loss", "test_loss", "test_accuracy")
 
 
 @functools.cache
@@ -58,11 +62,15 @@ def load(path: str) -> Any:
 
 
 def num(value: float | None) -> str:
-    """Two significant digits below 1, three from 1 up; no trailing zeros (``1``, ``0.5``)."""
+    """Two significant digits below 1, three from 1 up; no trailing zeros (``1``, ``0.5``);
+    exponents without padding (``9.2e-7``)."""
     if value is None or not np.isfinite(value):
         return "n/a" if value is None else str(value)
     text = f"{value:.{2 if abs(value) < 1 else 3}g}"
-    return text.rstrip("0").rstrip(".") if "." in text and "e" not in text else text
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def estimate(entry: dict, tasks: int, suffix: str = "") -> str:
@@ -84,17 +92,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _subject() -> str:
-    """The evaluated optimizer's label (``learned`` in records before ``format_version`` 2)."""
-    return load(GENERALIZATION).get("subject", "learned")
-
-
-def _rows(contender: str | None = None) -> list[dict]:
-    contender = contender or _subject()
-    return [row for row in load(GENERALIZATION)["headline"] if row["contender"] == contender]
+    """The optimizer the generalization benchmark was run for (its other horizons are its)."""
+    return load(GENERALIZATION)["subject"]
 
 
 def _row(horizon: str, contender: str | None = None) -> dict:
-    return next(row for row in _rows(contender) if row["horizon"] == horizon)
+    contender = contender or _subject()
+    rows = load(GENERALIZATION)["headline"]
+    for row in rows:
+        if row["contender"] == contender and row["horizon"] == horizon:
+            return row
+    have = sorted({row["contender"] for row in rows})
+    raise KeyError(
+        f"{os.path.relpath(GENERALIZATION, ROOT)} has no {contender!r} at {horizon} (it has "
+        f"{have}): rewrite the phrase that quotes it"
+    )
 
 
 def _wtl(counts: dict) -> str:
@@ -104,85 +116,54 @@ def _wtl(counts: dict) -> str:
     return text if rate is None else f"{text} ({estimate(rate, rate['count'])})"
 
 
-def generalization_table() -> str:
-    """Every contender at 1x and the shipped rule at every horizon, against tuned AdamW
-    (``python -m benchmarks.generalization``, ``format_version`` 2)."""
-    record = load(GENERALIZATION)
-    if "format_version" not in record:
-        return _generalization_table_v1()
-    subject, metrics = record["subject"], ("train_loss", "test_loss", "test_accuracy")
-    steps = {row["horizon"]: row["steps"] for row in record["per_task"]}
+GENERALIZATION_HEADER = [
+    "vs tuned AdamW: train loss W/T/L (win rate)",
+    "test loss",
+    "test accuracy",
+    "vs best tuning-free, train / test / acc",
+    "train loss / AdamW's, IQM",
+    "test loss / AdamW's, IQM",
+    "speed-up IQM",
+    "diverged runs",
+]
+
+
+def _generalization_cells(row: dict) -> list[str]:
+    peer = row["vs_best_tuning_free"]
+    return [
+        *(_wtl(row["vs_reference"][m]) for m in METRICS),
+        "-"
+        if peer is None
+        else " / ".join(
+            f"{peer[m]['wins']}/{peer[m]['ties']}/{peer[m]['losses']}" for m in METRICS
+        ),
+        estimate(row["normalized_train_loss_iqm"], row["tasks"]),
+        estimate(row["normalized_test_loss_iqm"], row["tasks"]),
+        estimate(row["speedup_iqm"], row["tasks"], "x"),
+        row["diverged_runs"],
+    ]
+
+
+def headline_table() -> str:
+    """Every contender of ``python -m benchmarks.generalization`` at 1x, in the record's order,
+    against tuned AdamW and the best tuning-free peer of each task."""
+    rows = [row for row in load(GENERALIZATION)["headline"] if row["horizon"] == "1x"]
+    table = [[row["contender"], str(row["tasks"]), *_generalization_cells(row)] for row in rows]
+    return _table(["optimizer", "tasks", *GENERALIZATION_HEADER], table)
+
+
+def horizons_table() -> str:
+    """The benchmark's subject at every horizon (1x included, for comparison)."""
+    steps = {row["horizon"]: row["steps"] for row in load(GENERALIZATION)["per_task"]}
     table = []
-    for row in record["headline"]:
-        if row["horizon"] != "1x" and row["contender"] != subject:
+    for row in load(GENERALIZATION)["headline"]:
+        if row["contender"] != _subject():
             continue
         label = row["horizon"] + (
             f" ({steps[row['horizon']]} steps)" if row["horizon"] in steps else ""
         )
-        peer = row["vs_best_tuning_free"]
-        table.append(
-            [
-                row["contender"],
-                label,
-                str(row["tasks"]),
-                *(_wtl(row["vs_reference"][m]) for m in metrics),
-                "-"
-                if peer is None
-                else " / ".join(
-                    f"{peer[m]['wins']}/{peer[m]['ties']}/{peer[m]['losses']}" for m in metrics
-                ),
-                estimate(row["normalized_train_loss_iqm"], row["tasks"]),
-                estimate(row["normalized_test_loss_iqm"], row["tasks"]),
-                estimate(row["speedup_iqm"], row["tasks"], "x"),
-                row["diverged_runs"],
-            ]
-        )
-    header = [
-        "optimizer",
-        "horizon",
-        "tasks",
-        "vs tuned AdamW: train loss W/T/L (win rate)",
-        "test loss",
-        "test accuracy",
-        "vs best tuning-free, train / test / acc",
-        "train loss / AdamW's, IQM",
-        "test loss / AdamW's, IQM",
-        "speed-up IQM",
-        "diverged runs",
-    ]
-    return _table(header, table)
-
-
-def _generalization_table_v1() -> str:
-    """The table of records before ``format_version`` 2 (drop once the record is rerun)."""
-    steps = {row["horizon"]: row["steps"] for row in load(GENERALIZATION)["per_task"]}
-    table = []
-    for row in _rows():
-        label = row["horizon"]
-        if label in steps:
-            label += f" ({steps[label]} steps)"
-        tasks = row["tasks"]
-        table.append(
-            [
-                label,
-                str(tasks),
-                estimate(row["win_rate_train_loss"], tasks),
-                estimate(row["win_rate_test_loss"], tasks),
-                estimate(row["speedup_iqm"], tasks, "x"),
-                estimate(row["normalized_train_loss_iqm"], tasks),
-                row["diverged_runs"],
-            ]
-        )
-    header = [
-        "horizon",
-        "tasks",
-        "better than tuned Adam, train loss",
-        "better, test loss",
-        "speed-up IQM",
-        "train loss / Adam's, IQM",
-        "diverged runs",
-    ]
-    return _table(header, table)
+        table.append([row["contender"], label, str(row["tasks"]), *_generalization_cells(row)])
+    return _table(["optimizer", "horizon", "tasks", *GENERALIZATION_HEADER], table)
 
 
 def _ablation(name: str) -> dict:
@@ -215,14 +196,8 @@ def ablations_table() -> str:
     return _table(header, table)
 
 
-TABLES: dict[str, Callable[[], str]] = {
-    "generalization": generalization_table,
-    "ablations": ablations_table,
-}
-
-
 class Figure(NamedTuple):
-    """A README phrase with format fields, and the values (from one JSON) that fill them."""
+    """A phrase with format fields, and the values (from one JSON) that fill them."""
 
     source: str
     phrase: str
@@ -238,15 +213,15 @@ class Figure(NamedTuple):
 
     def pattern(self) -> re.Pattern:
         parts = []
-        for literal, name, _, _ in string.Formatter().parse(self.phrase):
+        for literal, name, spec, _ in string.Formatter().parse(self.phrase):
             parts.append(r"\s+".join(re.escape(word) for word in re.split(r"\s+", literal)))
-            if name is not None:
+            if name is None:
+                continue
+            if spec == "s":
+                parts.append(r"([A-Za-z0-9](?:[\w.+-]*\w)?)")
+            else:
                 parts.append(r"(-?[0-9][0-9.,]*[0-9]%?|[0-9]%?)")
         return re.compile("".join(parts))
-
-
-def _speedup(contender: str | None, horizon: str) -> float:
-    return _row(horizon, contender)["speedup_iqm"]["value"]
 
 
 def _win(horizon: str, criterion: str = "train", contender: str | None = None) -> float:
@@ -286,9 +261,14 @@ def _meta_loss_tenths() -> tuple[float, float]:
     return float(losses[:tenth].mean()), float(losses[-tenth:].mean())
 
 
-def _throughput(prefix: str) -> float:
-    results = load(THROUGHPUT)["results"]
+def _throughput(prefix: str, path: str = THROUGHPUT) -> float:
+    results = load(path)["results"]
     return next(v["particle_steps_per_s"] for k, v in results.items() if k.startswith(prefix))
+
+
+def _breakdown(key: str) -> float:
+    """Microseconds per particle-step of the shipped recipe's throughput run (2 devices)."""
+    return load(THROUGHPUT_PRETRAINED)["breakdown_us_per_particle_step"]["2 dev"][key]
 
 
 def _default_run(meta_loss: str) -> dict:
@@ -304,13 +284,34 @@ def _default_test_losses(meta_loss: str) -> list[float]:
     return [task["meta-trained"]["test_loss"] for task in tasks]
 
 
-V2 = "normalized-v2"
+def _held_out_train_losses(name: str, contender: str) -> list[str]:
+    """``contender``'s final train loss on each held-out task of an architecture run, as quoted."""
+    tasks = _architecture_run(name)["tasks"]
+    return [num(task[contender]["train_loss"]) for task in tasks.values()]
+
+
+V1, V2 = "normalized-v1", "normalized-v2"
 
 
 def _counts(metric: str, contender: str | None = None) -> tuple[int, int, int]:
     """Wins, ties and losses against tuned AdamW at 1x."""
     counts = _row("1x", contender)["vs_reference"][metric]
     return counts["wins"], counts["ties"], counts["losses"]
+
+
+def _tuning_free_train_wins() -> tuple[int, int]:
+    """The most training-loss wins against tuned AdamW of a tuning-free optimizer other than Muon
+    (a row with no comparison against the tuning-free peers is one of them), and Muon's."""
+    rows = [row for row in load(GENERALIZATION)["headline"] if row["horizon"] == "1x"]
+    peers = [row for row in rows if row["vs_best_tuning_free"] is None]
+    wins = {row["contender"]: row["vs_reference"]["train_loss"]["wins"] for row in peers}
+    muon = wins.pop("muon")
+    return max(wins.values()), muon
+
+
+def _best_at_1x(key: str) -> float:
+    rows = [row for row in load(GENERALIZATION)["headline"] if row["horizon"] == "1x"]
+    return max(row[key]["value"] for row in rows if row[key]["value"] is not None)
 
 
 def _versions(ours: str, theirs: str) -> tuple:
@@ -326,32 +327,43 @@ def _meta_training_effect(horizon: str, metric: str) -> tuple:
     effect = load(GENERALIZATION)["meta_training_effect"][horizon][metric]
     iqm = effect["ratio_iqm"]
     counts = (effect["helps"], effect["hurts"], effect["unclear"])
-    return (*counts, iqm["value"], iqm["low"], iqm["high"])
+    return (_subject(), *counts, iqm["value"], iqm["low"], iqm["high"])
 
 
 ENGINE_SHARDED, ENGINE_ONE = "engine, chunks of 1 (2 dev)", "engine, all pairs at once (1 dev)"
+ENGINE_ALL_2 = "engine, all pairs at once (2 dev)"
 
-FIGURES: list[Figure] = [
+README_FIGURES: list[Figure] = [
     Figure(
-        DEFAULT_ARCHITECTURE,
-        "The normalized rule (500 outer steps in {:.0f} s): meta-loss"
-        " {:.2g} (first tenth) -> {:.2g}",
+        GENERALIZATION,
+        "`python -m benchmarks.generalization --record`: {} held-out tasks",
+        lambda: (_row("1x")["tasks"],),
+    ),
+    Figure(
+        GENERALIZATION,
+        "at their own horizons, {} seeds",
+        lambda: (len(load(GENERALIZATION)["reports"]["suite"]["settings"]["seeds"]),),
+    ),
+    Figure(
+        GENERALIZATION,
+        "`{:s}` beats tuned AdamW's training loss on {} of {} tasks ({} ties) and its test\n"
+        "loss on {}",
         lambda: (
-            _architecture_run("normalized")["outer_steps_wall_seconds"],
-            _architecture_run("normalized")["meta_loss_first_tenth"],
-            _architecture_run("normalized")["meta_loss_last_tenth"],
+            _subject(),
+            _counts("train_loss")[0],
+            _row("1x")["tasks"],
+            _counts("train_loss")[1],
+            _counts("test_loss")[0],
         ),
     ),
     Figure(
-        DEFAULT_ARCHITECTURE,
-        "500 outer steps in {:.0f} s, on\nthe same machine just before): meta-loss"
-        " {:.2g} -> {:.2g}",
-        lambda: (
-            _architecture_run("mlp")["outer_steps_wall_seconds"],
-            _architecture_run("mlp")["meta_loss_first_tenth"],
-            _architecture_run("mlp")["meta_loss_last_tenth"],
-        ),
+        GENERALIZATION,
+        "the best of any optimizer in the table: {:.2f} and {:.2f}x",
+        lambda: (_best_at_1x("win_rate_train_loss"), _best_at_1x("speedup_iqm")),
     ),
+]
+
+RESULTS_FIGURES: list[Figure] = [
     Figure(
         DEFAULT_CONFIG_RUNS,
         "500 outer steps took {:.0f} s and the meta-loss went {:.2g} -> {:.2g}",
@@ -382,15 +394,20 @@ FIGURES: list[Figure] = [
         lambda: (load(PRETRAINED)["budget"]["inner_particle_steps"] / 1e6,),
     ),
     Figure(
+        PRETRAINED,
+        "loss) {:.3f} in the first tenth, {:.3f} in the last",
+        _meta_loss_tenths,
+    ),
+    Figure(
         GENERALIZATION,
         "On the {} held-out tasks of the generalization benchmark",
-        lambda: (_row("1x")["tasks"],),
+        lambda: (_row("1x", V1)["tasks"],),
     ),
     Figure(
         GENERALIZATION,
         "against per-task tuned AdamW it wins {}, ties {} and loses {} in\ntraining loss, and wins "
         "only {} in test loss",
-        lambda: (*_counts("train_loss"), _counts("test_loss")[0]),
+        lambda: (*_counts("train_loss", V1), _counts("test_loss", V1)[0]),
     ),
     Figure(
         GENERALIZATION,
@@ -407,12 +424,12 @@ FIGURES: list[Figure] = [
         GENERALIZATION,
         "its test loss is\nlower on {} tasks and higher on {} (ratio IQM {:.3f}, interval {:.3f} "
         "to {:.3f}) and its training loss\nhigher on {}",
-        lambda: _versions(V2, "normalized-v1"),
+        lambda: _versions(V2, V1),
     ),
     Figure(
         GENERALIZATION,
         "v2's train-loss\nwin rate ({:.3f}) is below v1's ({:.3f})",
-        lambda: (_win("1x", contender=V2), _win("1x")),
+        lambda: (_win("1x", contender=V2), _win("1x", contender=V1)),
     ),
     Figure(
         GENERALIZATION,
@@ -431,14 +448,9 @@ FIGURES: list[Figure] = [
     ),
     Figure(
         GENERALIZATION,
-        "At 1x, `normalized-v1` beats tuned AdamW's training loss on {} of {} tasks ({} ties) and "
-        "its test\nloss on {}",
-        lambda: (
-            _counts("train_loss")[0],
-            _row("1x")["tasks"],
-            _counts("train_loss")[1],
-            _counts("test_loss")[0],
-        ),
+        "no tuning-free optimizer beats AdamW's training loss on more than {} (Muon, at its\n"
+        "reference rate, on {})",
+        _tuning_free_train_wins,
     ),
     Figure(
         GENERALIZATION,
@@ -453,14 +465,9 @@ FIGURES: list[Figure] = [
     ),
     Figure(
         GENERALIZATION,
-        "test loss lower on {} tasks, higher on {}, unclear on {} (ratio IQM {:.2f}, interval "
-        "{:.2f} to {:.2f})",
+        "`{:s}` against its own untrained initialization, paired by seed:\ntest loss lower on {} "
+        "tasks, higher on {}, unclear on {} (ratio IQM {:.2f}, interval {:.2f} to {:.2f})",
         lambda: _meta_training_effect("1x", "test_loss"),
-    ),
-    Figure(
-        PRETRAINED,
-        "loss) {:.3f} in the first tenth, {:.3f} in the last",
-        _meta_loss_tenths,
     ),
     Figure(
         ABLATIONS,
@@ -473,6 +480,14 @@ FIGURES: list[Figure] = [
         lambda: (
             load(OPTIMIZER_STEP)["model"]["num_params"] / 1e6,
             load(OPTIMIZER_STEP)["batch_size"],
+        ),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "1-minute load {:.1f} at the start, {:.1f} at the end",
+        lambda: (
+            load(OPTIMIZER_STEP)["provenance"]["load_average"][0],
+            load(OPTIMIZER_STEP)["load_average_after"][0],
         ),
     ),
     Figure(
@@ -498,6 +513,66 @@ FIGURES: list[Figure] = [
         OPTIMIZER_STEP,
         "The MLP rule's step is {:.0f}x, the LSTM's {:.0f}x",
         lambda: (_step("step/mlp_over_adam"), _step("step/lstm_over_adam")),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "the (8, 8)\nMLP fused into one loop per tensor is {:.1f}x",
+        lambda: (_step("step/mlp_small_over_adam"),),
+    ),
+    Figure(
+        THROUGHPUT_PRETRAINED,
+        "medians over {} rounds of {} outer steps, load {:.1f})",
+        lambda: (
+            load(THROUGHPUT_PRETRAINED)["setting"]["rounds"],
+            load(THROUGHPUT_PRETRAINED)["setting"]["steps_per_round"],
+            float(np.median(load(THROUGHPUT_PRETRAINED)["load_average_per_round"])),
+        ),
+    ),
+    Figure(
+        THROUGHPUT_PRETRAINED,
+        "2 CPU devices) {:.0f} inner\nparticle-steps/s = **{:.2f}x** plain AdamW on the same "
+        "trainings ({:.0f}, the ceiling",
+        lambda: (
+            _throughput(ENGINE_SHARDED, THROUGHPUT_PRETRAINED),
+            _throughput(ENGINE_SHARDED, THROUGHPUT_PRETRAINED)
+            / _throughput("unroll: adamw", THROUGHPUT_PRETRAINED),
+            _throughput("unroll: adamw", THROUGHPUT_PRETRAINED),
+        ),
+    ),
+    Figure(
+        THROUGHPUT_PRETRAINED,
+        "all pairs vectorised {:.0f} ({:.2f}x)",
+        lambda: (
+            _throughput(ENGINE_ALL_2, THROUGHPUT_PRETRAINED),
+            _throughput(ENGINE_ALL_2, THROUGHPUT_PRETRAINED)
+            / _throughput("unroll: adamw", THROUGHPUT_PRETRAINED),
+        ),
+    ),
+    Figure(
+        THROUGHPUT_PRETRAINED,
+        "forward/backward {:.0f} us (data sampling {:.0f}, augmentation {:.0f}), the rule's update "
+        "{:.0f}, AdamW's\n{:.1f}",
+        lambda: (
+            _breakdown("forward_backward_and_data"),
+            _breakdown("of_which_data_sampling"),
+            _breakdown("of_which_augmentation"),
+            _breakdown("rule_update_vectorised"),
+            _breakdown("adamw_update"),
+        ),
+    ),
+    Figure(
+        THROUGHPUT_PRETRAINED,
+        "spends {:.0f} us more than the rule's own unroll",
+        lambda: (_breakdown("es_overhead_vectorised"),),
+    ),
+    Figure(
+        THROUGHPUT_PRETRAINED,
+        "one pair per chunk ({:.0f} us) comes within {:.0f} us of it",
+        lambda: (
+            _breakdown("engine_as_meta_train_runs_it"),
+            _breakdown("engine_as_meta_train_runs_it")
+            - 1e6 / _throughput("unroll: rule", THROUGHPUT_PRETRAINED),
+        ),
     ),
     Figure(
         THROUGHPUT,
@@ -547,6 +622,56 @@ FIGURES: list[Figure] = [
         lambda: (_throughput("adam, no ES (1 dev)"), _throughput("adam, no ES (2 dev)")),
     ),
     Figure(
+        DEFAULT_ARCHITECTURE,
+        "The normalized rule (500 outer steps in {:.0f} s): meta-loss"
+        " {:.2g} (first tenth) -> {:.2g}",
+        lambda: (
+            _architecture_run("normalized")["outer_steps_wall_seconds"],
+            _architecture_run("normalized")["meta_loss_first_tenth"],
+            _architecture_run("normalized")["meta_loss_last_tenth"],
+        ),
+    ),
+    Figure(
+        DEFAULT_ARCHITECTURE,
+        "mlp_digits_wide {:s} vs {:s}, mlp_digits_tanh {:s} vs {:s}, mlp_mnist1d {:s}\nvs {:s} "
+        "(better on 3/3; the untrained rule: {:s}, {:s}, {:s})",
+        lambda: (
+            *(
+                value
+                for pair in zip(
+                    _held_out_train_losses("normalized", "meta-trained"),
+                    _held_out_train_losses("normalized", "adam"),
+                    strict=True,
+                )
+                for value in pair
+            ),
+            *_held_out_train_losses("normalized", "untrained"),
+        ),
+    ),
+    Figure(
+        DEFAULT_ARCHITECTURE,
+        "500 outer steps in {:.0f} s, on\nthe same machine just before): meta-loss"
+        " {:.2g} -> {:.2g}",
+        lambda: (
+            _architecture_run("mlp")["outer_steps_wall_seconds"],
+            _architecture_run("mlp")["meta_loss_first_tenth"],
+            _architecture_run("mlp")["meta_loss_last_tenth"],
+        ),
+    ),
+    Figure(
+        DEFAULT_ARCHITECTURE,
+        "mlp_digits_tanh {:s} vs {:s} (better), mlp_mnist1d {:s} vs {:s} and\nmlp_digits_wide {:s} "
+        "vs {:s} (worse)",
+        lambda: tuple(
+            value
+            for index in (1, 2, 0)
+            for value in (
+                _held_out_train_losses("mlp", "meta-trained")[index],
+                _held_out_train_losses("mlp", "adam")[index],
+            )
+        ),
+    ),
+    Figure(
         VARIANCE,
         "Var/||g||^2 of a window's ES-Single estimate is {:.2f} +- {:.2f} at every T/K",
         lambda: (
@@ -583,46 +708,76 @@ FIGURES: list[Figure] = [
 ]
 
 
+class Document(NamedTuple):
+    """A markdown file, the tables generated whole in it and the figures quoted in its prose."""
+
+    path: str
+    tables: dict[str, Callable[[], str]]
+    figures: list[Figure]
+
+    @property
+    def name(self) -> str:
+        return os.path.relpath(self.path, ROOT)
+
+
+DOCUMENTS: tuple[Document, ...] = (
+    Document(README, {"generalization": headline_table}, README_FIGURES),
+    Document(
+        RESULTS_MD,
+        {"generalization_horizons": horizons_table, "ablations": ablations_table},
+        RESULTS_FIGURES,
+    ),
+)
+
+
+def _block(name: str) -> re.Pattern:
+    """The block ``name`` (a table, or nothing yet) with its opening and closing lines."""
+    return re.compile(
+        rf"(?P<open><!-- generated: (?P<name>{name}) -->\n)(?P<table>.*?)\n?"
+        r"(?P<close><!-- /generated -->)",
+        re.S,
+    )
+
+
 def table_blocks(text: str) -> dict[str, str]:
-    """``name -> table`` for every ``<!-- readme: NAME -->`` block of ``text``."""
-    blocks = re.finditer(r"<!-- readme: (\w+) -->\n(.*?)\n<!-- /readme -->", text, re.S)
-    return {match.group(1): match.group(2) for match in blocks}
+    """``name -> table`` for every ``<!-- generated: NAME -->`` block of ``text``."""
+    return {match["name"]: match["table"] for match in _block(r"\w+").finditer(text)}
 
 
-def check_figure(figure: Figure, text: str) -> str | None:
+def check_figure(figure: Figure, text: str, document: str = "the text") -> str | None:
     """What is wrong with ``figure`` in ``text``, or ``None``."""
     matches = list(figure.pattern().finditer(text))
     if len(matches) != 1:
-        return f"{len(matches)} places (want 1) match the phrase {figure.phrase!r}"
+        return f"{len(matches)} places in {document} (want 1) match the phrase {figure.phrase!r}"
     quoted, rendered = list(matches[0].groups()), figure.rendered()
     if quoted != rendered:
-        return f"README has {quoted} where {os.path.relpath(figure.source, ROOT)} gives {rendered}"
+        source = os.path.relpath(figure.source, ROOT)
+        return f"{document} has {quoted} where {source} gives {rendered}"
     return None
 
 
-def problems(text: str) -> list[str]:
-    """Every table or figure of ``text`` that is not the one its JSON gives."""
+def problems(document: Document, text: str) -> list[str]:
+    """Every table or figure of ``document`` that ``text`` does not quote as its JSON gives."""
     found = []
     blocks = table_blocks(text)
-    for name, render in TABLES.items():
+    for name, render in document.tables.items():
         if name not in blocks:
-            found.append(f"no <!-- readme: {name} --> block")
+            found.append(f"{document.name} has no <!-- generated: {name} --> block")
         elif blocks[name] != render():
-            found.append(f"the {name} table is not the one its JSON gives")
-    for figure in FIGURES:
-        problem = check_figure(figure, text)
+            found.append(f"the {name} table of {document.name} is not the one its JSON gives")
+    for figure in document.figures:
+        problem = check_figure(figure, text, document.name)
         if problem:
             found.append(problem)
     return found
 
 
-def write(text: str) -> str:
-    """``text`` with every table and every figure's numbers replaced by the JSONs'."""
-    for name, render in TABLES.items():
-        pattern = re.compile(rf"(<!-- readme: {name} -->\n).*?(\n<!-- /readme -->)", re.S)
+def write(document: Document, text: str) -> str:
+    """``text`` with every table and every figure's fields replaced by the JSONs'."""
+    for name, render in document.tables.items():
         table = render()
-        text = pattern.sub(lambda m, table=table: m.group(1) + table + m.group(2), text)
-    for figure in FIGURES:
+        text = _block(name).sub(lambda m, t=table: f"{m['open']}{t}\n{m['close']}", text)
+    for figure in document.figures:
         match = figure.pattern().search(text)
         if match is None:
             continue
@@ -634,19 +789,27 @@ def write(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", metavar="README", help="refresh this README in place")
+    parser.add_argument(
+        "--write", action="store_true", help="refresh README.md and docs/results.md in place"
+    )
     args = parser.parse_args(argv)
-    if args.write:
-        with open(args.write) as file:
-            text = write(file.read())  # before opening for writing: a failure keeps the file
-        with open(args.write, "w") as file:
-            file.write(text)
-    with open(args.write or README) as file:
-        found = problems(file.read())
-    for name, render in TABLES.items():
-        print(f"<!-- readme: {name} -->\n{render()}\n<!-- /readme -->\n")
+    found = []
+    for document in DOCUMENTS:
+        with open(document.path) as file:
+            text = file.read()
+        if args.write:
+            text = write(document, text)  # before opening for writing: a failure keeps the file
+            with open(document.path, "w") as file:
+                file.write(text)
+        found += problems(document, text)
     for problem in found:
         print(problem, file=sys.stderr)
+    if found:
+        print(
+            "fix: python -m benchmarks.readme_results --write (or fix the phrase)", file=sys.stderr
+        )
+    else:
+        print(f"{', '.join(d.name for d in DOCUMENTS)}: every table and figure is its JSON's")
     return 1 if found else 0
 
 

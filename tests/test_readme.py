@@ -1,5 +1,7 @@
-"""README.md's code runs as written: every ```python block in a fresh interpreter, and every
-`lopt ...` command line names a subcommand and options that `lopt <command> --help` lists."""
+"""README.md and docs/ are a working front door: every ```python block of README.md and
+docs/guide.md runs as written in a fresh interpreter, every `lopt ...` command line in README.md
+and docs/ names a subcommand and options that `lopt <command> --help` lists, the README's test
+command is the one `.ci/run` runs, and the README keeps its order and length."""
 
 from __future__ import annotations
 
@@ -13,7 +15,24 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
+GUIDE = (ROOT / "docs" / "guide.md").read_text()
+RESULTS = (ROOT / "docs" / "results.md").read_text()
+# In order, in one working directory: the guide's blocks use the README's my_tasks.py.
+BLOCKS = [
+    block
+    for text in (README, GUIDE)
+    for block in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+]
+SECTIONS = [
+    "Two commands",
+    "The pretrained optimizer",
+    "Your own task",
+    "CLI",
+    "Python API",
+    "Architecture",
+    "How it compares",
+]
+MAX_README_LINES = 200
 MODULE_HEADER = re.compile(r"^# (\w+\.py)\b")  # a block that is a file: "# my_tasks.py ..."
 SUBCOMMANDS = ("meta-train", "evaluate", "tasks", "data")
 TIMEOUT = 900  # seconds; compiles are slow on a loaded 2-core machine
@@ -72,12 +91,35 @@ def test_python_blocks_run_as_written(tmp_path):
     assert claim and claim.groups() == printed.groups(), (claim and claim.groups(), spring)
 
 
+def test_readme_is_a_front_door():
+    """The issue's order, a few screens long, and the rest one link away."""
+    assert re.findall(r"^## (.+)$", README, re.M) == SECTIONS
+    assert len(README.splitlines()) <= MAX_README_LINES, "move details to docs/guide.md"
+    assert "docs/guide.md" in README and "docs/results.md" in README
+
+
+def test_readme_test_command_is_what_ci_runs():
+    """.ci/run installs and tests exactly as the README's fresh-machine test command says."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = re.search(r"pip install --quiet (-c constraints\.txt -e \S+)", ci)
+    pytest_line = re.search(r"^\.venv/bin/(pytest.*)$", ci, re.M)
+    assert install and pytest_line, ci
+    wanted = f"pip install {install.group(1)} && .venv/bin/{pytest_line.group(1)}"
+    commands = [
+        line.strip() for line in README.splitlines() if line.startswith("    python3 -m venv")
+    ]
+    assert any(command.endswith(wanted) for command in commands), (wanted, commands)
+
+
 def _code_lines() -> list[str]:
-    """Inline code spans and indented command lines of the README (fenced blocks left out)."""
-    text = re.sub(r"^```.*?^```", "", README, flags=re.S | re.M)
-    spans = re.findall(r"`([^`\n]+)`", text)
-    indented = [line.strip() for line in text.splitlines() if line.startswith("    ")]
-    return spans + indented
+    """Inline code spans and indented command lines of README.md and docs/ (fenced blocks left
+    out)."""
+    found = []
+    for document in (README, GUIDE, RESULTS):
+        text = re.sub(r"^```.*?^```", "", document, flags=re.S | re.M)
+        found += re.findall(r"`([^`\n]+)`", text)
+        found += [line.strip() for line in text.splitlines() if line.startswith("    ")]
+    return found
 
 
 def _commands() -> dict[str, set[str]]:
