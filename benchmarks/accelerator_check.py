@@ -1,4 +1,4 @@
-"""Everything worth running while an accelerator is lent, in one command of about 8 minutes.
+"""Everything worth running while an accelerator is lent, in one command that fits a short lease.
 
 Stages, each a subprocess with its own time limit (a failing or slow stage is recorded and the next
 one still runs):
@@ -14,8 +14,8 @@ one still runs):
 It writes one JSON (provenance, each stage's command, exit status, seconds, its results and the
 tail of its output) under the scratch folder, or ``--out``/``--record`` (``benchmarks/output.py``).
 
-    python -m benchmarks.accelerator_check            # on a GPU / TPU, about 8 minutes
-    python -m benchmarks.accelerator_check --quick    # every stage in miniature, CPU, ~1 min
+    python -m benchmarks.accelerator_check            # on a GPU / TPU
+    python -m benchmarks.accelerator_check --quick    # every stage in miniature, on a CPU
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How informative is one ES-Single outer-step estimate? Signal-to-noise at a fixed theta.
 
     python -m benchmarks.es_signal_to_noise            # pretrained_v2's groups at normalized-v1
-    python -m benchmarks.es_signal_to_noise --quick    # control + one small group, < 1 min
+    python -m benchmarks.es_signal_to_noise --quick    # control + one small group, a smoke run
 
 At a fixed theta, ``R`` replicate populations (different particle seeds) of ``M`` pairs per task
 group are built exactly as a meta-training run builds them (``train.build_groups``,
@@ -330,7 +330,7 @@ def build_real(config_name: str, rule: str) -> tuple[list, Any, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="control + one small group, < 1 min")
+    parser.add_argument("--quick", action="store_true", help="control + one small group")
     parser.add_argument("--config", default="pretrained_v2")
     parser.add_argument("--rule", choices=("v1", "config"), default="v1")
     parser.add_argument("--replicates", type=int, default=16, help="R populations per group")
@@ -362,9 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     groups, theta, meta_loss = build_real(args.config, args.rule)
-    # Fast compiles: each group's two programs compiled in about 50 s and then ran about 5 s a
-    # replicate (loaded 2-core CPU, R = 16); XLA's full optimisation, about 4x the compile time
-    # (compile_options), would cost more than its faster steps save.
+    # Fast compiles: each group's two programs take far longer to compile than a replicate takes
+    # to run (the JSON's ``seconds``), so XLA's full optimisation (compile_options) would cost
+    # more than its faster steps save.
     compiler_options = FAST_COMPILE
     replicates = args.replicates
     if args.sigma is not None:

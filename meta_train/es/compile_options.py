@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 # XLA:CPU spends most of the time of a short run (a test, a --quick benchmark, a small evaluation)
-# compiling; backend optimisation level 0 compiles about 4x faster and runs the steps several times
-# slower, so it pays only where the compiled program runs for seconds.
+# compiling; backend optimisation level 0 compiles faster and runs the steps slower, so it pays
+# only where the compiled program runs briefly.
 FAST_COMPILE: dict[str, int] = {"xla_backend_optimization_level": 0}

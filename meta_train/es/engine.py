@@ -61,8 +61,8 @@ class EngineConfig:
     ``estimator``: one of ``ESTIMATORS``. ``resample_every``: M for ``gpes``.
     ``pairs_per_chunk``: how many pairs are vectorised together; the chunks run one after another
     (``lax.map``). ``None`` vectorises all pairs at once (what an accelerator wants); on a CPU small
-    chunks keep a pair's working set in cache and are several times faster (see
-    ``benchmarks/meta_train_throughput.py``). With 1, a pair that is not due a reset skips
+    chunks keep a pair's working set in cache and run faster (the ratio:
+    ``benchmarks/results/meta_train_throughput.json``). With 1, a pair that is not due a reset skips
     building a fresh problem (a real branch, not a select). Results do not depend on it.
     """
 
@@ -570,6 +570,6 @@ def _jit(options: tuple) -> Callable:
     """``_with_system`` under ``jax.jit`` with these compiler options. A new wrapper per call:
     jax's own trace and compile caches (keyed on the function, static arguments, shapes and
     options) make a repeated call compile nothing. A wrapper cached per options set saved no
-    compile time and at most ~2 ms a repeated call, not reproducibly on a loaded 2-core machine
-    (``benchmarks/jit_cache.py``)."""
+    compile time and no reproducible time per repeated call
+    (``benchmarks/results/jit_cache.json``, from ``benchmarks/jit_cache.py``)."""
     return jax.jit(_with_system, static_argnums=(0, 1, 2, 3), compiler_options=dict(options))
