@@ -39,6 +39,7 @@ ABLATIONS = os.path.join(RESULTS, "ablations", "ablations.json")
 OPTIMIZER_STEP = os.path.join(RESULTS, "optimizer_step.json")
 THROUGHPUT = os.path.join(RESULTS, "meta_train_throughput.json")
 THROUGHPUT_PRETRAINED = os.path.join(RESULTS, "meta_train_throughput_pretrained.json")
+SIGNAL_TO_NOISE = os.path.join(RESULTS, "es_signal_to_noise.json")
 VARIANCE = os.path.join(RESULTS, "variance.json")
 VARIANCE_SEED = os.path.join(RESULTS, "paper", "variance_independent_seed{}.json")
 DEFAULT_CONFIG_RUNS = os.path.join(RESULTS, "default_config_runs.json")
@@ -194,6 +195,24 @@ def ablations_table() -> str:
         "diverged",
     ]
     return _table(header, table)
+
+
+def _snr_cell(entry: dict) -> str:
+    """``SNR per pair +- se; pairs for a cosine of 0.5 [10-90% interval]``."""
+    low, high = entry["pairs_for_cosine_half_interval"]
+    count = lambda value: f"{value:.0f}"  # "inf" where no signal is resolved
+    pairs = f"{count(entry['pairs_for_cosine_half'])} [{count(low)}, {count(high)}]"
+    return f"{num(entry['snr_per_pair'])} +- {num(entry['snr_per_pair_se'])}; {pairs}"
+
+
+def signal_to_noise_table() -> str:
+    """Per task group (and combined), per window length K: one pair's SNR and the pairs an
+    estimate needs for a cosine of 0.5 with another (``benchmarks/es_signal_to_noise.py``)."""
+    results = load(SIGNAL_TO_NOISE)["results"]
+    windows = sorted(results, key=int)
+    groups = list(results[windows[0]])
+    table = [[group, *(_snr_cell(results[k][group]) for k in windows)] for group in groups]
+    return _table(["group", *(f"K = {k}" for k in windows)], table)
 
 
 class Figure(NamedTuple):
@@ -677,6 +696,43 @@ RESULTS_FIGURES: list[Figure] = [
         ),
     ),
     Figure(
+        SIGNAL_TO_NOISE,
+        "{} replicates of {} pairs per group at\nthe theta of `{:s}`",
+        lambda: (
+            load(SIGNAL_TO_NOISE)["settings"]["replicates"],
+            load(SIGNAL_TO_NOISE)["settings"]["pairs_per_replicate"],
+            "normalized-" + load(SIGNAL_TO_NOISE)["settings"]["rule"],
+        ),
+    ),
+    Figure(
+        SIGNAL_TO_NOISE,
+        "Isotropic ES needs at least {} pairs for a cosine of 0.5 (theta has {}\nentries)",
+        lambda: (
+            load(SIGNAL_TO_NOISE)["settings"]["es_floor_pairs"],
+            load(SIGNAL_TO_NOISE)["settings"]["theta_entries"],
+        ),
+    ),
+    Figure(
+        SIGNAL_TO_NOISE,
+        "the independent-gradient control needs {:.0f} pairs [{:.0f}, {:.0f}]",
+        lambda: (
+            load(SIGNAL_TO_NOISE)["control"]["independent"]["pairs_for_cosine_half"],
+            *load(SIGNAL_TO_NOISE)["control"]["independent"]["pairs_for_cosine_half_interval"],
+        ),
+    ),
+    Figure(
+        SIGNAL_TO_NOISE,
+        "{} of the table's {} SNRs are more than 2 SE above zero",
+        lambda: (
+            sum(
+                entry["snr_per_pair"] > 2 * entry["snr_per_pair_se"]
+                for groups in load(SIGNAL_TO_NOISE)["results"].values()
+                for entry in groups.values()
+            ),
+            sum(len(groups) for groups in load(SIGNAL_TO_NOISE)["results"].values()),
+        ),
+    ),
+    Figure(
         VARIANCE,
         "Var/||g||^2 of a window's ES-Single estimate is {:.2f} +- {:.2f} at every T/K",
         lambda: (
@@ -729,7 +785,11 @@ DOCUMENTS: tuple[Document, ...] = (
     Document(README, {"generalization": headline_table}, README_FIGURES),
     Document(
         RESULTS_MD,
-        {"generalization_horizons": horizons_table, "ablations": ablations_table},
+        {
+            "generalization_horizons": horizons_table,
+            "ablations": ablations_table,
+            "signal_to_noise": signal_to_noise_table,
+        },
         RESULTS_FIGURES,
     ),
 )
