@@ -40,29 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from meta_train import config_flags
+from meta_train import config_flags, layout
 from meta_train.evaluation.out_folder import EVAL_MARKER_FILE, probe_writable
 
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
-MARKER_FILE = "lopt-workdir.json"
-LOCK_FILE = "lopt-workdir.lock"
 WORKDIR_FORMAT = "lopt-workdir"
 WORKDIR_FORMAT_VERSION = 1
-
-# What lopt writes into a workdir, for ``--overwrite``: whole files, and folders of which only the
-# entries matching the pattern are lopt's (a folder is removed when nothing else is left in it).
-RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "parameter_overview.txt", "curves.png")
-RUN_FOLDERS = {
-    # orbax step folders, their temporary forms, and steps set aside by ``restore_latest``
-    CHECKPOINT_DIR: re.compile(r"\d+(\.orbax-checkpoint-tmp.*|\.corrupt(-\d+)?)?"),
-    "tensorboard": re.compile(r"events\.out\.tfevents\..*"),
-    "comparison": re.compile(r"report\.json|report\.md|summary\.json|.*\.png"),
-}
-EVAL_FOLDER = re.compile(r"(export\.)?eval_.*")
-# Where ``--overwrite`` moves lopt evaluate's folders, one subfolder per overwrite.
-PREVIOUS_EVALUATIONS = "previous_evaluations"
-EXPORT_DEBRIS = re.compile(r"\.export\.(tmp|old)-[0-9a-f]+")
 
 
 class WorkdirError(RuntimeError):
@@ -113,7 +95,7 @@ def _is_lopt_config(path: str) -> bool:
 def _read_marker(workdir: str) -> dict | None:
     """The marker's contents, ``None`` when there is none; raises when it is not lopt's or is of
     another format version."""
-    path = os.path.join(workdir, MARKER_FILE)
+    path = os.path.join(workdir, layout.MARKER_FILE)
     if not os.path.exists(path):
         return None
     try:
@@ -148,16 +130,17 @@ def check_workdir(workdir: str, config: Any, overwrite: bool = False) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir {workdir} is a file, not a folder; choose a folder path")
     entries = os.listdir(workdir) if os.path.isdir(workdir) else []
-    if not set(entries) - {LOCK_FILE}:  # lopt's lock alone: taken just before the marker
+    if not set(entries) - {layout.LOCK_FILE}:  # lopt's lock alone: taken just before the marker
         return
-    config_path = os.path.join(workdir, CONFIG_FILE)
+    config_path = os.path.join(workdir, layout.CONFIG_FILE)
     if _read_marker(workdir) is None and not _is_lopt_config(config_path):
         raise WorkdirError(
-            f"--workdir {workdir} is not empty and not a lopt workdir (it has no {MARKER_FILE}); "
-            f"it holds {_listing(entries)}; lopt writes only into an empty or new folder or one "
+            f"--workdir {workdir} is not empty and not a lopt workdir (it has no "
+            f"{layout.MARKER_FILE}); it holds {_listing(entries)}; lopt writes only into an empty "
+            "or new folder or one "
             "it started, and --overwrite does not change that: choose another --workdir"
         )
-    export_path = os.path.join(workdir, "export")
+    export_path = os.path.join(workdir, layout.EXPORT_DIR)
     if os.path.exists(export_path) and not export.is_replaceable(export_path):
         raise WorkdirError(
             f"{export_path} is not an exported optimizer, and lopt writes its export there; "
@@ -191,7 +174,7 @@ def check_writable(workdir: str) -> None:
 def latest_saved_step(workdir: str) -> int | None:
     """The newest complete checkpoint step in ``workdir`` (orbax renames a step's folder to its
     number once it is written), or ``None``."""
-    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    folder = os.path.join(workdir, layout.CHECKPOINT_DIR)
     steps = (
         [int(name) for name in os.listdir(folder) if name.isdigit()]
         if os.path.isdir(folder)
@@ -268,28 +251,16 @@ def save_margin(previous: str, tree: Any) -> int:
 
 
 def removable_entries(workdir: str) -> list[str]:
-    """The entries of ``workdir`` (relative paths) that lopt wrote and ``--overwrite`` removes.
-    ``lopt evaluate``'s folders are not among them: ``--overwrite`` moves them aside
-    (``evaluation_folders``)."""
+    """The entries of ``workdir`` (relative paths) that lopt wrote and ``--overwrite`` removes:
+    ``layout.run_entries``, the export only when it is one. ``lopt evaluate``'s folders are not
+    among them: ``--overwrite`` moves them aside (``evaluation_folders``)."""
     from lopt import export
 
-    found = []
-    for name in sorted(os.listdir(workdir)):
-        path = os.path.join(workdir, name)
-        whole = (
-            (name in RUN_FILES and os.path.isfile(path))
-            or (name == "export" and export.is_replaceable(path))
-            or (EXPORT_DEBRIS.fullmatch(name) and os.path.isdir(path))
-        )
-        if whole:
-            found.append(name)
-        elif os.path.isdir(path) and name in RUN_FOLDERS:
-            found += [
-                os.path.join(name, entry)
-                for entry in sorted(os.listdir(path))
-                if RUN_FOLDERS[name].fullmatch(entry)
-            ]
-    return found
+    return [
+        name
+        for name in layout.run_entries(workdir)
+        if name != layout.EXPORT_DIR or export.is_replaceable(os.path.join(workdir, name))
+    ]
 
 
 def evaluation_folders(workdir: str) -> list[str]:
@@ -299,7 +270,7 @@ def evaluation_folders(workdir: str) -> list[str]:
     return [
         name
         for name in sorted(os.listdir(workdir))
-        if EVAL_FOLDER.fullmatch(name)
+        if layout.EVAL_FOLDER.fullmatch(name)
         and os.path.isdir(os.path.join(workdir, name))
         and {"report.json", EVAL_MARKER_FILE} & set(os.listdir(os.path.join(workdir, name)))
     ]
@@ -322,7 +293,7 @@ def _remove_run_outputs(workdir: str) -> list[str]:
     moved = evaluation_folders(workdir)
     if moved:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        target = os.path.join(PREVIOUS_EVALUATIONS, stamp)
+        target = os.path.join(layout.PREVIOUS_EVALUATIONS_DIR, stamp)
         os.makedirs(os.path.join(workdir, target))
         for name in moved:
             os.rename(os.path.join(workdir, name), os.path.join(workdir, target, name))
@@ -330,9 +301,9 @@ def _remove_run_outputs(workdir: str) -> list[str]:
 
 
 def _write_json(path: str, data: dict) -> None:
-    with open(path + ".tmp", "w") as f:
+    with open(layout.staging(path), "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    os.replace(layout.staging(path), path)
 
 
 def prepare_workdir(workdir: str, config: Any, overwrite: bool = False) -> list[str]:
@@ -347,8 +318,8 @@ def prepare_workdir(workdir: str, config: Any, overwrite: bool = False) -> list[
         "format_version": WORKDIR_FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(),
     }
-    _write_json(os.path.join(workdir, MARKER_FILE), marker)
-    _write_json(os.path.join(workdir, CONFIG_FILE), config_flags.canonical(config))
+    _write_json(os.path.join(workdir, layout.MARKER_FILE), marker)
+    _write_json(os.path.join(workdir, layout.CONFIG_FILE), config_flags.canonical(config))
     return removed
 
 
@@ -357,7 +328,7 @@ class WorkdirLock:
     records the holder's pid and host). The kernel drops the lock when the holder exits or dies."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.path = os.path.join(workdir, layout.LOCK_FILE)
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -447,7 +418,7 @@ class Checkpointer:
     JSON_FILES = ("_CHECKPOINT_METADATA", "meta/metadata", "state/_METADATA", "state/_sharding")
 
     def __init__(self, workdir: str, keep: int):
-        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        self.directory = os.path.abspath(os.path.join(workdir, layout.CHECKPOINT_DIR))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

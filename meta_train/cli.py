@@ -133,7 +133,7 @@ def _meta_train(argv: list[str]) -> int:
 
 
 def _meta_train_parser() -> argparse.ArgumentParser:
-    from meta_train import config_flags
+    from meta_train import config_flags, layout
 
     parser = _Parser(
         prog="lopt meta-train",
@@ -154,13 +154,14 @@ def _meta_train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="start afresh in a lopt workdir: first delete what lopt wrote there (config.json, "
-        "metrics.jsonl, parameter_overview.txt, curves.png, export/, the step folders in "
-        "checkpoints/, the event files in tensorboard/, the report files in comparison/) and "
-        "print it; lopt evaluate's eval_*/export.eval_* folders are kept, moved to "
-        "previous_evaluations/<time>/; nothing else is deleted. "
+        help="start afresh in a lopt workdir: first delete what lopt wrote there "
+        f"({', '.join(layout.RUN_FILES)}, {layout.EXPORT_DIR}/, the step folders in "
+        f"{layout.CHECKPOINT_DIR}/, the event files in {layout.TENSORBOARD_DIR}/, the report "
+        f"files in {layout.COMPARISON_DIR}/) and print it; lopt evaluate's eval_*/"
+        f"{layout.EXPORT_DIR}.eval_* folders are kept, moved to "
+        f"{layout.PREVIOUS_EVALUATIONS_DIR}/<time>/; nothing else is deleted. "
         "Without it, a run with the same config resumes and one with another config is refused. "
-        "A folder lopt did not start (no lopt-workdir.json) is refused either way",
+        f"A folder lopt did not start (no {layout.MARKER_FILE}) is refused either way",
     )
     parser.add_argument(
         "--distributed",

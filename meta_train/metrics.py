@@ -16,9 +16,7 @@ import flax
 import numpy as np
 from clu import metrics as clu_metrics
 
-JSONL_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-CURVES_FILE = "curves.png"
+from meta_train import layout
 
 
 @flax.struct.dataclass
@@ -44,20 +42,21 @@ def _as_float(value) -> float:
 
 
 class MetricWriter:
-    """Writes scalars to ``<workdir>/tensorboard`` and ``<workdir>/metrics.jsonl``; every JSONL row
-    has ``step`` and ``wall_time`` (Unix seconds, also the TensorBoard events' wall time).
+    """Writes scalars to ``layout.TENSORBOARD_DIR`` and ``layout.METRICS_FILE`` in the workdir;
+    every JSONL row has ``step`` and ``wall_time`` (Unix seconds, also the TensorBoard events' wall
+    time).
 
     ``resume_step``: the step a resumed run restarts from; rows written after it by the interrupted
     run are dropped from the JSONL (and purged from TensorBoard), so the curves show one history.
     ``active=False`` writes nothing (the processes of a multi-host run other than the first).
-    The parameter overview text also goes to ``parameter_overview.txt``.
+    A text (``write_text``) also goes to its file of ``layout.TEXT_FILES``.
     """
 
     def __init__(self, workdir: str, resume_step: int = 0, active: bool = True):
         from tensorboardX import SummaryWriter
 
         self.workdir = workdir
-        self.jsonl_path = os.path.join(workdir, JSONL_FILE)
+        self.jsonl_path = os.path.join(workdir, layout.METRICS_FILE)
         self.active = active
         if not active:
             return
@@ -69,7 +68,7 @@ class MetricWriter:
             os.remove(self.jsonl_path)
         purge_step = resume_step + 1 if resume_step else None
         self.tensorboard = SummaryWriter(
-            os.path.join(workdir, TENSORBOARD_DIR), purge_step=purge_step
+            os.path.join(workdir, layout.TENSORBOARD_DIR), purge_step=purge_step
         )
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -90,15 +89,17 @@ class MetricWriter:
         try:
             self.tensorboard.flush()
         except OSError as error:
-            folder = os.path.join(self.workdir, TENSORBOARD_DIR)
+            folder = os.path.join(self.workdir, layout.TENSORBOARD_DIR)
             raise OSError(
                 error.errno, f"cannot write the events in {folder}: {error.strerror}"
             ) from None
 
     def write_text(self, step: int, tag: str, text: str) -> None:
+        """``text`` as TensorBoard text under ``tag`` and in the tag's file (``KeyError`` for a
+        tag ``layout.TEXT_FILES`` does not name: every file in a workdir is declared there)."""
         if not self.active:
             return
-        with open(os.path.join(self.workdir, f"{tag}.txt"), "w") as f:
+        with open(os.path.join(self.workdir, layout.TEXT_FILES[tag]), "w") as f:
             f.write(text + "\n")
         self.tensorboard.add_text(tag, f"```\n{text}\n```", int(step))
 
@@ -305,5 +306,5 @@ class HeldOutWatch:
             f"-> {h2:.4g} at outer steps {s0}, {s1}, {s2}; mean test loss over the eval tasks) "
             f"while the meta-loss fell ({m1:.4g} -> {m2:.4g}, mean since the evaluation before): "
             "theta may be fitting the meta-training tasks at the held-out tasks' expense (see "
-            "the held-out panel of curves.png)"
+            f"the held-out panel of {layout.CURVES_FILE})"
         )

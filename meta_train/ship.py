@@ -29,7 +29,7 @@ import numpy as np
 
 import lopt
 from lopt import shipped
-from meta_train import metrics
+from meta_train import layout, metrics
 
 MAX_CURVE_POINTS = 300
 
@@ -52,11 +52,11 @@ def training_record(
 ) -> dict[str, Any]:
     """What ``training.json`` holds for the run in ``workdir``; ``commit`` is the code the run
     used (default: this checkout's HEAD), ``code_changes`` what it had beyond that commit."""
-    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    with open(os.path.join(workdir, layout.CONFIG_FILE), encoding="utf-8") as f:
         config = json.load(f)
     rows = [
         row
-        for row in metrics.read_jsonl(os.path.join(workdir, metrics.JSONL_FILE))
+        for row in metrics.read_jsonl(os.path.join(workdir, layout.METRICS_FILE))
         if "meta_loss" in row  # held-out evaluation rows have none
     ]
     if not rows:
@@ -67,7 +67,7 @@ def training_record(
     pairs = sum(group["num_pairs"] for group in config["groups"].values())
     outer_steps = int(steps[-1])
     wall = [row.get("wall_time") for row in rows if row.get("wall_time") is not None]
-    _, _, metadata = lopt.load_optimizer(os.path.join(workdir, "export"))
+    _, _, metadata = lopt.load_optimizer(os.path.join(workdir, layout.EXPORT_DIR))
     return {
         "config": config,
         "budget": {
@@ -104,7 +104,7 @@ def ship(
     if os.path.exists(target):
         shutil.rmtree(target)
     destination = os.path.join(target, shipped.EXPORT_DIR)
-    shutil.copytree(os.path.join(workdir, "export"), destination)
+    shutil.copytree(os.path.join(workdir, layout.EXPORT_DIR), destination)
     # A run's export from before fingerprints gets one here (its theta verified first).
     lopt.export.add_fingerprint(destination)
     with open(os.path.join(target, shipped.TRAINING_FILE), "w", encoding="utf-8") as f:

@@ -9,18 +9,7 @@ export. At the end (or on SIGINT/SIGTERM, after the step in flight) it saves a c
 exported optimizer; a completed run also plots its curves and compares the result with Adam on a
 few held-out tasks.
 
-Workdir layout::
-
-    lopt-workdir.json      the marker that makes the folder lopt's (format name and version)
-    lopt-workdir.lock      locked (flock) by the process running in it; names its pid and host
-    config.json            the config the run was started with (a different one is refused)
-    checkpoints/<step>/    orbax checkpoints of the whole state (the last few)
-    metrics.jsonl          every logged scalar, one JSON object per log step
-    tensorboard/           the same scalars as TensorBoard events (tensorboardX)
-    parameter_overview.txt clu's table of theta at the start
-    export/                the learned optimizer (``lopt.load(<workdir>/export)``)
-    curves.png             the meta-training curves
-    comparison/            the held-out comparison against Adam (report.md / .json, PNGs)
+What it writes in the workdir is named in ``meta_train.layout``.
 
 Several hosts: run the same command with the same config and workdir (a shared file system) in
 every process, with ``--distributed``, which calls ``jax.distributed.initialize()`` before anything
@@ -52,6 +41,7 @@ from meta_train import (
     chrono,
     config_flags,
     health,
+    layout,
     metrics,
     outer,
     unrolled_tasks,
@@ -158,7 +148,7 @@ def _compare_with_adam(
 ) -> tuple[dict[str, Any], Any]:
     """Train a few held-out tasks of ``config_flags.comparison_suite`` with the meta-trained
     optimizer, the untrained one and Adam at each of ``config.comparison.adam_learning_rates``
-    (``meta_train.evaluation.evaluate``); write the report to ``<workdir>/comparison``; return
+    (``meta_train.evaluation.evaluate``); write the report to ``layout.COMPARISON_DIR``; return
     the final training losses (mean over seeds) and the report."""
     from meta_train.evaluation import evaluate
 
@@ -178,7 +168,7 @@ def _compare_with_adam(
         progress=config.progress,
         settings={"source": "end of lopt meta-train"},
     )
-    out_dir = os.path.join(workdir, "comparison")
+    out_dir = os.path.join(workdir, layout.COMPARISON_DIR)
     report.save(out_dir)
     table = {}
     for task in report.tasks:
@@ -190,7 +180,7 @@ def _compare_with_adam(
             else:
                 row[label] = float(np.mean(run.train.metrics["train_loss"]))
         table[f"{task.task} ({task.num_steps} steps)"] = row
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    with open(os.path.join(out_dir, layout.COMPARISON_SUMMARY_FILE), "w") as f:
         json.dump(table, f, indent=2)
     return table, report
 
@@ -273,7 +263,7 @@ class _Saver(NamedTuple):
         if export and self.chief:
             theta = jax.device_get(state.theta)
             metadata = export_metadata(self.config, step, self.groups)
-            _export(os.path.join(self.workdir, "export"), self.optimizer, theta, metadata)
+            _export(os.path.join(self.workdir, layout.EXPORT_DIR), self.optimizer, theta, metadata)
 
 
 def _log_scalars(
@@ -300,7 +290,7 @@ def _record_start(
     from clu import parameter_overview
 
     overview = parameter_overview.get_parameter_overview(jax.device_get(theta))
-    writer.write_text(0, "parameter_overview", overview)
+    writer.write_text(0, layout.PARAMETER_OVERVIEW, overview)
     writer.write_config(config_flags.canonical(config))
     _log(overview)
 
@@ -336,7 +326,7 @@ def _finish(
     jsonl_path: str | None,
 ) -> dict[str, Any]:
     """The end of a run: ``summary`` with the meta-loss of the first and last tenth of the logged
-    rows (``jsonl_path``: the chief's log, else ``None``); a completed run's ``curves.png`` and
+    rows (``jsonl_path``: the chief's log, else ``None``); a completed run's curves PNG and
     comparison with Adam (the chief's); the verdict block and the closing log line."""
     rows = metrics.read_jsonl(jsonl_path) if jsonl_path else []
     start, end = _mean_meta_loss(rows, first=True), _mean_meta_loss(rows, first=False)
@@ -346,7 +336,7 @@ def _finish(
         eval_steps = f"{config.eval.num_steps} inner steps" if config.eval.num_steps else None
         metrics.plot_curves(
             jsonl_path,
-            os.path.join(workdir, metrics.CURVES_FILE),
+            os.path.join(workdir, layout.CURVES_FILE),
             title=f"{config.estimator.name}, {config.optimizer.architecture} optimizer",
             eval_label=f"during meta-training: suite {config.eval.suite!r}, "
             f"after {eval_steps or 'each task horizon'}",

@@ -14,7 +14,7 @@ import pytest
 from tiny_run import tiny_argv, tiny_config
 
 import lopt
-from meta_train import metrics, train
+from meta_train import layout, metrics, train
 
 NUM_STEPS = 12
 # Checkpoint and export after every step, so that most kills land in one of them.
@@ -40,7 +40,7 @@ def launch(workdir):
 
 
 def logged_steps(workdir) -> int:
-    path = workdir / metrics.JSONL_FILE
+    path = workdir / layout.METRICS_FILE
     return len(metrics.read_jsonl(str(path))) if path.exists() else 0
 
 
@@ -65,5 +65,5 @@ def test_kills_at_random_points_resume_bit_exact(tmp_path):
     assert metadata["meta_training_steps"] == NUM_STEPS
     for got, want in zip(jax.tree.leaves(theta), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    rows = metrics.read_jsonl(str(workdir / metrics.JSONL_FILE))
+    rows = metrics.read_jsonl(str(workdir / layout.METRICS_FILE))
     assert [row["step"] for row in rows] == list(range(1, NUM_STEPS + 1))

@@ -7,8 +7,10 @@ From the bottom up:
 * ``meta_train.es`` (an unrolled-ES library: system, engine, estimators, reference systems)
   imports only itself.
 * ``meta_train.evaluation`` may import ``lopt``, ``tasks`` and ``meta_train.es``, not the trainer.
+* ``meta_train.layout`` (the names of the files in a workdir) imports nothing first-party: the
+  trainer and the CLI read it, and it stays declarations.
 * The trainer (every other ``meta_train`` module, ``configs`` included) may import all of the
-  above, but not ``meta_train.cli``.
+  above (``layout`` too), but not ``meta_train.cli``.
 * ``meta_train.cli`` sits on top and imports first-party modules only inside its functions
   (so ``lopt tasks list`` does not pay for the meta-trainer's imports).
 
@@ -33,8 +35,9 @@ MAY_IMPORT = {
     "tasks": {"tasks"},
     "es": {"es"},
     "evaluation": {"lopt", "tasks", "es", "evaluation"},
-    "trainer": {"lopt", "tasks", "es", "evaluation", "trainer"},
-    "cli": {"lopt", "tasks", "es", "evaluation", "trainer"},
+    "layout": {"layout"},
+    "trainer": {"lopt", "tasks", "es", "evaluation", "layout", "trainer"},
+    "cli": {"lopt", "tasks", "es", "evaluation", "layout", "trainer"},
 }
 
 # (importing file, imported module) pairs that break the layering today and are owned by another
@@ -50,6 +53,8 @@ def layer(module: str) -> str | None:
         return top
     if top != "meta_train":
         return None
+    if module == "meta_train.layout":
+        return "layout"
     for sub in ("es", "evaluation", "cli"):
         if module == f"meta_train.{sub}" or module.startswith(f"meta_train.{sub}."):
             return sub
@@ -180,6 +185,19 @@ def test_known_violations_are_still_there():
             "meta_train.cli",
         ),
         ("meta_train/cli.py", "import os\nfrom meta_train import train\n", 2, "meta_train.train"),
+        (
+            "meta_train/layout.py",
+            "import re\nfrom meta_train import metrics\n",
+            2,
+            "meta_train.metrics",
+        ),
+        ("meta_train/layout.py", "def f():\n    from lopt import export\n", 2, "lopt.export"),
+        (
+            "meta_train/evaluation/report.py",
+            "from meta_train import layout\n",
+            1,
+            "meta_train.layout",
+        ),
     ],
 )
 def test_checker_flags_a_bad_module(path, source, line, offender):
@@ -203,6 +221,9 @@ def test_checker_flags_a_bad_module(path, source, line, offender):
         ),
         ("meta_train/train.py", "from meta_train.evaluation import evaluate\nimport tasks\n"),
         ("meta_train/cli.py", "import argparse\n\ndef main():\n    from meta_train import train\n"),
+        ("meta_train/checkpoint.py", "from meta_train import config_flags, layout\n"),
+        ("meta_train/cli.py", "def main():\n    from meta_train import layout\n"),
+        ("meta_train/layout.py", "import os\nimport re\n"),
     ],
 )
 def test_checker_passes_allowed_imports(path, source):

@@ -18,7 +18,7 @@ import pytest
 import tiny_run
 
 import tasks
-from meta_train import config_flags, metrics, train
+from meta_train import config_flags, layout, metrics, train
 from tasks import registry
 
 NUM_STEPS = 4
@@ -101,7 +101,7 @@ def run(tmp_path_factory):
 @pytest.mark.slow
 def test_jsonl_rows_carry_wall_time_learning_rate_and_norms(run):
     summary, workdir, started, _, _ = run
-    rows = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL_FILE))
+    rows = metrics.read_jsonl(os.path.join(workdir, layout.METRICS_FILE))
     assert all(started <= row["wall_time"] <= time.time() for row in rows)
     assert [row["wall_time"] for row in rows] == sorted(row["wall_time"] for row in rows)
     steps = [row for row in rows if "meta_loss" in row]
@@ -120,14 +120,14 @@ def test_jsonl_rows_carry_wall_time_learning_rate_and_norms(run):
 @pytest.mark.slow
 def test_tensorboard_has_the_scalars_the_config_and_hparams(run):
     _, workdir, _, _, _ = run
-    events = _tensorboard_events(os.path.join(workdir, metrics.TENSORBOARD_DIR))
+    events = _tensorboard_events(os.path.join(workdir, layout.TENSORBOARD_DIR))
     scalars = {}
     for event in events:
         for value in event.summary.value:
             scalars.setdefault(value.tag, []).append((event.step, event.wall_time))
     for tag in ("meta_loss", "outer_lr", "theta_norm", "update_norm"):
         assert [step for step, _ in scalars[tag]] == list(range(1, NUM_STEPS + 1)), tag
-    rows = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL_FILE))
+    rows = metrics.read_jsonl(os.path.join(workdir, layout.METRICS_FILE))
     wall = {row["step"]: row["wall_time"] for row in rows if "meta_loss" in row}
     assert all(time_ == pytest.approx(wall[step]) for step, time_ in scalars["theta_norm"])
     assert len(scalars["config/text_summary"]) == 1
@@ -145,7 +145,7 @@ def test_tensorboard_has_the_scalars_the_config_and_hparams(run):
 @pytest.mark.slow
 def test_held_out_panel_is_labelled_and_the_warning_is_logged(run):
     _, workdir, _, logged, drawn = run
-    assert os.path.exists(os.path.join(workdir, metrics.CURVES_FILE))
+    assert os.path.exists(os.path.join(workdir, layout.CURVES_FILE))
     panel = drawn["titles"].index(
         f"{metrics.EVAL_PANEL}\nduring meta-training: suite 'obs_quadratic', after 10 inner steps"
     )

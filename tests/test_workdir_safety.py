@@ -17,7 +17,7 @@ import textwrap
 import pytest
 from tiny_run import tiny_argv, tiny_config
 
-from meta_train import checkpoint, cli, config_flags
+from meta_train import checkpoint, cli, config_flags, layout
 
 # Slow tier (the CLI in subprocesses); `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ def test_an_export_entry_that_is_not_an_export_is_refused_before_compiling(tmp_p
 def test_a_marker_of_another_format_version_is_refused(tmp_path, capsys, version):
     workdir = tmp_path / "run"
     checkpoint.prepare_workdir(str(workdir), tiny_config())
-    marker = workdir / checkpoint.MARKER_FILE
+    marker = workdir / layout.MARKER_FILE
     marker.write_text(json.dumps({"format": "lopt-workdir", "format_version": version}))
     message = refused([*TINY, "--workdir", str(workdir)], capsys)
     assert f"workdir format version {version!r}" in message
@@ -104,7 +104,7 @@ def test_a_workdir_of_an_earlier_lopt_is_adopted(tmp_path):
     (workdir / "config.json").write_text(json.dumps(config_flags.canonical(tiny_config())))
     (workdir / "metrics.jsonl").write_text("")
     assert checkpoint.prepare_workdir(str(workdir), tiny_config()) == []
-    assert (workdir / checkpoint.MARKER_FILE).exists() and (workdir / "metrics.jsonl").exists()
+    assert (workdir / layout.MARKER_FILE).exists() and (workdir / "metrics.jsonl").exists()
 
 
 def test_overwrite_removes_only_what_lopt_wrote_and_says_so(tmp_path):
@@ -151,13 +151,13 @@ def test_overwrite_removes_only_what_lopt_wrote_and_says_so(tmp_path):
     after = snapshot(workdir)
     for entry in user_entries:
         assert after[entry] == before[entry], entry
-    (stamp,) = os.listdir(workdir / checkpoint.PREVIOUS_EVALUATIONS)
-    moved = {os.path.join(checkpoint.PREVIOUS_EVALUATIONS, stamp, entry) for entry in eval_entries}
+    (stamp,) = os.listdir(workdir / layout.PREVIOUS_EVALUATIONS_DIR)
+    moved = {os.path.join(layout.PREVIOUS_EVALUATIONS_DIR, stamp, entry) for entry in eval_entries}
     for entry in eval_entries:
-        assert after[os.path.join(checkpoint.PREVIOUS_EVALUATIONS, stamp, entry)] == before[entry]
+        assert after[os.path.join(layout.PREVIOUS_EVALUATIONS_DIR, stamp, entry)] == before[entry]
     assert f"eval_tiny (moved to previous_evaluations/{stamp}/eval_tiny)" in removed
     left = {path for path, digest in after.items() if digest != "dir"}
-    assert left == {*user_entries, *moved, "config.json", checkpoint.MARKER_FILE}
+    assert left == {*user_entries, *moved, "config.json", layout.MARKER_FILE}
     assert json.loads((workdir / "config.json").read_text())["seed"] == 1
     assert not (workdir / "checkpoints" / "4").exists()
 
@@ -169,7 +169,7 @@ def test_overwrite_of_a_finished_run_with_the_same_config_starts_afresh(tmp_path
     (workdir / "metrics.jsonl").write_text("{}\n")
     removed = checkpoint.prepare_workdir(str(workdir), tiny_config(), overwrite=True)
     assert sorted(removed) == ["checkpoints/2", "config.json", "metrics.jsonl"]
-    assert sorted(os.listdir(workdir)) == ["config.json", checkpoint.MARKER_FILE]
+    assert sorted(os.listdir(workdir)) == ["config.json", layout.MARKER_FILE]
 
 
 def test_help_says_what_overwrite_removes(capsys):
@@ -209,7 +209,7 @@ def test_a_second_process_is_refused_at_once_naming_the_holder(tmp_path, capsys)
         holder.wait(timeout=30)
     # The holder exited: its lock file stays, stale, and does not block.
     with checkpoint.WorkdirLock(str(workdir)):
-        record = json.loads((workdir / checkpoint.LOCK_FILE).read_text())
+        record = json.loads((workdir / layout.LOCK_FILE).read_text())
         assert record["pid"] == os.getpid()
 
 
