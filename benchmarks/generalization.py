@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import generalization_runs as runs
 from benchmarks import output
 from benchmarks.provenance import provenance
 from meta_train.evaluation import aggregate, comparison, contenders, evaluate, policy, report
@@ -83,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         "--long-tasks", default=",".join(LONG_TASKS), help="tasks run at --long-horizon ('': none)"
     )
     parser.add_argument("--wide-task", default=WIDE_TASK, help="the 16x-width task ('': none)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes, one task each at a time (default: the CPU count; 1 with --quick)",
+    )
     parser.add_argument("--fast-compile", action="store_true", help="XLA optimisation level 0")
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (tiny suite)")
     output.add_arguments(parser)
@@ -110,14 +117,14 @@ def main(argv: Sequence[str]) -> int:
     unknown = [name for name in named if name and name not in by_name]
     if unknown:
         raise SystemExit(f"tasks {unknown} are not in suite {settings['suite']!r}: {list(by_name)}")
-    rule = contenders.learned_rule(subject)
+    step_size = (contenders.learned_rule(subject) or (None, None))[1]
     config = evaluate.EvalConfig(
         num_steps=settings["num_steps"],
         seeds=1 if args.quick else args.seeds,
         baselines=("adamw", "sgdm"),
         reference=REFERENCE,
-        baseline_schedule=evaluate.schedule_of(rule),
-        weight_decay=float(getattr(rule, "weight_decay", 0.0)),
+        baseline_schedule=evaluate.schedule_of(step_size),
+        weight_decay=0.0 if step_size is None else float(step_size.weight_decay),
         peers=(
             *contenders.TUNING_FREE,
             *(n for n in contenders.pretrained_names() if n != subject),
@@ -125,29 +132,27 @@ def main(argv: Sequence[str]) -> int:
         compiler_options=evaluate.FAST_COMPILE if args.fast_compile or args.quick else None,
     )
     only = _names(args.tasks) or tuple(by_name)
-    suite_tasks = [t for t in tasks if t.name != settings["wide_task"] and t.name in only]
-    parts = {"suite": (suite_tasks, settings["horizons"], config.baselines)}
+    baselines = tuple(config.baselines)
+    parts = {
+        "suite": runs.Part(
+            tuple(t.name for t in tasks if t.name != settings["wide_task"] and t.name in only),
+            tuple(settings["horizons"]),
+            baselines,
+        )
+    }
     if settings["long_tasks"]:
-        long_tasks = [by_name[name] for name in settings["long_tasks"]]
         # SGD-M too: the suite's compiled segments then serve the long runs (no recompile).
-        parts["long"] = (long_tasks, [args.long_horizon], config.baselines)
+        parts["long"] = runs.Part(settings["long_tasks"], (args.long_horizon,), baselines)
     if settings["wide_task"]:
-        parts["wide"] = ([by_name[settings["wide_task"]]], [1.0], ("adamw",))
+        parts["wide"] = runs.Part((settings["wide_task"],), (1.0,), ("adamw",))
+    jobs = 1 if args.jobs is None and args.quick else args.jobs or os.cpu_count() or 1
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    reports = {}
-    for part, (part_tasks, horizons, baselines) in parts.items():
-        print(f"--- {part}: {len(part_tasks)} tasks at {horizons}", file=sys.stderr)
-        reports[part] = evaluate.evaluate(
-            subject,
-            part_tasks,
-            config,
-            horizons=horizons,
-            baselines=baselines,
-            progress=not args.quick,
-            settings={"part": part},
-        )
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    for part, (part_tasks, horizons, _) in parts.items():
+        print(f"--- {part}: {len(part_tasks)} tasks at {list(horizons)}", file=sys.stderr)
+    reports, done = runs.run(parts, subject, settings["suite"], config, jobs)
+    seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start + runs.children_cpu_seconds()
 
     subject_label = reports["suite"].subject
     rows = headline_rows(reports)
@@ -156,10 +161,12 @@ def main(argv: Sequence[str]) -> int:
     print(format_per_task(per_task, subject_label))
     print(format_headline(rows))
     print(f"grid edges: {len(edges)} chosen rates at an end of their grid")
-    split = trainer_seconds(reports)
+    split = runs.trainer_seconds(reports)
     print(
-        f"({seconds / 60:.1f} min wall, {cpu_seconds / 60:.1f} min CPU on {os.cpu_count()} cores; "
-        f"trainers: {split['compile'] / 60:.1f} min compiling, {split['run'] / 60:.1f} min running)"
+        f"({seconds / 60:.1f} min wall, {cpu_seconds / 60:.1f} min CPU on {os.cpu_count()} cores, "
+        f"{jobs} processes; "
+        f"trainers' CPU: {split['compile_cpu_seconds'] / 60:.1f} min compiling, "
+        f"{split['run_cpu_seconds'] / 60:.1f} min running)"
     )
     os.makedirs(out, exist_ok=True)
     payload = {
@@ -177,7 +184,9 @@ def main(argv: Sequence[str]) -> int:
         },
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
+        "jobs": jobs,
         "trainer_seconds": split,
+        "per_task_seconds": runs.timing(done),
         "headline": rows,
         "per_task": per_task,
         "meta_training_effect": meta_training_effect(per_task),
@@ -198,6 +207,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _horizon(part: str, part_report: report.Report, task: report.TaskResult) -> str:
     return f"16x width ({task.task})" if part == "wide" else report.horizon_label(task.horizon)
+
+
+def steps_label(steps: Sequence[int]) -> str:
+    """The training steps of a horizon's tasks: ``"500 steps"`` or ``"200-500 steps"``."""
+    low, high = min(steps), max(steps)
+    return f"{low} steps" if low == high else f"{low}-{high} steps"
 
 
 def _mean(task: report.TaskResult, label: str, metric: str) -> float:
@@ -285,6 +300,7 @@ def _headline_row(
     return {
         "contender": label,
         "horizon": horizon,
+        "steps": steps_label([t.num_steps for t in results]),
         "tasks": len(results),
         "vs_reference": vs_reference,
         "vs_best_tuning_free": vs_peer or None,
@@ -362,18 +378,6 @@ def per_task_rows(reports: dict[str, report.Report], subject: str) -> list[dict[
                 }
             )
     return rows
-
-
-def trainer_seconds(reports: dict[str, report.Report]) -> dict[str, float]:
-    """Seconds the compiled trainers spent compiling and running, each group counted once per
-    task (its contenders share the figures)."""
-    seen = {
-        (part, task.task, task.horizon, run.compile_seconds, run.run_seconds)
-        for part, part_report in reports.items()
-        for task in part_report.tasks
-        for run in task.runs.values()
-    }
-    return {"compile": sum(s[3] for s in seen), "run": sum(s[4] for s in seen)}
 
 
 def meta_training_effect(per_task: list[dict[str, Any]]) -> dict[str, Any]:
@@ -461,7 +465,7 @@ def format_headline(rows: list[dict[str, Any]]) -> str:
     table = [
         [
             row["contender"],
-            row["horizon"],
+            f"{row['horizon']} ({row['steps']})",
             str(row["tasks"]),
             *(wtl(row["vs_reference"][m]) for m in METRICS),
             aggregate.Estimate(**row["normalized_train_loss_iqm"]).format(),

@@ -19,7 +19,8 @@ from benchmarks import generalization  # noqa: E402
 
 
 def test_generalization_quick(tmp_path):
-    assert generalization.main(["--quick", "--out", str(tmp_path)]) == 0
+    # Two worker processes: the path the full run takes; the units come back merged in order.
+    assert generalization.main(["--quick", "--jobs", "2", "--out", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "generalization.json").read_text())
     assert (tmp_path / "generalization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"commit", "jax_version", "argv", "date", "load_average"} <= set(saved["provenance"])
@@ -59,3 +60,15 @@ def test_generalization_quick(tmp_path):
     assert row["best_tuning_free"]["train_loss"] in contenders.TUNING_FREE
     assert row["vs_untrained"]["train_loss"]["ratio"] > 0
     assert isinstance(saved["grid_edges"], list)
+
+    # The timing record: per task (unit), its process's CPU and its trainers' compile and run.
+    assert saved["jobs"] == 2
+    timing = {row["task"]: row for row in saved["per_task_seconds"]}
+    assert set(timing) == {"mlp_digits_tiny", "quadratic_d8"}
+    assert all(row["cpu_seconds"] > 0 and row["compile_cpu_seconds"] > 0 for row in timing.values())
+    assert rows[(subject, "1x")]["steps"] == "20 steps"
+
+
+def test_steps_label_spans_the_tasks_of_a_horizon():
+    assert generalization.steps_label([500, 200, 300]) == "200-500 steps"
+    assert generalization.steps_label([500, 500]) == "500 steps"

@@ -108,6 +108,8 @@ def _run_dict(task: TaskResult, label: str, reference: str) -> dict[str, Any]:
         "at_grid_edge": {c: run.at_grid_edge(c) for c in run.selected},
         "compile_seconds": run.compile_seconds,
         "run_seconds": run.run_seconds,
+        "compile_cpu_seconds": run.compile_cpu_seconds,
+        "run_cpu_seconds": run.run_cpu_seconds,
     }
 
 

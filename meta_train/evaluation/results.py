@@ -103,8 +103,8 @@ class RunResult:
     """One optimizer on one task at one horizon.
 
     ``selected`` maps each of ``CRITERIA`` to the selection made by it (the same object twice for an
-    untuned optimizer). The seconds are those of the compiled trainer, which the optimizers of one
-    trainer share (count them once per trainer).
+    untuned optimizer). The seconds (wall, and CPU of the process) are those of the compiled
+    trainer, which the optimizers of one trainer share (count them once per trainer).
     """
 
     label: str
@@ -114,6 +114,8 @@ class RunResult:
     grid: tuple[GridPoint, ...] = ()
     compile_seconds: float = 0.0
     run_seconds: float = 0.0
+    compile_cpu_seconds: float = 0.0
+    run_cpu_seconds: float = 0.0
 
     @property
     def tuned(self) -> bool:
@@ -265,6 +267,8 @@ def member_results(
                 grid=grid,
                 compile_seconds=outputs.compile_seconds,
                 run_seconds=outputs.run_seconds,
+                compile_cpu_seconds=outputs.compile_cpu_seconds,
+                run_cpu_seconds=outputs.run_cpu_seconds,
             )
         )
     return results
