@@ -143,7 +143,8 @@ def run(quick: bool, rounds: int, names: list[str]) -> dict:
     thetas = {}
     for name, optimizer in learned.items():
         thetas[name] = optimizer.init_meta_params(key_theta)
-        transforms[name] = lopt.to_optax(optimizer, thetas[name], num_steps)
+        step_size = lopt.StepSize() if isinstance(optimizer, lopt.LearnedRule) else None
+        transforms[name] = lopt.to_optax(optimizer, thetas[name], num_steps, step_size)
 
     timers: dict[str, Timer] = {}
     compile_times: dict[str, float] = {}

@@ -122,7 +122,7 @@ def mlp_system():
     from tasks import registry
 
     family = registry.get_family("mlp_digits")
-    optimizer = lopt.LearnableSGDM(learning_rate=0.01, momentum=0.9, learnable=("log_lr",))
+    optimizer = lopt.LearnableSGDM(initial_learning_rate=0.01, momentum=0.9, learnable=("log_lr",))
     theta = optimizer.init_meta_params(jax.random.key(0))
     return unrolled_tasks.TaskTrainingSystem(family, optimizer, "train"), theta
 

@@ -3,11 +3,12 @@ and LSTM networks, and learnable hand-designed baselines, with export to optax.
 
 Every optimizer is a frozen dataclass of hyperparameters with pure functions around a
 meta-parameter pytree theta: ``init_meta_params(key)``, ``init(theta, params, num_steps)``,
-``update(theta, state, grads, params, loss)``. ``to_optax`` / ``save`` / ``load`` turn them into
-optax transforms.
+``update(theta, state, grads, params, loss)``. A rule with the learning rate outside it
+(``LearnedRule``) is a direction, ``scale_by_rule(theta, rule)``; ``with_step_size`` applies a
+``StepSize`` around it. ``to_optax`` / ``save`` / ``load`` turn them into optax transforms.
 """
 
-from lopt.base import LearnedOptimizer
+from lopt.base import LearnedOptimizer, LearnedRule
 from lopt.export import (
     CorruptExportError,
     ExportError,
@@ -16,10 +17,10 @@ from lopt.export import (
     load,
     load_optimizer,
     load_rule,
-    rule_transform,
+    load_step_size,
     save,
+    scale_by_rule,
     to_optax,
-    with_learning_rate,
 )
 from lopt.hand_designed import AdamState, LearnableAdam, LearnableSGDM, SGDMState
 from lopt.lstm import LSTMOptimizer, LSTMOptState
@@ -27,6 +28,7 @@ from lopt.mlp import MLPOptimizer, MLPOptState
 from lopt.normalized import NormalizedOptimizer, NormalizedOptState
 from lopt.registry import UnknownArchitectureError, architecture_names, get_optimizer, register
 from lopt.shipped import pretrained, pretrained_info, pretrained_names, pretrained_path
+from lopt.step_size import StepSize, StepSizeState, with_step_size
 
 __all__ = [
     "AdamState",
@@ -37,6 +39,7 @@ __all__ = [
     "LearnableAdam",
     "LearnableSGDM",
     "LearnedOptimizer",
+    "LearnedRule",
     "MLPOptState",
     "MLPOptimizer",
     "NewerFormatError",
@@ -44,19 +47,22 @@ __all__ = [
     "NormalizedOptimizer",
     "NotAnExportError",
     "SGDMState",
+    "StepSize",
+    "StepSizeState",
     "UnknownArchitectureError",
     "architecture_names",
     "get_optimizer",
     "load",
     "load_optimizer",
     "load_rule",
+    "load_step_size",
     "pretrained",
     "pretrained_info",
     "pretrained_names",
     "pretrained_path",
     "register",
-    "rule_transform",
     "save",
+    "scale_by_rule",
     "to_optax",
-    "with_learning_rate",
+    "with_step_size",
 ]

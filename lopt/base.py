@@ -53,3 +53,13 @@ class LearnedOptimizer(abc.ABC):
     def hyperparameters(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments: ``type(self)(**h)`` rebuilds the optimizer."""
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedRule(LearnedOptimizer):
+    """A rule with the learning rate outside it: ``update`` returns a direction with the
+    gradient's sign (as optax's ``scale_by_*`` transforms do), not a step. The learning rate, its
+    schedule and weight decay are applied around it by ``lopt.with_step_size``; adding the
+    direction itself to the params would ascend."""
+
+    uses_horizon = False

@@ -3,11 +3,17 @@
 An export is a directory::
 
     <path>/optimizer.json   format name and version, lopt version, architecture, hyperparameters,
-                            a SHA-256 of theta, free-form metadata, and the export's fingerprint
+                            the step size (rules with the learning rate outside them), a SHA-256
+                            of theta, free-form metadata, and the export's fingerprint
     <path>/theta/           theta, written by orbax-checkpoint
 
+Format 1 (``normalized-v1``, ``normalized-v2``) kept a rule's step size among its hyperparameters
+and named the fields that only seed theta's learning rate ``learning_rate`` /
+``base_learning_rate``; ``load`` reads it into the same optimizer (``upgrade_v1``).
+
 The fingerprint (``fingerprint_sha256``) is a SHA-256 over everything that decides the updates:
-the architecture, the hyperparameters, the metadata's ``num_steps`` and theta's SHA-256. ``load``
+the architecture, the hyperparameters, the step size, the metadata's ``num_steps`` and theta's
+SHA-256. ``load``
 refuses an export whose description no longer matches it (a hand edit of the learning rate, a
 flipped bit in ``rms_decay``). Exports written before fingerprints load with the theta checksum
 alone; ``lopt.pretrained`` requires the fingerprint.
@@ -41,10 +47,17 @@ import numpy as np
 import optax
 
 from lopt import registry
-from lopt.base import LearnedOptimizer, MetaParams
+from lopt.base import LearnedOptimizer, LearnedRule, MetaParams
+from lopt.step_size import StepSize, with_step_size
 
 FORMAT_NAME = "lopt-optimizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+STEP_SIZE_KEY = "step_size"
+# Format 1's names of the fields that only seed theta's learning rate.
+V1_RENAMED = {
+    "learning_rate": "initial_learning_rate",
+    "base_learning_rate": "initial_learning_rate",
+}
 CONFIG_FILE = "optimizer.json"
 THETA_DIR = "theta"
 FINGERPRINT_KEY = "fingerprint_sha256"
@@ -170,14 +183,21 @@ def _warn_past_schedule(schedule: optax.Schedule, num_steps: int) -> optax.Sched
 
 
 def to_optax(
-    optimizer: LearnedOptimizer, theta: MetaParams, num_steps: int | jax.Array | None
+    optimizer: LearnedOptimizer,
+    theta: MetaParams,
+    num_steps: int | jax.Array | None,
+    step_size: StepSize | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform that applies ``optimizer`` with meta-parameters ``theta``.
 
     ``update(grads, state, params, value=loss)`` follows optax's ``GradientTransformationExtraArgs``
     convention; ``params`` is required, ``value`` only for optimizers built with ``use_loss``.
-    ``num_steps`` is the training horizon that time features are relative to (ignored, and may be
-    ``None``, for optimizers with ``uses_horizon = False``).
+    ``num_steps`` is the training horizon that time features (or the ``cosine`` schedule) are
+    relative to (ignored, and may be ``None``, when nothing depends on it).
+
+    A rule with the learning rate outside it (``LearnedRule``, architecture ``normalized``) needs
+    ``step_size``: ``with_step_size(scale_by_rule(theta, optimizer), step_size, num_steps)``.
+    Other optimizers learn their own step size and take none.
 
     Non-finite gradients: the per-parameter networks (``mlp``, ``lstm``) normalise their features
     per tensor, so a NaN or inf in one gradient entry makes the update of its whole tensor NaN
@@ -185,18 +205,39 @@ def to_optax(
     ``optax.adam``, and lopt's ``adam`` and ``sgdm``, confine it to the entry. Wrap the transform
     in ``optax.apply_if_finite`` to skip such steps and keep the state clean.
     """
+    name = type(optimizer).__name__
+    if isinstance(optimizer, LearnedRule):
+        if step_size is None:
+            raise ValueError(
+                f"{name} is a direction with the learning rate outside it and needs "
+                "step_size=lopt.StepSize(learning_rate, schedule, warmup_fraction, weight_decay)"
+            )
+        if step_size.needs_horizon and num_steps is None:
+            raise ValueError(
+                "the cosine schedule decays to 0 at the end of training and needs num_steps, the "
+                "number of steps the run will take"
+            )
+        if step_size.needs_horizon and isinstance(num_steps, int):
+            step_size = step_size._replace(
+                learning_rate=_warn_past_schedule(step_size.learning_rates(num_steps), num_steps)
+            )
+        return with_step_size(scale_by_rule(theta, optimizer), step_size, num_steps)
+    if step_size is not None:
+        raise ValueError(
+            f"{name} learns its own step size, so it takes no step_size; only rules with the "
+            "learning rate outside them (lopt.base.LearnedRule, architecture 'normalized') do"
+        )
     if num_steps is None:
         if optimizer.uses_horizon:
             raise ValueError(
-                f"{type(optimizer).__name__} has time features and needs num_steps, the number "
-                "of steps the optimizer will train for"
+                f"{name} has time features and needs num_steps, the number of steps the "
+                "optimizer will train for"
             )
         num_steps = 1
     theta = jax.tree.map(jnp.asarray, theta)
     check_past = _past_horizon_warning(
-        f"{type(optimizer).__name__} has run past num_steps={num_steps}, the horizon its time "
-        "features (or schedule) are relative to; rebuild it with the run's length "
-        "(lopt.load(path, num_steps=...))"
+        f"{name} has run past num_steps={num_steps}, the horizon its time features are relative "
+        "to; rebuild it with the run's length (lopt.load(path, num_steps=...))"
     )
 
     def warn_past_horizon(inner: Any) -> None:
@@ -213,6 +254,26 @@ def to_optax(
     return _with_params_check(lambda params: optimizer.init(theta, params, num_steps), apply)
 
 
+def scale_by_rule(
+    theta: MetaParams, optimizer: LearnedRule
+) -> optax.GradientTransformationExtraArgs:
+    """The rule alone, in optax's ``scale_by_*`` convention: its updates are the direction with
+    the gradient's sign (unit RMS per tensor for ``normalized``), so a descent step needs a
+    learning rate after it (``with_step_size``, or ``optax.scale_by_learning_rate``)."""
+    if not isinstance(optimizer, LearnedRule):
+        raise ValueError(
+            f"architecture {optimizer.architecture!r} folds its step size into its update, so it "
+            "has no direction-only form; use to_optax (or lopt.load) for its full update"
+        )
+    theta = jax.tree.map(jnp.asarray, theta)
+    return _with_params_check(
+        lambda params: optimizer.init(theta, params),
+        lambda inner, updates, params, value: optimizer.update(
+            theta, inner, updates, params, value
+        ),
+    )
+
+
 def _theta_digest(theta: MetaParams) -> str:
     digest = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
@@ -224,14 +285,17 @@ def _theta_digest(theta: MetaParams) -> str:
 
 def fingerprint(config: dict) -> str:
     """SHA-256 of what an export's updates depend on, from its parsed ``optimizer.json``:
-    architecture, hyperparameters, ``metadata["num_steps"]`` (the horizon ``load`` defaults to)
-    and theta's SHA-256, as canonical JSON (sorted keys, no spaces)."""
+    architecture, hyperparameters, the step size (when it has one),
+    ``metadata["num_steps"]`` (the horizon ``load`` defaults to) and theta's SHA-256, as
+    canonical JSON (sorted keys, no spaces)."""
     covered = {
         "architecture": config["architecture"],
         "hyperparameters": config["hyperparameters"],
         "num_steps": (config.get("metadata") or {}).get("num_steps"),
         "theta_sha256": config["theta_sha256"],
     }
+    if STEP_SIZE_KEY in config:
+        covered[STEP_SIZE_KEY] = config[STEP_SIZE_KEY]
     text = json.dumps(covered, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -271,11 +335,18 @@ def save(
     optimizer: LearnedOptimizer,
     theta: MetaParams,
     metadata: dict | None = None,
+    step_size: StepSize | None = None,
 ) -> None:
-    """Write ``optimizer``, ``theta`` and JSON ``metadata`` as an export directory at ``path``,
-    replacing an earlier export there atomically (write aside, then rename)."""
+    """Write ``optimizer``, ``theta``, its ``step_size`` (a ``LearnedRule``'s default learning
+    rate, schedule and weight decay, which ``load`` applies) and JSON ``metadata`` as an export
+    directory at ``path``, replacing an earlier export there atomically (write aside, then
+    rename)."""
     path = os.path.abspath(os.fspath(path))
     _check_theta(optimizer, theta)
+    if step_size is not None and not isinstance(optimizer, LearnedRule):
+        raise ValueError(
+            f"{type(optimizer).__name__} learns its own step size: save it without step_size"
+        )
     # Host numpy arrays: orbax refuses to save process-local jax.Arrays in a multi-process run.
     theta = jax.tree.map(lambda x: np.asarray(x, jnp.result_type(x)), theta)
     config = {
@@ -285,6 +356,7 @@ def save(
         "created": datetime.datetime.now(datetime.UTC).isoformat(),
         "architecture": optimizer.architecture,
         "hyperparameters": optimizer.hyperparameters(),
+        **({STEP_SIZE_KEY: step_size.check().to_json()} if step_size is not None else {}),
         "theta_sha256": _theta_digest(theta),
         "metadata": dict(metadata or {}),
     }
@@ -455,12 +527,34 @@ def _restore_theta(path: str, optimizer: LearnedOptimizer, expected_digest: str)
     return theta
 
 
-def load_optimizer(
-    path: str | os.PathLike, *, require_fingerprint: bool = False
-) -> tuple[LearnedOptimizer, MetaParams, dict]:
-    """``(optimizer, theta, metadata)`` from an export directory written by ``save``, checked
-    against its fingerprint (required with ``require_fingerprint``) and theta's checksum."""
-    path = os.path.abspath(os.fspath(path))
+def upgrade_v1(
+    architecture: str, hyperparameters: dict[str, Any]
+) -> tuple[dict[str, Any], StepSize | None]:
+    """``(hyperparameters, step_size)`` in the current form from format 1's hyperparameters
+    (also what configs recorded before the step size had its own keys, e.g. a shipped version's
+    ``training.json``): a rule's step size comes out of them (fields it lacks at ``StepSize``'s
+    defaults, which were the rule's), and ``V1_RENAMED`` fields get their new names."""
+    hyperparameters = dict(hyperparameters)
+    if issubclass(registry.architecture_class(architecture), LearnedRule):
+        fields = {k: hyperparameters.pop(k) for k in StepSize._fields if k in hyperparameters}
+        return hyperparameters, StepSize(**fields)
+    return {V1_RENAMED.get(k, k): v for k, v in hyperparameters.items()}, None
+
+
+class Loaded(NamedTuple):
+    """An export as ``_load`` reads it."""
+
+    optimizer: LearnedOptimizer
+    theta: MetaParams
+    metadata: dict
+    step_size: StepSize | None
+
+
+def _describe(
+    path: str, require_fingerprint: bool = False
+) -> tuple[LearnedOptimizer, StepSize | None, dict]:
+    """``(optimizer, step_size, description)`` of the export at ``path`` (absolute), theta not
+    read."""
     recover(path)
     config = _read_config(path, require_fingerprint)
     architecture = config["architecture"]
@@ -469,13 +563,41 @@ def load_optimizer(
     except registry.UnknownArchitectureError as error:
         raise UnknownArchitectureError(f"{path}: {error}") from error
     try:
-        optimizer = cls(**config["hyperparameters"])
+        if config["format_version"] >= 2:
+            hyperparameters = config["hyperparameters"]
+            step_size = config.get(STEP_SIZE_KEY)
+            step_size = None if step_size is None else StepSize(**step_size)
+        else:
+            hyperparameters, step_size = upgrade_v1(architecture, config["hyperparameters"])
+        optimizer = cls(**hyperparameters)
+        if step_size is not None:
+            step_size.check()
     except (TypeError, ValueError) as error:
         raise CorruptExportError(
             f"{path}: invalid hyperparameters for architecture {architecture!r}: {error}"
         ) from error
+    return optimizer, step_size, config
+
+
+def _load(path: str | os.PathLike, require_fingerprint: bool = False) -> Loaded:
+    path = os.path.abspath(os.fspath(path))
+    optimizer, step_size, config = _describe(path, require_fingerprint)
     theta = _restore_theta(path, optimizer, config["theta_sha256"])
-    return optimizer, theta, config.get("metadata", {})
+    return Loaded(optimizer, theta, config.get("metadata", {}), step_size)
+
+
+def load_optimizer(
+    path: str | os.PathLike, *, require_fingerprint: bool = False
+) -> tuple[LearnedOptimizer, MetaParams, dict]:
+    """``(optimizer, theta, metadata)`` from an export directory written by ``save``, checked
+    against its fingerprint (required with ``require_fingerprint``) and theta's checksum."""
+    return _load(path, require_fingerprint)[:3]
+
+
+def load_step_size(path: str | os.PathLike) -> StepSize | None:
+    """The step size an export was saved with (``None``: the rule learns its own, or none was
+    saved)."""
+    return _describe(os.path.abspath(os.fspath(path)))[1]
 
 
 def add_fingerprint(path: str | os.PathLike) -> str:
@@ -497,43 +619,38 @@ def add_fingerprint(path: str | os.PathLike) -> str:
     return config[FINGERPRINT_KEY]
 
 
-def _rule_with_lr_outside(optimizer: LearnedOptimizer) -> bool:
-    return callable(getattr(optimizer, "direction", None))
-
-
 def load(
     path: str | os.PathLike,
     num_steps: int | None = None,
-    learning_rate: float | optax.Schedule | None = None,
+    learning_rate: float | optax.Schedule | StepSize | None = None,
     *,
     require_fingerprint: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """The optax transform of an export, ready to train with (its updates are added to params).
 
     A rule with the learning rate outside it (architecture ``normalized``) loads as
-    ``with_learning_rate(load_rule(path), schedule, weight_decay)``: ``learning_rate`` is a float
-    (the peak of the rule's own schedule; default: the rule's default learning rate) or an optax
-    schedule used as it is; the ``cosine`` schedule needs ``num_steps``, the length of the run,
-    reaches a learning rate of 0 there, and warns once (eager or under jit) when run past it: the
-    optimizer then no longer moves the params, as in the meta-training it was learned in.
+    ``to_optax(rule, theta, num_steps, step_size)`` with the step size it was saved with:
+    ``learning_rate`` replaces its peak (a float), its whole schedule (an optax schedule, used as
+    it is) or the whole step size (a ``StepSize``). The ``cosine`` schedule needs ``num_steps``,
+    the length of the run, reaches a learning rate of 0 there, and warns once (eager or under jit)
+    when run past it: the optimizer then no longer moves the params, as in the meta-training it
+    was learned in.
     Other architectures fold their learning rate into the network and take no ``learning_rate``;
     ``num_steps`` (the horizon of their time features) defaults to the meta-training horizon.
     ``require_fingerprint`` refuses an export without a fingerprint (one written before them).
     """
-    optimizer, theta, metadata = load_optimizer(path, require_fingerprint=require_fingerprint)
-    if _rule_with_lr_outside(optimizer):
-        if callable(learning_rate):
-            schedule = learning_rate
-        else:
-            rule_optimizer = optimizer
-            if learning_rate is not None:
-                rule_optimizer = dataclasses.replace(optimizer, learning_rate=learning_rate)
-            schedule = rule_optimizer.learning_rate_schedule(num_steps)
-            if rule_optimizer.schedule == "cosine":
-                schedule = _warn_past_schedule(schedule, num_steps)
-        return with_learning_rate(
-            rule_transform(optimizer, theta), schedule, optimizer.weight_decay
-        )
+    optimizer, theta, metadata, step_size = _load(path, require_fingerprint)
+    if isinstance(optimizer, LearnedRule):
+        if isinstance(learning_rate, StepSize):
+            step_size = learning_rate.check()
+        elif learning_rate is not None:
+            step_size = (step_size or StepSize())._replace(learning_rate=learning_rate).check()
+        elif step_size is None:
+            raise ValueError(
+                f"{os.fspath(path)} was saved without a step size: pass "
+                "lopt.load(path, num_steps, learning_rate=...)"
+            )
+        return to_optax(optimizer, theta, num_steps, step_size)
     if learning_rate is not None:
         raise ValueError(
             f"{os.fspath(path)}: architecture {optimizer.architecture!r} learns its own step size, "
@@ -550,48 +667,11 @@ def load(
     return to_optax(optimizer, theta, num_steps)
 
 
-def rule_transform(
-    optimizer: LearnedOptimizer, theta: MetaParams
-) -> optax.GradientTransformationExtraArgs:
-    """The rule alone, in optax's ``scale_by_*`` convention: its updates are the direction with
-    the gradient's sign (unit RMS per tensor for ``normalized``), so a descent step needs
-    ``optax.scale_by_learning_rate`` after it (``with_learning_rate``)."""
-    if not _rule_with_lr_outside(optimizer):
-        raise ValueError(
-            f"architecture {optimizer.architecture!r} folds its step size into its update, so it "
-            "has no direction-only form; use to_optax (or lopt.load) for its full update"
-        )
-    theta = jax.tree.map(jnp.asarray, theta)
-    return _with_params_check(
-        lambda params: optimizer.init(theta, params, 1),
-        lambda inner, updates, params, _: optimizer.direction(theta, inner, updates, params),
-    )
-
-
-def with_learning_rate(
-    rule: optax.GradientTransformation,
-    learning_rate: float | optax.Schedule,
-    weight_decay: float = 0.0,
-) -> optax.GradientTransformationExtraArgs:
-    """``optax.chain(rule, optax.add_decayed_weights(weight_decay),
-    optax.scale_by_learning_rate(learning_rate))``: the update ``-lr(t) * (d + wd * params)``.
-
-    It is the one place lopt applies the learning rate's sign; ``optax.inject_hyperparams(
-    lopt.with_learning_rate, static_args="rule")(rule=rule, learning_rate=1e-3)`` makes the
-    learning rate a hyperparameter that can be changed mid-run.
-    """
-    return optax.chain(
-        rule,
-        optax.add_decayed_weights(weight_decay),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
 def load_rule(path: str | os.PathLike) -> optax.GradientTransformationExtraArgs:
-    """The direction-only transform of an export (``rule_transform``); compose it as
-    ``optax.chain(load_rule(path), optax.scale_by_learning_rate(schedule))``."""
+    """The direction-only transform of an export (``scale_by_rule``); compose it as
+    ``lopt.with_step_size(load_rule(path), step_size, num_steps)``."""
     optimizer, theta, _ = load_optimizer(path)
     try:
-        return rule_transform(optimizer, theta)
+        return scale_by_rule(theta, optimizer)
     except ValueError as error:
         raise ValueError(f"{os.fspath(path)}: {error}") from None

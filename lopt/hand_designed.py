@@ -6,6 +6,9 @@ Parameterisation (unconstrained, so evolution strategies can perturb it freely):
     lr = exp(log_lr),  beta = sigmoid(logit_beta),  eps = exp(log_eps),
     schedule "inverse_time":  lr_t = lr / (1 + t / exp(log_decay_steps)) ** decay_power
 
+``initial_learning_rate`` only seeds theta's ``log_lr``: once theta is meta-trained, the learning
+rate is theta's.
+
 ``learnable`` names the entries of theta; the others stay fixed at the values of the fields (so a
 schedule search can learn ``("log_lr", "decay_power")`` alone).
 """
@@ -21,10 +24,8 @@ import jax.numpy as jnp
 import optax
 
 from lopt import features as feats
-from lopt import flat
+from lopt import flat, schedules
 from lopt.base import LearnedOptimizer
-
-SCHEDULES = ("constant", "inverse_time")
 
 
 def _logit(p: float) -> float:
@@ -71,7 +72,7 @@ class _Learnable(LearnedOptimizer):
 
     def unconstrained_values(self) -> dict[str, float]:
         """Every possible theta entry, at the value the fields give."""
-        values = {"log_lr": math.log(self.learning_rate)}
+        values = {"log_lr": math.log(self.initial_learning_rate)}
         if self.schedule == "inverse_time":
             values["log_decay_steps"] = math.log(self.decay_steps)
             values["decay_power"] = float(self.decay_power)
@@ -79,9 +80,9 @@ class _Learnable(LearnedOptimizer):
 
     def _check(self) -> None:
         feats.freeze_sequences(self)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        feats.check_positive("learning_rate", (self.learning_rate,))
+        # No horizon: these optimizers cannot follow the cosine schedule.
+        schedules.check(self.schedule, horizon=False, decay=True)
+        feats.check_positive("initial_learning_rate", (self.initial_learning_rate,))
         feats.check_positive("decay_steps", (self.decay_steps,))
         if self.learnable is not None:
             if not self.learnable:
@@ -107,10 +108,14 @@ class _Learnable(LearnedOptimizer):
     def learning_rate_at(self, values: dict, step: jax.Array) -> jax.Array:
         """The learning rate for update number ``step`` (0-based)."""
         lr = jnp.exp(values["log_lr"])
-        if self.schedule == "inverse_time":
-            decay_steps = jnp.exp(values["log_decay_steps"])
-            lr = lr / (1.0 + step.astype(jnp.float32) / decay_steps) ** values["decay_power"]
-        return lr
+        if self.schedule == "constant":
+            return lr
+        return schedules.make_schedule(
+            self.schedule,
+            lr,
+            decay_steps=jnp.exp(values["log_decay_steps"]),
+            decay_power=values["decay_power"],
+        )(step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +124,7 @@ class LearnableAdam(_Learnable):
 
     architecture = "adam"
 
-    learning_rate: float = 1e-3
+    initial_learning_rate: float = 1e-3
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -176,7 +181,7 @@ class LearnableSGDM(_Learnable):
 
     architecture = "sgdm"
 
-    learning_rate: float = 0.1
+    initial_learning_rate: float = 0.1
     momentum: float = 0.9
     schedule: str = "constant"
     decay_steps: float = 100.0

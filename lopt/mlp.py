@@ -66,7 +66,7 @@ class MLPOptimizer(feats.FeatureFields, LearnedOptimizer):
       exp_mult, step_mult: output scales of ``direction * exp(exp_mult * mag) * step_mult``.
       use_loss: feed the relative change of the loss (then ``update`` needs the loss).
       base: ``"none"`` (the network's step alone) or ``"adam"`` (Adam step plus learned correction).
-      base_learning_rate: initial learning rate of the Adam base step.
+      initial_learning_rate: initial learning rate of the Adam base step.
       base_beta1: Adam's beta1; must be one of ``momentum_decays``.
       base_epsilon: Adam's epsilon.
       correction_init_scale: initial scale of the output layer with ``base="adam"``.
@@ -83,7 +83,7 @@ class MLPOptimizer(feats.FeatureFields, LearnedOptimizer):
     step_mult: float = 1e-3
     use_loss: bool = False
     base: str = "none"
-    base_learning_rate: float = 1e-3
+    initial_learning_rate: float = 1e-3
     base_beta1: float = 0.9
     base_epsilon: float = 1e-8
     correction_init_scale: float = 0.01
@@ -101,7 +101,7 @@ class MLPOptimizer(feats.FeatureFields, LearnedOptimizer):
                     f"base='adam' reuses the momentum with decay base_beta1={self.base_beta1}; "
                     f"add it to momentum_decays={self.momentum_decays}"
                 )
-            feats.check_positive("base_learning_rate", (self.base_learning_rate,))
+            feats.check_positive("initial_learning_rate", (self.initial_learning_rate,))
 
     @functools.partial(jax.jit, static_argnums=0)
     def init_meta_params(self, key: jax.Array) -> dict:
@@ -120,7 +120,7 @@ class MLPOptimizer(feats.FeatureFields, LearnedOptimizer):
         }
         theta["context_w"] = context_w
         if self.base == "adam":
-            theta["log_lr"] = jnp.asarray(math.log(self.base_learning_rate), jnp.float32)
+            theta["log_lr"] = jnp.asarray(math.log(self.initial_learning_rate), jnp.float32)
         return theta
 
     def init(self, theta: dict, params: Any, num_steps: jax.Array | int) -> MLPOptState:

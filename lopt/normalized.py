@@ -2,14 +2,13 @@
 
 A tiny MLP shared by all parameters maps each parameter's features to one number; per tensor, that
 output is normalized to unit RMS. The rule has no learned step size and no step-count or horizon
-feature: the learning rate and its schedule are applied outside it, as for any optax
-``scale_by_*`` transform::
+feature: it is a direction, like any optax ``scale_by_*`` transform (``lopt.scale_by_rule``), and
+the learning rate, its schedule and weight decay are applied outside it (``lopt.with_step_size``)::
 
     d = direction(theta, grads, state)             # unit RMS per tensor, gradient sign
     update = -lr(t) * (mup(d) + weight_decay * params)
 
-which is ``optax.chain(rule, optax.add_decayed_weights(wd), optax.scale_by_learning_rate(lr))``
-(``lopt.with_learning_rate``). ``update`` applies the whole chain, so meta-training sees exactly
+Meta-training, evaluation and ``lopt.load`` compose it the same way, so meta-training sees exactly
 what a user runs.
 
 Features per parameter (each column normalized by its RMS over the tensor, so the rule is
@@ -55,8 +54,8 @@ import jax
 import jax.numpy as jnp
 
 from lopt import features as feats
-from lopt import flat, schedules
-from lopt.base import LearnedOptimizer
+from lopt import flat
+from lopt.base import LearnedRule
 
 # Tiny next to any mean square of float32 gradients that matter, so a gradient scaled by 1e-6
 # still gives the same features (the MLP and LSTM rules use 1e-12, which 1e-3-sized gradients
@@ -71,8 +70,7 @@ class NormalizedOptState(NamedTuple):
     """State of ``NormalizedOptimizer`` for one inner training.
 
     Attributes:
-      step: ``[]`` int32, updates done so far (the schedule's count).
-      num_steps: ``[]`` int32, the run's length (only the ``cosine`` schedule reads it).
+      step: ``[]`` int32, updates done so far.
       momenta: per tensor, ``[size_i, num_decays]`` float32 gradient moving averages.
       second_moment: per tensor, ``[size_i]`` float32 moving average of squared gradients.
       long_run_mean_square: per tensor, ``[]`` float32 moving average (decay ``gain_decay``) of
@@ -80,24 +78,20 @@ class NormalizedOptState(NamedTuple):
     """
 
     step: jax.Array
-    num_steps: jax.Array
     momenta: tuple[jax.Array, ...]
     second_moment: tuple[jax.Array, ...]
     long_run_mean_square: tuple[jax.Array, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
-class NormalizedOptimizer(LearnedOptimizer):
-    """Per-parameter MLP rule with per-tensor normalized input features and output direction.
+class NormalizedOptimizer(LearnedRule):
+    """Per-parameter MLP rule with per-tensor normalized input features and output direction;
+    ``update`` is the direction (``LearnedRule``).
 
     Attributes:
       hidden_sizes: widths of the hidden ReLU layers (Celo2: two layers of 8).
       momentum_decays: decays of the gradient momenta fed as features; must contain 0.9.
       rms_decay: decay of the squared-gradient moving average.
-      learning_rate: the rule's default peak learning rate (what meta-training used).
-      schedule: ``"cosine"`` (warm-up, then cosine decay to 0 at ``num_steps``) or ``"constant"``.
-      warmup_fraction: fraction of ``num_steps`` spent warming up (``cosine``).
-      weight_decay: decoupled weight decay, multiplied by the learning rate.
       adam_for_vectors: Adam's direction for tensors with ``ndim < 2``.
       mup_base_fan_in: 0 (off) or the fan-in at which the μP multiplier of matrices is 1.
       output_init_scale: initial scale of the MLP's output layer (the skip path starts at 1).
@@ -110,10 +104,6 @@ class NormalizedOptimizer(LearnedOptimizer):
     hidden_sizes: tuple[int, ...] = (8, 8)
     momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     rms_decay: float = 0.95
-    learning_rate: float = 1e-3
-    schedule: str = "cosine"
-    warmup_fraction: float = schedules.DEFAULT_WARMUP_FRACTION
-    weight_decay: float = 0.0
     adam_for_vectors: bool = False
     mup_base_fan_in: int = 0
     output_init_scale: float = 0.1
@@ -131,27 +121,12 @@ class NormalizedOptimizer(LearnedOptimizer):
                 f"momentum_decays={self.momentum_decays} must contain {SKIP_DECAY}: the skip "
                 "connection and the Adam direction of vectors use that momentum"
             )
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate}")
-        if self.schedule not in schedules.SCHEDULES:
-            raise ValueError(
-                f"schedule must be one of {schedules.SCHEDULES}, got {self.schedule!r}"
-            )
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
         if int(self.mup_base_fan_in) != self.mup_base_fan_in or self.mup_base_fan_in < 0:
             raise ValueError(
                 f"mup_base_fan_in must be 0 (off) or a positive fan-in, got {self.mup_base_fan_in}"
             )
         feats.check_positive("output_init_scale", (self.output_init_scale,))
         feats.check_decays("gain_decay", (self.gain_decay,))
-
-    @property
-    def uses_horizon(self) -> bool:
-        """Only the cosine schedule depends on the run's length; the rule itself never does."""
-        return self.schedule == "cosine"
 
     @property
     def num_features(self) -> int:
@@ -183,20 +158,13 @@ class NormalizedOptimizer(LearnedOptimizer):
     def init(
         self, theta: dict, params: Any, num_steps: jax.Array | int | None = None
     ) -> NormalizedOptState:
-        del theta
-        if num_steps is None:
-            if self.uses_horizon:
-                raise ValueError(
-                    "the cosine schedule decays to 0 at the end of training and needs "
-                    "num_steps, the number of steps the run will take (or use schedule='constant')"
-                )
-            num_steps = 1
+        """The rule has no horizon: ``num_steps`` is ignored."""
+        del theta, num_steps
         layout = flat.layout_of(params)
         momenta, second_moment = feats.init_moments(layout, len(self.momentum_decays))
         long_run = tuple(jnp.zeros((), jnp.float32) for _ in layout.sizes) if self.step_gain else ()
         return NormalizedOptState(
             step=jnp.zeros((), jnp.int32),
-            num_steps=feats.horizon(num_steps),
             momenta=momenta,
             second_moment=second_moment,
             long_run_mean_square=long_run,
@@ -289,7 +257,6 @@ class NormalizedOptimizer(LearnedOptimizer):
             leaves.append(d.reshape(shape).astype(dtype))
         return jax.tree.unflatten(layout.treedef, leaves), NormalizedOptState(
             step,
-            state.num_steps,
             tuple(m for _, _, m, _ in tensors),
             tuple(v for _, _, _, v in tensors),
             tuple(new_long_run),
@@ -321,12 +288,6 @@ class NormalizedOptimizer(LearnedOptimizer):
             return 1.0
         return min(1.0, self.mup_base_fan_in / max(math.prod(shape[:-1]), 1))
 
-    def learning_rate_schedule(self, num_steps: jax.Array | int | None) -> Any:
-        """The optax schedule ``count -> lr`` of this rule for a run of ``num_steps`` steps."""
-        return schedules.make_schedule(
-            self.schedule, self.learning_rate, num_steps, self.warmup_fraction
-        )
-
     def update(
         self,
         theta: dict,
@@ -335,14 +296,6 @@ class NormalizedOptimizer(LearnedOptimizer):
         params: Any,
         loss: jax.Array | None = None,
     ) -> tuple[Any, NormalizedOptState]:
+        """The direction (``direction``): with the gradient's sign, no step size."""
         del loss
-        direction, new_state = self.direction(theta, state, grads, params)
-        lr = self.learning_rate_schedule(state.num_steps)(state.step)
-        updates = jax.tree.map(
-            lambda d, p: (-lr * (d + self.weight_decay * jnp.asarray(p, jnp.float32))).astype(
-                jnp.result_type(p)
-            ),
-            direction,
-            params,
-        )
-        return updates, new_state
+        return self.direction(theta, state, grads, params)

@@ -17,6 +17,7 @@ from typing import Any
 import optax
 
 from lopt import export
+from lopt.step_size import StepSize
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 DEFAULT_FILE = os.path.join(WEIGHTS_DIR, "default.json")
@@ -73,11 +74,11 @@ def pretrained_info(name: str = DEFAULT_PRETRAINED) -> dict[str, Any]:
 def pretrained(
     name: str = DEFAULT_PRETRAINED,
     num_steps: int | None = None,
-    learning_rate: float | optax.Schedule | None = None,
+    learning_rate: float | optax.Schedule | StepSize | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """The shipped optimizer ``name`` as a full optax transform: the learned rule, its weight
-    decay and its default learning rate with its warm-up-cosine schedule over ``num_steps``, the
-    length of your run (``lopt.load`` explains ``learning_rate``)::
+    """The shipped optimizer ``name`` as a full optax transform: the learned rule with the step
+    size it was meta-trained with (its learning rate, warm-up-cosine schedule over ``num_steps``,
+    the length of your run, and weight decay; ``lopt.load`` explains ``learning_rate``)::
 
         tx = lopt.pretrained(num_steps=1000)
         updates, state = tx.update(grads, state, params)

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from lopt.base import LearnedOptimizer
+import lopt
+from lopt.base import LearnedOptimizer, LearnedRule
 from meta_train.es.system import UnrolledSystem
 from meta_train.evaluation import inner_training
 from tasks.base import TaskFamily
@@ -30,6 +31,14 @@ META_LOSSES = ("train", "reeval", "outer_valid")
 META_LOSS_SCALES = ("none", "initial")
 # Floor of the initial-loss scale, so a problem that starts at (almost) zero loss cannot blow up.
 MIN_LOSS_SCALE = 1e-3
+
+
+def step_size_of(optimizer: LearnedOptimizer, section: Any) -> lopt.StepSize | None:
+    """The step size a config's ``optimizer`` section (keys ``lopt.StepSize._fields``) sets for
+    ``optimizer``, checked; ``None`` for an optimizer that learns its own (the keys are unused)."""
+    if not isinstance(optimizer, LearnedRule):
+        return None
+    return lopt.StepSize(**{field: section[field] for field in lopt.StepSize._fields}).check()
 
 
 class TrainingState(NamedTuple):
@@ -50,7 +59,9 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
     it is divided by the problem's loss at initialisation (one minibatch, the same for both twins),
     so problems and families whose losses differ in scale weigh alike in the estimate.
     ``train_loss_weight`` = w mixes the step's training loss in: ``(1 - w) * meta_loss + w * train``
-    (``meta_loss`` ``"reeval"`` or ``"outer_valid"``; both scaled alike).
+    (``meta_loss`` ``"reeval"`` or ``"outer_valid"``; both scaled alike). ``step_size``: the
+    learning rate, schedule and weight decay around a rule with the learning rate outside it
+    (``None`` for optimizers that learn their own).
     """
 
     family: TaskFamily
@@ -58,6 +69,7 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
     meta_loss: str = struct.field(pytree_node=False, default="train")
     meta_loss_scale: str = struct.field(pytree_node=False, default="none")
     train_loss_weight: float = struct.field(pytree_node=False, default=0.0)
+    step_size: lopt.StepSize | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         if self.meta_loss not in META_LOSSES:
@@ -78,6 +90,13 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
                 "optimizer must be a lopt.base.LearnedOptimizer (e.g. lopt.get_optimizer('mlp')),"
                 f" got {type(self.optimizer).__name__}"
             )
+        if (self.step_size is not None) != isinstance(self.optimizer, LearnedRule):
+            raise ValueError(
+                "step_size goes with a rule that has the learning rate outside it, and only "
+                f"with one: {type(self.optimizer).__name__} got step_size={self.step_size}"
+            )
+        if self.step_size is not None:
+            self.step_size.check()
 
     def sample_config(self, key: jax.Array) -> Any:
         return self.family.sample(key)
@@ -91,14 +110,15 @@ class TaskTrainingSystem(struct.PyTreeNode, UnrolledSystem):
             loss_scale = jnp.maximum(jnp.asarray(initial, jnp.float32), MIN_LOSS_SCALE)
         else:
             loss_scale = jnp.ones((), jnp.float32)
-        return TrainingState(params, self.optimizer.init(theta, params, horizon), loss_scale)
+        transform = inner_training.learned_transform(self.optimizer, theta, self.step_size, horizon)
+        return TrainingState(params, transform.init(params), loss_scale)
 
     def step(
         self, theta: Any, state: TrainingState, key: jax.Array, config: Any
     ) -> tuple[TrainingState, jax.Array]:
         task = self.family.task(config)
         batch_key, meta_key = jax.random.split(key)
-        update = inner_training.learned_update(self.optimizer, theta)
+        update = inner_training.learned_transform(self.optimizer, theta, self.step_size).update
         params, opt_state, loss = inner_training.train_step(
             task, update, state.params, state.opt_state, batch_key
         )

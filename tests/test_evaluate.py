@@ -15,8 +15,9 @@ import optax
 import pytest
 from flax import struct
 
+import lopt
 from lopt import schedules
-from lopt.base import LearnedOptimizer
+from lopt.base import LearnedOptimizer, LearnedRule
 from meta_train import cli
 from meta_train.evaluation import contenders, policy, trainer
 from meta_train.evaluation import evaluate as evaluation
@@ -110,27 +111,20 @@ class DecayingSGD(LearnedOptimizer):
 
 
 @dataclasses.dataclass(frozen=True)
-class ScaledSGD(LearnedOptimizer):
-    """``-learning_rate * exp(log_scale) * grad``: a run-time learning rate, as in the normalized
-    rule, outside theta."""
+class ScaledSGD(LearnedRule):
+    """The direction ``exp(log_scale) * grad``, with the learning rate outside it, as in the
+    normalized rule: ``-learning_rate * exp(log_scale) * grad`` at a constant ``lopt.StepSize``."""
 
     architecture = "scaled_sgd_for_tests"
-    uses_horizon = False
-    learning_rate: float = 0.1
-
-    def __post_init__(self):  # as real rules do; a traced learning rate cannot pass this check
-        if not self.learning_rate > 0:
-            raise ValueError("learning_rate must be positive")
 
     def init_meta_params(self, key):
         return {"log_scale": jnp.zeros(())}
 
-    def init(self, theta, params, num_steps):
+    def init(self, theta, params, num_steps=None):
         return ()
 
     def update(self, theta, state, grads, params, loss=None):
-        scale = -self.learning_rate * jnp.exp(theta["log_scale"])
-        return jax.tree.map(lambda g: scale * g, grads), state
+        return jax.tree.map(lambda g: jnp.exp(theta["log_scale"]) * g, grads), state
 
 
 def numpy_adam_final_w(learning_rate: float, num_steps: int, schedule: str = "constant") -> float:
@@ -269,9 +263,11 @@ def test_a_two_point_grid_is_not_called_tuned():
 def test_learned_rule_runs_at_its_default_and_over_a_swept_learning_rate():
     default = 0.1
     report = evaluation.evaluate(
-        ScaledSGD(learning_rate=default),
+        ScaledSGD(),
         {"bowl": Bowl()},
         theta={"log_scale": jnp.zeros(())},
+        # The swept learning rate reaches the rule's step size traced (a vmapped grid row).
+        step_size=lopt.StepSize(default, "constant"),
         num_steps=10,
         seeds=1,
         baselines=("adam",),
@@ -303,12 +299,15 @@ def test_valid_curve_steps_cover_the_run():
     assert len(steps) == 20 and steps[0] == 50 and steps[-1] == 1000
 
 
-def test_runtime_learning_rate_is_only_a_field_that_acts_at_run_time():
-    import lopt
+def test_only_a_step_size_outside_the_rule_is_swept():
+    def swept(optimizer, step_size=None):
+        theta = optimizer.init_meta_params(jax.random.key(0))
+        found = contenders.learned_contenders("x", optimizer, theta, "x", (0.5, 2.0), {}, step_size)
+        return [c.grid for c in found]
 
-    assert contenders.runtime_learning_rate(ScaledSGD(learning_rate=0.3)) == 0.3
-    assert contenders.runtime_learning_rate(lopt.LearnableSGDM()) is None  # seeds theta only
-    assert contenders.runtime_learning_rate(DecayingSGD()) is None  # no such field
+    assert swept(ScaledSGD(), lopt.StepSize(0.3, "constant")) == [None, (0.15, 0.6)]
+    assert swept(lopt.LearnableSGDM()) == [None]  # initial_learning_rate only seeds theta
+    assert swept(DecayingSGD()) == [None]  # learns its step size
 
 
 def test_plan_counts_runs_and_compiles(capsys):
@@ -412,7 +411,7 @@ def test_tiny_suite_runs_from_an_export_through_the_cli(tmp_path, capsys):
     import lopt
     from tasks import registry
 
-    optimizer = lopt.LearnableSGDM(learning_rate=0.05)
+    optimizer = lopt.LearnableSGDM(initial_learning_rate=0.05)
     export = tmp_path / "export"
     lopt.save(export, optimizer, optimizer.init_meta_params(jax.random.key(0)), {"num_steps": 30})
     argv = ["--optimizer", str(export), "--suite", "tiny", "--seeds", "2", "--horizons", "1"]

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import lopt
 from meta_train.evaluation import inner_training
@@ -38,15 +39,40 @@ def test_train_step_reports_the_loss_before_a_plain_sgd_update():
     np.testing.assert_allclose(new_params["w"], params["w"] - 0.5 * grads["w"], rtol=1e-6)
 
 
-def test_learned_update_is_the_rule_with_theta_in_optax_order():
+def test_learned_transform_is_the_rule_with_theta_in_optax_order():
     task, params, key = NoisyBowl(), NoisyBowl().init(None), jax.random.key(2)
     optimizer = lopt.get_optimizer("mlp")
     theta = optimizer.init_meta_params(jax.random.key(0))
     state = optimizer.init(theta, params, 10)
     loss, grads = jax.value_and_grad(task.loss)(params, key)
     expected = optimizer.update(theta, state, grads, params, loss)
-    got = inner_training.learned_update(optimizer, theta)(grads, state, params, value=loss)
+    transform = inner_training.learned_transform(optimizer, theta, num_steps=10)
+    jax.tree.map(np.testing.assert_array_equal, transform.init(params), state)
+    got = transform.update(grads, state, params, value=loss)
     jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+
+def test_learned_transform_of_a_rule_is_its_step_size_around_its_direction():
+    """Meta-training's inner step of the normalized rule: the one composition ``with_step_size``,
+    with the horizon given to ``init`` only (the step reads it from the state)."""
+    task, params, key = NoisyBowl(), NoisyBowl().init(None), jax.random.key(2)
+    optimizer = lopt.get_optimizer("normalized")
+    theta = optimizer.init_meta_params(jax.random.key(0))
+    step_size = lopt.StepSize(3e-2, "cosine", 0.1, 1e-2)
+    expected_tx = lopt.to_optax(optimizer, theta, 10, step_size)
+    transform = inner_training.learned_transform(optimizer, theta, step_size, jnp.int32(10))
+    state, expected_state = transform.init(params), expected_tx.init(params)
+    for step in range(3):
+        loss, grads = jax.value_and_grad(task.loss)(params, jax.random.fold_in(key, step))
+        # Built again without the horizon, as the engine's step does.
+        got, state = inner_training.learned_transform(optimizer, theta, step_size).update(
+            grads, state, params, value=loss
+        )
+        expected, expected_state = expected_tx.update(grads, expected_state, params)
+        jax.tree.map(np.testing.assert_array_equal, got, expected)
+        params = optax.apply_updates(params, got)
+    with pytest.raises(ValueError, match="step_size"):
+        inner_training.learned_transform(optimizer, theta)
 
 
 def test_train_is_its_steps_one_by_one():

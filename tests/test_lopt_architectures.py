@@ -63,14 +63,15 @@ META_GRADIENT_CASES = [
 def max_update_bound(optimizer, grads):
     """Largest elementwise update an untrained optimizer may take on its first step."""
     if isinstance(optimizer, lopt.LearnableSGDM):
-        return optimizer.learning_rate * max(np.abs(g).max() for g in grads) * 1.01
+        return optimizer.initial_learning_rate * max(np.abs(g).max() for g in grads) * 1.01
     if isinstance(optimizer, lopt.LearnableAdam):
-        return optimizer.learning_rate * 1.01
+        return optimizer.initial_learning_rate * 1.01
     if isinstance(optimizer, lopt.NormalizedOptimizer):
-        # Unit RMS per tensor: no entry exceeds sqrt(size) times the learning rate.
-        return optimizer.learning_rate * np.sqrt(max(g.size for g in grads)) * 1.01
+        # A direction of unit RMS per tensor (the learning rate is outside the rule): no entry
+        # exceeds sqrt(size).
+        return np.sqrt(max(g.size for g in grads)) * 1.01
     if getattr(optimizer, "base", "none") == "adam":
-        return optimizer.base_learning_rate * 1.2  # Adam's step plus a correction starting small
+        return optimizer.initial_learning_rate * 1.2  # Adam's step plus a correction starting small
     # Normalised features are O(1), so the network's output is too; the step is step_mult times it.
     return 20 * optimizer.step_mult
 
@@ -263,7 +264,7 @@ def test_per_tensor_normalisation_makes_each_tensor_scale_free():
 
 OPTAX_EQUIVALENTS = {
     "adam": (
-        lopt.LearnableAdam(learning_rate=3e-3, b1=0.8, b2=0.99, eps=1e-6),
+        lopt.LearnableAdam(initial_learning_rate=3e-3, b1=0.8, b2=0.99, eps=1e-6),
         optax.adam(3e-3, b1=0.8, b2=0.99, eps=1e-6),
     ),
     "adam_inverse_time": (
@@ -272,7 +273,7 @@ OPTAX_EQUIVALENTS = {
     ),
     "sgdm_inverse_time": (
         lopt.LearnableSGDM(
-            learning_rate=0.05, momentum=0.8, schedule="inverse_time", decay_steps=3.0
+            initial_learning_rate=0.05, momentum=0.8, schedule="inverse_time", decay_steps=3.0
         ),
         optax.sgd(lambda count: 0.05 / (1.0 + count / 3.0), momentum=0.8),
     ),

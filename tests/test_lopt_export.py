@@ -351,7 +351,8 @@ def test_error_for_an_unknown_architecture(broken_copy):
 def test_error_for_a_newer_format_version(broken_copy):
     edit_config(broken_copy, format_version=export.FORMAT_VERSION + 1, lopt_version="9.0")
     with pytest.raises(
-        lopt.NewerFormatError, match=f"{broken_copy} has format version 2, written by lopt 9.0"
+        lopt.NewerFormatError,
+        match=f"{broken_copy} has format version {export.FORMAT_VERSION + 1}, written by lopt 9.0",
     ):
         lopt.load(broken_copy)
 

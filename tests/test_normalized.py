@@ -17,7 +17,8 @@ import lopt
 from lopt import features as feats
 from lopt import flat
 
-RULE = lopt.NormalizedOptimizer(learning_rate=1e-2)
+RULE = lopt.NormalizedOptimizer()
+STEP = lopt.StepSize(learning_rate=1e-2)
 
 
 def make_params():
@@ -179,28 +180,58 @@ def train_losses(transform, num_steps: int = 60):
 
 
 def test_update_equals_the_optax_chain_with_the_learning_rate_outside():
-    rule = dataclasses.replace(RULE, weight_decay=0.1)
-    theta = rule.init_meta_params(jax.random.key(0))
-    chain = lopt.with_learning_rate(
-        lopt.rule_transform(rule, theta), rule.learning_rate_schedule(30), rule.weight_decay
+    theta = RULE.init_meta_params(jax.random.key(0))
+    step = STEP._replace(weight_decay=0.1)
+    chain = optax.chain(
+        lopt.scale_by_rule(theta, RULE),
+        optax.add_decayed_weights(step.weight_decay),
+        optax.scale_by_learning_rate(step.learning_rates(30)),
     )
-    full = lopt.to_optax(rule, theta, 30)
+    full = lopt.to_optax(RULE, theta, 30, step)
     np.testing.assert_allclose(train_losses(chain, 30), train_losses(full, 30), rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule, weight_decay", [("cosine", 0.1), ("constant", 0.0)])
+def test_step_size_is_minus_lr_of_t_times_direction_plus_decay(theta, schedule, weight_decay):
+    """``with_step_size(scale_by_rule(...))`` is what the rule with its learning rate inside
+    computed: ``-lr(t) * (d + wd * p)`` from the rule's own direction, ``lr`` the warm-up-cosine
+    (or constant) schedule at the update count ``t`` (here in float64, so to float32 rounding)."""
+    num_steps, lr = 12, 3e-2
+    step_size = lopt.StepSize(lr, schedule, 0.25, weight_decay)
+    tx = jax.jit(lopt.with_step_size(lopt.scale_by_rule(theta, RULE), step_size, num_steps).update)
+    params = make_params()
+    state = lopt.with_step_size(lopt.scale_by_rule(theta, RULE), step_size, num_steps).init(params)
+    rule_state = RULE.init(theta, params)
+    direction = jax.jit(RULE.direction)
+    for t, grads in enumerate(gradient_sequence(num_steps + 2)):
+        d, rule_state = direction(theta, rule_state, grads, params)
+        rate = lr
+        if schedule == "cosine":
+            warmup = max(0.25 * num_steps, 1.0)
+            rate *= min(1.0, (t + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(t / num_steps, 1)))
+        expected = jax.tree.map(lambda d, p, rate=rate: -rate * (d + weight_decay * p), d, params)
+        updates, state = tx(grads, state, params)
+        for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+        params = optax.apply_updates(params, updates)
 
 
 def test_rule_composes_with_scale_by_learning_rate_and_a_schedule():
     theta = RULE.init_meta_params(jax.random.key(0))
     schedule = optax.cosine_decay_schedule(0.05, 60)
-    tx = optax.chain(lopt.rule_transform(RULE, theta), optax.scale_by_learning_rate(schedule))
+    tx = optax.chain(lopt.scale_by_rule(theta, RULE), optax.scale_by_learning_rate(schedule))
     losses = train_losses(tx)
     assert losses[-1] < 0.1 * losses[0]
 
 
 def test_inject_hyperparams_changes_the_learning_rate_mid_run():
     theta = RULE.init_meta_params(jax.random.key(0))
-    tx = optax.inject_hyperparams(lopt.with_learning_rate, static_args="rule")(
-        rule=lopt.rule_transform(RULE, theta), learning_rate=0.05
-    )
+
+    def constant_step(learning_rate):
+        rule = lopt.scale_by_rule(theta, RULE)
+        return lopt.with_step_size(rule, lopt.StepSize(learning_rate, "constant"))
+
+    tx = optax.inject_hyperparams(constant_step)(learning_rate=0.05)
     params = make_params()
     state = tx.init(params)
     grads = gradient_sequence(1)[0]
@@ -214,14 +245,15 @@ def test_inject_hyperparams_changes_the_learning_rate_mid_run():
 def test_export_round_trip_and_learning_rate_arguments(tmp_path):
     theta = RULE.init_meta_params(jax.random.key(5))
     path = tmp_path / "export"
-    lopt.save(path, RULE, theta, {"num_steps": 500})
-    expected = train_losses(lopt.to_optax(RULE, theta, 60))
+    lopt.save(path, RULE, theta, {"num_steps": 500}, step_size=STEP)
+    assert lopt.load_step_size(path) == STEP
+    expected = train_losses(lopt.to_optax(RULE, theta, 60, STEP))
     np.testing.assert_allclose(train_losses(lopt.load(path, num_steps=60)), expected, rtol=1e-6)
     # A different peak learning rate goes through the rule's own schedule.
-    faster = dataclasses.replace(RULE, learning_rate=3e-2)
+    faster = STEP._replace(learning_rate=3e-2)
     np.testing.assert_allclose(
         train_losses(lopt.load(path, num_steps=60, learning_rate=3e-2)),
-        train_losses(lopt.to_optax(faster, theta, 60)),
+        train_losses(lopt.to_optax(RULE, theta, 60, faster)),
         rtol=1e-6,
     )
     constant = train_losses(lopt.load(path, learning_rate=optax.constant_schedule(1e-2)))
@@ -276,11 +308,12 @@ def test_bad_hyperparameters_are_named():
     with pytest.raises(ValueError, match="momentum_decays"):
         lopt.NormalizedOptimizer(momentum_decays=(0.5, 0.99))
     with pytest.raises(ValueError, match="learning_rate"):
-        lopt.NormalizedOptimizer(learning_rate=float("inf"))
+        lopt.StepSize(learning_rate=float("inf")).check()
     with pytest.raises(ValueError, match="schedule"):
-        lopt.NormalizedOptimizer(schedule="linear")
+        lopt.StepSize(schedule="linear").check()
+    rule = lopt.scale_by_rule(RULE.init_meta_params(jax.random.key(0)), RULE)
     with pytest.raises(ValueError, match=r"needs\s+num_steps"):
-        RULE.init(RULE.init_meta_params(jax.random.key(0)), make_params(), None)
+        lopt.with_step_size(rule, STEP).init(make_params())
 
 
 # The step gain (step_gain=True): min(1, r ** alpha), r = RMS(m_hat) / long-run gradient RMS.

@@ -44,8 +44,13 @@ def test_pretrained_records_how_it_was_made():
     curve = info["meta_loss_curve"]
     assert len(curve["step"]) == len(curve["meta_loss"]) >= 2
     optimizer, _, _ = lopt.load_optimizer(lopt.pretrained_path())
-    recorded = info["config"]["optimizer"]["hyperparameters"]
-    assert optimizer == lopt.get_optimizer(info["config"]["optimizer"]["architecture"], **recorded)
+    architecture = info["config"]["optimizer"]["architecture"]
+    # Recorded before the step size had its own keys: among the rule's hyperparameters.
+    recorded, step_size = lopt.export.upgrade_v1(
+        architecture, info["config"]["optimizer"]["hyperparameters"]
+    )
+    assert optimizer == lopt.get_optimizer(architecture, **recorded)
+    assert step_size == lopt.load_step_size(lopt.pretrained_path())
 
 
 def test_pretrained_needs_the_run_length_and_names_what_ships():

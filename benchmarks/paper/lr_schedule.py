@@ -35,7 +35,7 @@ def make_system(quick: bool) -> tuple[unrolled_tasks.TaskTrainingSystem, lopt.Le
     overrides = {"hidden": (8,), "batch_size": 32} if quick else {}
     family = registry.get_family("mlp_digits", **overrides)
     optimizer = lopt.LearnableSGDM(
-        learning_rate=1e-3,
+        initial_learning_rate=1e-3,
         momentum=0.9,
         schedule="inverse_time",
         decay_steps=100.0,

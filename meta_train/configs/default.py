@@ -55,8 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.meta_loss_scale = "initial"
     config.optimizer.architecture = "normalized"
     config.optimizer.hyperparameters = lopt.get_optimizer(
-        "normalized", learning_rate=1e-2, mup_base_fan_in=32
+        "normalized", mup_base_fan_in=32
     ).hyperparameters()
+    config.optimizer.learning_rate = 1e-2
     config.groups.digits.augmentation = "global"
     config.groups.digits.augmentation_range = AUGMENTATION_RANGE
     config.outer.learning_rate = 1e-3
@@ -92,7 +93,15 @@ def mlp_config() -> ml_collections.ConfigDict:
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.architecture = "mlp"
+    # The rule's own hyperparameters only (lopt.get_optimizer(architecture, **hyperparameters)).
     config.optimizer.hyperparameters = lopt.get_optimizer("mlp", base="adam").hyperparameters()
+    # The step size of a rule with the learning rate outside it (architecture "normalized"):
+    # update = -lr(t) * (direction + weight_decay * params), lr(t) following the schedule
+    # ("cosine": warm-up over warmup_fraction of the inner horizon, then cosine decay to 0 at it;
+    # or "constant"); lopt.StepSize, exported with the rule. Rules that learn their step size in
+    # theta (mlp, lstm, adam, sgdm: e.g. the MLP's Adam base log_lr) do not use these keys.
+    for key, value in lopt.StepSize()._asdict().items():
+        setattr(config.optimizer, key, value)
 
     config.estimator = ml_collections.ConfigDict()
     config.estimator.name = "es_single"

@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = default.mlp_config()
     config.optimizer.architecture = "adam"
     config.optimizer.hyperparameters = lopt.get_optimizer(
-        "adam", learning_rate=1e-4, schedule="inverse_time"
+        "adam", initial_learning_rate=1e-4, schedule="inverse_time"
     ).hyperparameters()
     # Few meta-parameters: a larger noise scale and outer step are safe and converge faster.
     config.estimator.sigma = 0.1

@@ -23,8 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.optimizer.architecture = "normalized"
     config.optimizer.hyperparameters = lopt.get_optimizer(
-        "normalized", learning_rate=1e-2, mup_base_fan_in=32
+        "normalized", mup_base_fan_in=32
     ).hyperparameters()
+    config.optimizer.learning_rate = 1e-2
 
     config.estimator.window = 20
     config.estimator.horizon = 500

@@ -29,12 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_outer_steps = 4000
 
     config.optimizer.hyperparameters = lopt.get_optimizer(
-        "normalized",
-        learning_rate=1e-2,
-        mup_base_fan_in=32,
-        step_gain=True,
-        weight_decay=1e-4,
+        "normalized", mup_base_fan_in=32, step_gain=True
     ).hyperparameters()
+    config.optimizer.learning_rate = 1e-2
+    config.optimizer.weight_decay = 1e-4
 
     config.groups.digits_small = default.task_group(
         "mlp_digits",

@@ -11,7 +11,6 @@ version (``lopt.pretrained_names()``, discovered), or an export directory.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.base import LearnedOptimizer
+from lopt.step_size import StepSize
 from meta_train.evaluation.families import (
     ADAM_GRID,
     ADAMW_GRID,
@@ -158,27 +158,6 @@ def baseline_description(name: str, grid: Sequence[float], schedule: str = "cons
     return f"{name} at {lrs}{' with ' + rates if rates else ''}"
 
 
-def runtime_learning_rate(optimizer: LearnedOptimizer) -> float | None:
-    """The rule's ``learning_rate`` field if it scales the updates at run time, else ``None``.
-
-    A field that only seeds theta (``LearnableAdam``'s initial ``log_lr``) changes nothing once
-    theta is meta-trained, so sweeping it would be a sham: such a field changes
-    ``init_meta_params``, and is not swept.
-    """
-    names = {field.name for field in dataclasses.fields(optimizer)}
-    if "learning_rate" not in names:
-        return None
-    learning_rate = float(optimizer.learning_rate)
-    key = jax.random.key(0)
-    doubled = dataclasses.replace(optimizer, learning_rate=2.0 * learning_rate)
-    same = jax.tree.map(
-        lambda a, b: bool(np.array_equal(a, b)),
-        optimizer.init_meta_params(key),
-        doubled.init_meta_params(key),
-    )
-    return learning_rate if all(jax.tree.leaves(same)) else None
-
-
 def learned_contenders(
     label: str,
     optimizer: LearnedOptimizer,
@@ -186,17 +165,16 @@ def learned_contenders(
     description: str,
     multipliers: Sequence[float] = (),
     origin: Mapping[str, Any] | None = None,
+    step_size: StepSize | None = None,
 ) -> list[Contender]:
-    """The rule at its own learning rate and, for multipliers and a run-time ``learning_rate``
-    field, also over ``default * multipliers`` (``"<label> (tuned lr)"``) in the same trainer."""
-    default = runtime_learning_rate(optimizer) if multipliers else None
-    if default is None:
-        return [
-            Contender(
-                label, description, LearnedFamily(optimizer), theta=theta, origin=origin or {}
-            )
-        ]
-    family = LearnedFamily(optimizer, sweep=True)
+    """The rule at its own step size and, for multipliers and a rule with the learning rate
+    outside it, also over ``default * multipliers`` (``"<label> (tuned lr)"``) in the same
+    trainer (a rule that learns its step size in theta is not swept)."""
+    if not multipliers or step_size is None:
+        family = LearnedFamily(optimizer, step_size)
+        return [Contender(label, description, family, theta=theta, origin=origin or {})]
+    default = float(step_size.learning_rate)
+    family = LearnedFamily(optimizer, step_size, sweep=True)
     grid = tuple(default * m for m in multipliers)
     return [
         Contender(label, description, family, None, default, theta, origin or {}),
@@ -210,17 +188,34 @@ def learned_contenders(
     ]
 
 
-def untrained(optimizer: LearnedOptimizer, seed: int, label: str = "untrained") -> Contender:
-    """The rule at its initialisation ``init_meta_params(key(seed))``: what meta-training starts
-    from, so the floor that meta-training must beat."""
+def untrained(
+    optimizer: LearnedOptimizer,
+    seed: int,
+    label: str = "untrained",
+    step_size: StepSize | None = None,
+) -> Contender:
+    """The rule at its initialisation ``init_meta_params(key(seed))`` (with ``step_size``, by
+    default ``default_step_size``): what meta-training starts from, so the floor that
+    meta-training must beat."""
     theta = optimizer.init_meta_params(jax.random.key(seed))
-    return Contender(
-        label, f"untrained {optimizer.architecture}", LearnedFamily(optimizer), theta=theta
-    )
+    family = LearnedFamily(optimizer, step_size or default_step_size(optimizer))
+    return Contender(label, f"untrained {optimizer.architecture}", family, theta=theta)
 
 
-def architecture_facts(optimizer: LearnedOptimizer) -> dict[str, Any]:
-    return {"architecture": {"name": optimizer.architecture, **optimizer.hyperparameters()}}
+def default_step_size(optimizer: LearnedOptimizer) -> StepSize | None:
+    """``lopt.StepSize()`` for a rule with the learning rate outside it (an untrained one has no
+    step size of its own), else ``None``."""
+    import lopt
+
+    return lopt.StepSize() if isinstance(optimizer, lopt.LearnedRule) else None
+
+
+def architecture_facts(
+    optimizer: LearnedOptimizer, step_size: StepSize | None = None
+) -> dict[str, Any]:
+    """The rule and its step size as the report records them."""
+    facts = {"name": optimizer.architecture, **optimizer.hyperparameters()}
+    return {"architecture": facts | ({} if step_size is None else step_size.to_json())}
 
 
 def pretrained_names() -> list[str]:
@@ -235,13 +230,14 @@ def from_export(path: str, label: str, multipliers: Sequence[float] = ()) -> lis
     import lopt
 
     learned, theta, metadata = lopt.load_optimizer(path)
+    step_size = lopt.load_step_size(path)
     origin = {
         "export": os.path.abspath(path),
-        **architecture_facts(learned),
+        **architecture_facts(learned, step_size),
         "meta_training_num_steps": metadata.get("num_steps"),
     }
     return learned_contenders(
-        label, learned, theta, f"{label} {learned.architecture}", multipliers, origin
+        label, learned, theta, f"{label} {learned.architecture}", multipliers, origin, step_size
     )
 
 
@@ -267,13 +263,15 @@ def resolve(
 
         learned = lopt.get_optimizer(name.removeprefix("untrained:"))
         theta = learned.init_meta_params(jax.random.key(seed))
+        step_size = default_step_size(learned)
         return learned_contenders(
             label or "untrained",
             learned,
             theta,
             f"untrained {learned.architecture}",
             multipliers,
-            architecture_facts(learned),
+            architecture_facts(learned, step_size),
+            step_size,
         )
     if name in pretrained_names():
         import lopt
@@ -287,13 +285,17 @@ def resolve(
     )
 
 
-def learned_rule(name: str) -> LearnedOptimizer | None:
-    """The learned rule behind ``name`` (``None`` for an optax contender): for its schedule."""
+def learned_rule(name: str) -> tuple[LearnedOptimizer, StepSize | None] | None:
+    """The learned rule behind ``name`` and its step size (``None`` for an optax contender): for
+    its untrained floor and the baselines' schedule and weight decay."""
     import lopt
 
     if name in OPTAX:
         return None
     if name.startswith("untrained:"):
-        return lopt.get_optimizer(name.removeprefix("untrained:"))
+        learned = lopt.get_optimizer(name.removeprefix("untrained:"))
+        return learned, default_step_size(learned)
     path = lopt.pretrained_path(name) if name in pretrained_names() else name
-    return lopt.load_optimizer(path)[0] if os.path.isdir(path) else None
+    if not os.path.isdir(path):
+        return None
+    return lopt.load_optimizer(path)[0], lopt.load_step_size(path)

@@ -25,7 +25,8 @@ import numpy as np
 import optax
 
 from lopt import schedules
-from lopt.base import LearnedOptimizer
+from lopt.base import LearnedOptimizer, LearnedRule
+from lopt.step_size import StepSize
 from meta_train.es.compile_options import FAST_COMPILE
 from meta_train.evaluation import contenders as named
 from meta_train.evaluation import eval_tasks, policy, results, trainer
@@ -101,10 +102,10 @@ class EvalConfig:
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
-        if self.baseline_schedule not in schedules.SCHEDULES:
+        choices = schedules.available(horizon=True, decay=False)
+        if self.baseline_schedule not in choices:
             raise ValueError(
-                f"unknown baseline_schedule {self.baseline_schedule!r}; choose from "
-                f"{schedules.SCHEDULES}"
+                f"unknown baseline_schedule {self.baseline_schedule!r}; choose from {choices}"
             )
         for name in ("adam_grid", "adamw_grid", "sgdm_grid"):
             _check_grid(name, getattr(self, name))
@@ -156,10 +157,15 @@ def _seed_keys(seeds: int | Sequence[int]) -> tuple[list[int], jax.Array]:
 
 
 def _subject(
-    optimizer: Any, theta: Any, name: str | None, seed: int, config: EvalConfig
-) -> tuple[list[Contender], LearnedOptimizer | None]:
+    optimizer: Any,
+    theta: Any,
+    name: str | None,
+    seed: int,
+    config: EvalConfig,
+    step_size: StepSize | None = None,
+) -> tuple[list[Contender], tuple[LearnedOptimizer, StepSize | None] | None]:
     """The evaluated optimizer's contenders (none for a tuned baseline: it is one of the
-    baselines) and the learned rule whose untrained floor to add (if any)."""
+    baselines) and the learned rule and step size whose untrained floor to add (if any)."""
     multipliers = config.learned_lr_multipliers
     if isinstance(optimizer, str):
         if optimizer in named.TUNED:
@@ -173,12 +179,17 @@ def _subject(
                 f"evaluating a {type(optimizer).__name__} needs its meta-parameters: pass "
                 "theta=..., or optimizer='untrained:<architecture>' for the untrained floor"
             )
+        if isinstance(optimizer, LearnedRule) and step_size is None:
+            raise ValueError(
+                f"a {type(optimizer).__name__} has the learning rate outside it: pass "
+                "step_size=lopt.StepSize(learning_rate, schedule, warmup_fraction, weight_decay)"
+            )
         label = name or "learned"
         description = f"{label} {optimizer.architecture}"
-        facts = named.architecture_facts(optimizer)
+        facts = named.architecture_facts(optimizer, step_size)
         return named.learned_contenders(
-            label, optimizer, theta, description, multipliers, facts
-        ), optimizer
+            label, optimizer, theta, description, multipliers, facts, step_size
+        ), (optimizer, step_size)
     if isinstance(optimizer, optax.GradientTransformation):
         label = name or "optax"
         return [Contender(label, label, named.FixedFamily(optimizer))], None
@@ -190,10 +201,15 @@ def _subject(
 
 
 def contenders_of(
-    optimizer: Any, theta: Any, name: str | None, seed: int, config: EvalConfig
+    optimizer: Any,
+    theta: Any,
+    name: str | None,
+    seed: int,
+    config: EvalConfig,
+    step_size: StepSize | None = None,
 ) -> tuple[str, list[Contender]]:
     """The subject's label and every contender, the subject's first."""
-    subject, floor = _subject(optimizer, theta, name, seed, config)
+    subject, floor = _subject(optimizer, theta, name, seed, config, step_size)
     optax_names = [n for n in BASELINES if n in config.baselines or n == optimizer]
     optax_names += [n for n in config.peers if n in named.OPTAX and n not in optax_names]
     found = [*subject, *named.optax_contenders(optax_names, config.options(), config.grids())]
@@ -201,7 +217,7 @@ def contenders_of(
         if peer not in named.OPTAX:
             found += named.resolve(peer, config.options(), seed)
     if config.untrained_floor and floor is not None:
-        found.append(named.untrained(floor, seed))
+        found.append(named.untrained(floor[0], seed, step_size=floor[1]))
     labels = [c.label for c in found]
     if len(set(labels)) != len(labels):
         raise ValueError(f"name {name!r} clashes with another contender's label; choose another")
@@ -217,6 +233,7 @@ def evaluate(
     config: EvalConfig | None = None,
     *,
     theta: Any = None,
+    step_size: StepSize | None = None,
     name: str | None = None,
     progress: bool = True,
     settings: Mapping[str, Any] | None = None,
@@ -226,7 +243,8 @@ def evaluate(
     ``Report``.
 
     ``optimizer``: an ``optax.GradientTransformation``; a ``lopt`` ``LearnedOptimizer`` with
-    ``theta``; a contender name (``contenders.names()``: a tuned baseline, a tuning-free
+    ``theta`` (and ``step_size``, a ``lopt.StepSize``, for a rule with the learning rate outside
+    it); a contender name (``contenders.names()``: a tuned baseline, a tuning-free
     optimizer, a pretrained version), an export directory or ``"untrained:<architecture>"``.
     ``tasks``: a suite name, a list of ``HeldOutTask`` / ``Task`` / ``(name, Task)``, or a
     ``{name: Task}`` mapping (a ``Task`` that is a pytree reaches the compiled code as an
@@ -241,7 +259,7 @@ def evaluate(
     missing = [t.name for t in resolved if t.num_steps is None and config.num_steps is None]
     if missing:
         raise ValueError(f"tasks {missing} have no horizon: pass num_steps=...")
-    subject, found = contenders_of(optimizer, theta, name, seed_list[0], config)
+    subject, found = contenders_of(optimizer, theta, name, seed_list[0], config, step_size)
     groups = named.group(found)
     options = tuple(sorted((config.compiler_options or {}).items()))
     jobs = []
@@ -282,18 +300,23 @@ def evaluate(
 
 
 def baseline_schedule(choice: str, optimizer: str) -> str:
-    """``auto``: the learned rule's ``schedule`` field (the same schedule for every contender)."""
+    """``auto``: the learned rule's own schedule (the same schedule for every contender)."""
     if choice != "auto":
         return choice
-    return schedule_of(named.learned_rule(optimizer))
+    return schedule_of(_step_size_of(optimizer))
 
 
 def baseline_weight_decay(optimizer: str) -> float:
     """The learned rule's own weight decay (0 for optax contenders and rules without one)."""
-    return float(getattr(named.learned_rule(optimizer), "weight_decay", 0.0))
+    step_size = _step_size_of(optimizer)
+    return 0.0 if step_size is None else float(step_size.weight_decay)
 
 
-def schedule_of(optimizer: Any) -> str:
-    """A learned rule's own schedule name (its ``schedule`` field), else ``"constant"``."""
-    schedule = getattr(optimizer, "schedule", "constant")
-    return schedule if schedule in schedules.SCHEDULES else "constant"
+def _step_size_of(optimizer: str) -> StepSize | None:
+    rule = named.learned_rule(optimizer)
+    return None if rule is None else rule[1]
+
+
+def schedule_of(step_size: StepSize | None) -> str:
+    """A learned rule's own schedule name (its step size's), else ``"constant"``."""
+    return "constant" if step_size is None else step_size.schedule

@@ -6,15 +6,14 @@ per task:
   advances on every step: a few elementwise ops buy one compile for the whole family). The tuned
   baselines (``TUNED``) form one family, the tuning-free optimizers of ``optax.contrib`` at their
   published defaults another, and Muon (matrix products, costly to run for every row) its own.
-- ``LearnedFamily``: one learned rule; its contenders (a pretrained version, the untrained
-  initialisation) differ only in theta, stacked along the rows.
+- ``LearnedFamily``: one learned rule (and its step size); its contenders (a pretrained version,
+  the untrained initialisation) differ only in theta, stacked along the rows.
 - ``FixedFamily``: a user's optax transform.
 """
 
 from __future__ import annotations
 
 import abc
-import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -27,6 +26,7 @@ from optax import contrib
 
 from lopt import schedules
 from lopt.base import LearnedOptimizer
+from lopt.step_size import StepSize
 
 # Half-decade grids; wide enough that the chosen point is inside on the suites we run (a chosen
 # point at an end is flagged, ``policy.at_grid_edge``).
@@ -187,19 +187,17 @@ class FixedFamily(Family):
 
 @dataclasses.dataclass(frozen=True)
 class LearnedFamily(Family):
-    """A learned rule with each row's theta; with ``sweep``, its ``learning_rate`` field is the
-    row's (traced) rate."""
+    """A learned rule with each row's theta and its ``step_size`` (``None`` for a rule that learns
+    its own); with ``sweep``, the row's (traced) learning rate is the step size's peak."""
 
     optimizer: LearnedOptimizer
+    step_size: StepSize | None = None
     sweep: bool = False
 
     def build(self, row, theta, num_steps):
         import lopt
 
-        optimizer = self.optimizer
+        step_size = self.step_size
         if self.sweep:
-            # dataclasses.replace would rerun __post_init__, whose checks (lr > 0) cannot read a
-            # traced value; the grid was checked positive before tracing.
-            optimizer = copy.copy(optimizer)
-            object.__setattr__(optimizer, "learning_rate", row[1])
-        return Built(lopt.to_optax(optimizer, theta, num_steps), _same_params)
+            step_size = step_size._replace(learning_rate=row[1])
+        return Built(lopt.to_optax(self.optimizer, theta, num_steps, step_size), _same_params)

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+import lopt
 from lopt.base import LearnedOptimizer
 from meta_train.evaluation import inner_training
 from tasks import registry
@@ -35,21 +36,28 @@ def train_curve(
     config: Any,
     num_steps: int,
     key: jax.Array,
+    step_size: lopt.StepSize | None = None,
 ) -> tuple[Any, jax.Array]:
-    """Train ``family.task(config)`` with ``optimizer`` for ``num_steps``: final params and the
-    ``[num_steps]`` training losses (not jitted itself)."""
+    """Train ``family.task(config)`` with ``optimizer`` (and its ``step_size``) for
+    ``num_steps``: final params and the ``[num_steps]`` training losses (not jitted itself)."""
     task = family.task(config)
     init_key, data_key = inner_training.split_seed(key)
     params = task.init(init_key)
-    state = optimizer.init(theta, params, num_steps)
-    update = inner_training.learned_update(optimizer, theta)
+    transform = inner_training.learned_transform(optimizer, theta, step_size, num_steps)
     keys = jax.random.split(data_key, num_steps)
-    params, _, losses = inner_training.train(task, update, params, state, keys)
+    params, _, losses = inner_training.train(
+        task, transform.update, params, transform.init(params), keys
+    )
     return params, losses
 
 
 def make_held_out_evals(
-    optimizer: LearnedOptimizer, suite: str, num_tasks: int, num_steps: int, seed: int = 0
+    optimizer: LearnedOptimizer,
+    suite: str,
+    num_tasks: int,
+    num_steps: int,
+    seed: int = 0,
+    step_size: lopt.StepSize | None = None,
 ) -> list[HeldOutEval]:
     """One ``HeldOutEval`` per task; ``num_steps`` 0 means each task's own horizon.
 
@@ -63,7 +71,7 @@ def make_held_out_evals(
         key = jax.random.fold_in(jax.random.key(seed), len(evals))
 
         def run(theta, family, steps=steps, config=held_out.config, key=key):
-            params, losses = train_curve(optimizer, theta, family, config, steps, key)
+            params, losses = train_curve(optimizer, theta, family, config, steps, key, step_size)
             tail = max(1, steps // 10)
             metrics = family.task(config).evaluate(params, "test")
             figures = {"train_loss": jnp.mean(losses[-tail:])}

@@ -6,7 +6,7 @@ optimizer meets the same training loop everywhere it is trained or judged.
 
 The optimizer is an update function in optax's ``GradientTransformationExtraArgs`` convention,
 ``update(grads, state, params, value=loss) -> (updates, state)``: an optax transform's ``update``,
-or a learned optimizer's with theta bound (``learned_update``).
+or a learned optimizer's with theta bound (``learned_transform``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import optax
 
-from lopt.base import LearnedOptimizer
+import lopt
+from lopt.base import LearnedOptimizer, LearnedRule
 from tasks.base import Task
 
 
@@ -26,12 +27,27 @@ def split_seed(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init_key, data_key
 
 
-def learned_update(optimizer: LearnedOptimizer, theta: Any) -> optax.TransformUpdateExtraArgsFn:
-    """``optimizer.update`` with meta-parameters ``theta``, in optax's argument order.
+def learned_transform(
+    optimizer: LearnedOptimizer,
+    theta: Any,
+    step_size: lopt.StepSize | None = None,
+    num_steps: int | jax.Array | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """``optimizer`` with meta-parameters ``theta`` as an optax transform: a rule with the learning
+    rate outside it (``LearnedRule``) inside ``lopt.with_step_size(..., step_size, num_steps)``,
+    any other optimizer's own ``init``/``update``.
 
-    Not ``lopt.to_optax``: meta-training keeps the rule's own state (checkpointed as it is) and has
-    no use for its past-the-horizon warning.
+    ``num_steps`` (the horizon, traced or not) is only read by ``init``: the state keeps it, so
+    meta-training builds the transform again at each step without it. Not ``lopt.to_optax``:
+    meta-training has no use for its past-the-horizon warning (a host callback).
     """
+    if isinstance(optimizer, LearnedRule):
+        if step_size is None:
+            raise ValueError(
+                f"{type(optimizer).__name__} has the learning rate outside it and needs a "
+                "step_size (lopt.StepSize)"
+            )
+        return lopt.with_step_size(lopt.scale_by_rule(theta, optimizer), step_size, num_steps)
 
     def update(
         grads: Any, state: Any, params: Any = None, *, value: Any = None, **extra_args: Any
@@ -39,7 +55,9 @@ def learned_update(optimizer: LearnedOptimizer, theta: Any) -> optax.TransformUp
         del extra_args
         return optimizer.update(theta, state, grads, params, value)
 
-    return update
+    return optax.GradientTransformationExtraArgs(
+        lambda params: optimizer.init(theta, params, num_steps), update
+    )
 
 
 def train_step(
