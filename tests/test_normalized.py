@@ -265,6 +265,30 @@ def test_export_round_trip_and_learning_rate_arguments(tmp_path):
     assert float(jnp.sqrt(jnp.mean(d["w"] ** 2))) == pytest.approx(1.0, rel=1e-5)
 
 
+def test_a_format_1_export_loads_to_the_same_updates(tmp_path):
+    """Format 1 (the shipped normalized-v1/v2) kept the step size among the rule's
+    hyperparameters: the same export rewritten so loads to the same optimizer and updates."""
+    import json
+
+    from lopt import export
+
+    theta = RULE.init_meta_params(jax.random.key(6))
+    step = STEP._replace(weight_decay=1e-3)
+    new, old = tmp_path / "new", tmp_path / "old"
+    lopt.save(new, RULE, theta, {"num_steps": 500}, step_size=step)
+    lopt.save(old, RULE, theta, {"num_steps": 500}, step_size=step)
+    config = json.loads((old / export.CONFIG_FILE).read_text())
+    config["hyperparameters"] |= config.pop(export.STEP_SIZE_KEY)
+    config["format_version"] = 1
+    config[export.FINGERPRINT_KEY] = export.fingerprint(config)
+    (old / export.CONFIG_FILE).write_text(json.dumps(config))
+    assert lopt.load_optimizer(old)[0] == RULE and lopt.load_step_size(old) == step
+    np.testing.assert_array_equal(
+        train_losses(lopt.load(old, num_steps=30), 30),
+        train_losses(lopt.load(new, num_steps=30), 30),
+    )
+
+
 def test_learning_rate_is_refused_for_rules_that_learn_their_step(tmp_path):
     mlp = lopt.MLPOptimizer(hidden_sizes=(4,))
     path = tmp_path / "mlp"
