@@ -319,13 +319,17 @@ def build_real(config_name: str, rule: str) -> tuple[list, Any, str]:
     from meta_train import config_flags, train, warm_start
 
     config = config_flags.load_config(config_name)
+    settings = config_flags.validate(config)
     if rule == "v1":
         optimizer, theta, _ = lopt.load_optimizer(lopt.pretrained_path("normalized-v1"))
+        step_size = lopt.load_step_size(lopt.pretrained_path("normalized-v1"))
+        system = settings.system.replace(optimizer=optimizer, step_size=step_size)
+        settings = settings._replace(system=system)
     else:
-        optimizer = train.build_optimizer(config)
+        optimizer = settings.optimizer
         theta = optimizer.init_meta_params(jax.random.key(config.seed))
         theta, _ = warm_start.warm_start("normalized-v1", optimizer, theta)
-    return train.build_groups(config, optimizer), theta, config.meta_loss
+    return train.build_groups(settings), theta, config.meta_loss
 
 
 def main(argv: Sequence[str] | None = None) -> int:

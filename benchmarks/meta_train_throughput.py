@@ -66,6 +66,7 @@ from benchmarks import output
 from benchmarks.provenance import provenance
 from meta_train import config_flags, outer, train, unrolled_tasks
 from meta_train.es import engine
+from meta_train.evaluation import inner_training
 from tasks import augment, registry
 
 
@@ -288,17 +289,15 @@ class PretrainedEngineVariant(EngineVariant):
     """The engine on the ``pretrained`` config's groups, as ``lopt meta-train`` builds them."""
 
     def __init__(self, config, num_devices: int, pairs_per_chunk: int | None):
-        optimizer = train.build_optimizer(config)
-        groups = train.build_groups(config, optimizer)
+        settings = config_flags.validate(config)
+        optimizer, groups = settings.optimizer, train.build_groups(settings)
         groups = [
             g._replace(
                 engine_config=dataclasses.replace(g.engine_config, pairs_per_chunk=pairs_per_chunk)
             )
             for g in groups
         ]
-        self._build(
-            groups, config_flags.outer_settings(config), optimizer, num_devices, pairs_per_chunk
-        )
+        self._build(groups, settings.outer, optimizer, num_devices, pairs_per_chunk)
 
 
 # Inner-step ablations of the pretrained setting: the same particles (every group's 2 x pairs
@@ -320,19 +319,15 @@ class UnrollVariant(JittedVariant):
         self.name = f"unroll: {kind} ({num_devices} dev)"
         self.extra = {}
         window = config.estimator.window
-        optimizer = train.build_optimizer(config)
+        optimizer = config_flags.validate(config).optimizer
         theta = optimizer.init_meta_params(jax.random.key(0))
         mesh = outer.make_mesh(num_devices)
         if kind == "rule":
             # The rule's own update, as the engine calls it (lopt.to_optax adds a host callback
             # per step that warns past the horizon).
             horizon = config.estimator.horizon
-            tx = optax.GradientTransformationExtraArgs(
-                lambda params: optimizer.init(theta, params, horizon),
-                lambda grads, state, params, value=None: optimizer.update(
-                    theta, state, grads, params, value
-                ),
-            )
+            step_size = unrolled_tasks.step_size_of(optimizer, config.optimizer)
+            tx = inner_training.learned_transform(optimizer, theta, step_size, horizon)
         elif kind == "adamw":
             tx = optax.adamw(1e-3)
         else:

@@ -284,17 +284,17 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--baseline-schedule",
-        choices=("auto", *schedules.SCHEDULES),
+        choices=("auto", *schedules.available(horizon=True, decay=False)),
         default="auto",
-        help="the baselines' learning-rate schedule; auto: the learned rule's own 'schedule' "
-        "field if it has one, else constant (default: auto)",
+        help="the baselines' learning-rate schedule; auto: the learned rule's own step size's "
+        "schedule if it has one, else constant (default: auto)",
     )
     parser.add_argument(
         "--sweep-learned-lr",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also tune the learned rule's run-time learning_rate over 7 points around its "
-        "default, reported as '<name> (tuned lr)' (for rules that have one)",
+        help="also tune the learned rule's learning rate over 7 points around its default, "
+        "reported as '<name> (tuned lr)' (for rules with the learning rate outside them)",
     )
     parser.add_argument(
         "--untrained-floor",

@@ -1,5 +1,6 @@
 """Meta-training configs: load an ``ml_collections`` config file, apply ``--config.key=value``
-overrides with type checking, and validate every choice before anything is compiled.
+overrides with type checking, and turn the config into the objects training uses (``validate``
+returns ``Settings``), checking every choice before anything is compiled.
 
 This is the part of ``ml_collections.config_flags`` the CLI needs, without absl's global flags: a
 config is named (``default``, ``pes``, ... from ``meta_train/configs/``) or given as a path to a
@@ -10,19 +11,23 @@ value it replaces, so ``--config.estimator.window=ten`` fails naming the key and
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib.util
+import itertools
 import json
 import math
 import os
-import re
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import ml_collections
 
+import lopt
+from meta_train import outer, unrolled_tasks, warm_start
+from meta_train.es import engine
+
 # The estimators ``estimator.name`` may choose, from their one home (re-exported).
 from meta_train.es.estimators import ESTIMATORS as ESTIMATORS
+from tasks import augment, registry
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 
@@ -38,6 +43,9 @@ RESUMABLE_KEYS = (
 )
 # Dicts whose keys are free (forwarded as keyword arguments), so an override may add a key.
 OPEN_DICTS = ("overrides",)
+
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -245,56 +253,122 @@ def _finite_numbers(key: str, value: Any) -> None:
             _finite_numbers(key, item)
 
 
-@contextlib.contextmanager
-def _blame(keys: str | dict[str, str]) -> Iterator[None]:
-    """Re-raise a ``TypeError`` or ``ValueError`` of the block as a ``ConfigError`` naming config
-    keys: ``keys`` itself, or of a ``{field: config key}`` dict the keys of the fields the
-    message names (all of them when it names none). The objects' messages say what is allowed."""
+Key = str | tuple[str, ...]  # the config key (or keys) whose values an argument is built from
+
+
+def _keys(key: Key) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) else key
+
+
+def _refused(keys: Sequence[Key], error: Exception) -> ConfigError:
+    """``error`` as the ``ConfigError`` of ``keys`` (each a key or a tuple of keys)."""
+    flat = list(dict.fromkeys(name for key in keys for name in _keys(key)))
+    quoted = ", ".join(map(repr, flat))
+    return ConfigError(f"config key{'s' * (len(flat) > 1)} {quoted}: {error}")
+
+
+def _build(key: Key, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``build(*args, **kwargs)``, whose arguments are the value of the config ``key``: its
+    ``TypeError`` or ``ValueError`` (the object's message says what is allowed) becomes a
+    ``ConfigError`` naming ``key``."""
     try:
-        yield
+        return build(*args, **kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:
-        fields = {"": keys} if isinstance(keys, str) else keys
-        named = [key for field, key in fields.items() if re.search(rf"\b{field}\b", str(error))]
-        blamed = list(dict.fromkeys(named or fields.values()))
-        quoted = ", ".join(map(repr, blamed))
-        raise ConfigError(f"config key{'s' * (len(blamed) > 1)} {quoted}: {error}") from None
+        raise _refused([key], error) from None
 
 
-# Which config key sets each field of the objects the config builds (see ``_blame``).
-_ENGINE_KEYS = {
-    "window": "estimator.window",
-    "sigma": "estimator.sigma",
-    "horizon": "estimator.horizon",
-    "T_min": "estimator.min_horizon",
-    "stagger": "estimator.stagger",
-    "estimator": "estimator.name",
-    "resample_every": "estimator.resample_every",
-    "pairs_per_chunk": "pairs_per_chunk",
+def _build_fields(
+    build: Callable[..., T], reference: dict[str, Any], fields: dict[str, tuple[Key, Any]]
+) -> T:
+    """``build(**reference | values)`` for ``fields``, ``{argument: (config key, value)}``, on
+    ``reference``, arguments ``build`` accepts. When the object refuses them, the keys named are
+    found by building it again with only some arguments taking their values: the key of the first
+    value it refuses by itself, else the keys of the smallest sets it refuses together (a rule
+    between arguments: ``full_es`` needs ``window == horizon``), else every key."""
+
+    def refuses(names: Iterable[str]) -> Exception | None:
+        try:
+            build(**reference | {name: fields[name][1] for name in names})
+        except (TypeError, ValueError) as error:
+            return error
+        return None
+
+    try:
+        return build(**reference | {name: value for name, (_, value) in fields.items()})
+    except (TypeError, ValueError) as error:
+        failure = error
+    blamed = list(fields)
+    for size in range(1, len(fields)):
+        refused = [names for names in itertools.combinations(fields, size) if refuses(names)]
+        if refused:
+            found = set(refused[0] if size == 1 else itertools.chain(*refused))
+            blamed = [name for name in fields if name in found]
+            failure = refuses(blamed) or failure
+            break
+    raise _refused([fields[name][0] for name in blamed], failure) from None
+
+
+# Arguments each value of a config key is first judged on, alone (``_build_fields``): a valid
+# engine config, outer settings, meta-loss system and augmentation. gpes is the estimator that
+# accepts every resample_every; "reeval" the meta-loss that accepts every train-loss weight.
+_ENGINE_REFERENCE = {
+    "num_pairs": 1,
+    "window": 1,
+    "sigma": 1.0,
+    "horizon": 1,
+    "stagger": False,
+    "estimator": "gpes",
 }
-_OUTER_KEYS = {
-    field: f"outer.{field}"
-    for field in ("optimizer", "learning_rate", "clip_norm", "schedule", "warmup_steps")
-}
+_SYSTEM_REFERENCE = {"family": None, "meta_loss": "reeval"}
+_AUGMENTATION_REFERENCE = {"base": None}
+# The keys of the outer section, each the argument of ``outer.OuterSettings`` of its name.
+_OUTER_KEYS = ("optimizer", "learning_rate", "clip_norm", "schedule", "warmup_steps")
 
 
-def validate(config: ml_collections.ConfigDict, num_available_devices: int | None = None) -> None:
-    """Check a meta-training config; raise ``ConfigError`` naming the key and what is allowed.
+class GroupSettings(NamedTuple):
+    """One entry of ``config.groups``, checked: a registered family and its overrides (built, with
+    its data, by ``train.build_groups``), its augmentation (an ``augment.ReparameterizedFamily``
+    without a base) or ``None``, its engine config and its weight."""
 
-    Each rule has one home. The objects the config describes enforce their own: this builds the
-    engine config of every group, the outer settings, the optimizer, the meta-loss system and
-    the augmentation, and looks every family, family option and suite up in the task registry
-    (no data is loaded, nothing is compiled), and names the config key when one refuses a value
-    (``train.build_groups`` reports a bad override value when it loads the family). Checked here
-    is what only the config has: finite numbers, counts, the horizon against the window, how the
-    pairs split over the devices.
+    name: str
+    family: str
+    overrides: dict[str, Any]
+    augmentation: augment.ReparameterizedFamily | None
+    engine: engine.EngineConfig
+    weight: float
+
+
+class Settings(NamedTuple):
+    """A meta-training config turned into what training uses (``validate``): the learned
+    optimizer and its step size (``None`` for a rule that learns its own), the meta-loss system
+    without a family (``TaskTrainingSystem``; each group's is this with its family), the groups,
+    the outer optimizer's settings and the number of devices (0: all, when ``validate`` was not
+    told how many there are)."""
+
+    optimizer: lopt.LearnedOptimizer
+    step_size: lopt.StepSize | None
+    system: unrolled_tasks.TaskTrainingSystem
+    groups: tuple[GroupSettings, ...]
+    outer: outer.OuterSettings
+    num_devices: int
+
+
+def validate(
+    config: ml_collections.ConfigDict, num_available_devices: int | None = None
+) -> Settings:
+    """``config`` as ``Settings``; raise ``ConfigError`` naming the key and what is allowed.
+
+    Each rule has one home. The objects the config describes enforce their own: each is built
+    from its keys (``_build``, ``_build_fields``), so the key of a value it refuses is known, not
+    guessed: the optimizer, the meta-loss system, the outer settings, every group's engine config
+    and augmentation; every family, family option and suite is looked up in the task registry (no
+    data is loaded, nothing is compiled; ``train.build_groups`` reports a bad override value when
+    it loads the family). Checked here is what only the config has: finite numbers, counts, the
+    horizon against the window, how the pairs split over the devices.
     """
     import jax
-
-    import lopt
-    from meta_train import unrolled_tasks, warm_start
-    from tasks import augment, registry
 
     _finite_numbers("", config)
     for key in ("num_outer_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -329,39 +403,24 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
     if num_available_devices is not None:
         devices = num_devices_to_use(config, num_available_devices)
 
-    with _blame("optimizer.architecture"):
-        lopt.registry.architecture_class(config.optimizer.architecture)
-    with _blame("optimizer.hyperparameters"):
-        optimizer = lopt.get_optimizer(
-            config.optimizer.architecture, **config.optimizer.hyperparameters
-        )
-    if config.init_from:
-        with _blame("init_from"):
-            try:
-                warm_start.warm_start(
-                    config.init_from, optimizer, optimizer.init_meta_params(jax.random.key(0))
-                )
-            except lopt.ExportError as error:
-                raise ValueError(str(error)) from None
-    with _blame(
+    optimizer = _optimizer(config)
+    step_size = _step_size(config, optimizer)
+    system = _build_fields(
+        unrolled_tasks.TaskTrainingSystem,
+        _SYSTEM_REFERENCE | {"optimizer": optimizer, "step_size": step_size},
         {
-            "meta_loss": "meta_loss",
-            "meta_loss_scale": "meta_loss_scale",
-            "train_loss_weight": "meta_loss_train_weight",
-        }
-    ):
-        unrolled_tasks.TaskTrainingSystem(
-            None,
-            optimizer,
-            config.meta_loss,
-            config.meta_loss_scale,
-            config.meta_loss_train_weight,
-        )
-    with _blame(_OUTER_KEYS):
-        outer_settings(config).build()
+            "meta_loss": ("meta_loss", config.meta_loss),
+            "meta_loss_scale": ("meta_loss_scale", config.meta_loss_scale),
+            "train_loss_weight": ("meta_loss_train_weight", config.meta_loss_train_weight),
+        },
+    )
+    outer_settings = _outer_settings(config)
+    platform = jax.default_backend()
+    groups = []
     for name, group in config.groups.items():
-        with _blame(_ENGINE_KEYS | {"num_pairs": f"groups.{name}.num_pairs"}):
-            engine_config(config, group.num_pairs)
+        engine_config = _build_fields(
+            engine.EngineConfig, _ENGINE_REFERENCE, _engine_fields(config, name, platform)
+        )
         if devices and group.num_pairs % devices:
             raise ConfigError(
                 f"config key 'groups.{name}.num_pairs' ({group.num_pairs}) must be a multiple of "
@@ -369,20 +428,112 @@ def validate(config: ml_collections.ConfigDict, num_available_devices: int | Non
                 f"or set --config.num_devices"
             )
         _positive(f"groups.{name}.weight", group.weight)
-        with _blame(f"groups.{name}.family"):
-            registry.family_spec(group.family)
-        with _blame(f"groups.{name}.overrides"):
-            registry.checked_options(group.family, dict(group.overrides))
+        _build(f"groups.{name}.family", registry.family_spec, group.family)
+        overrides = dict(group.overrides)
+        _build(f"groups.{name}.overrides", registry.checked_options, group.family, overrides)
+        augmentation = None
         if group.augmentation != "none":
-            augmentation = {"level": f"groups.{name}.augmentation"}
-            with _blame(augmentation | {"scale_range": f"groups.{name}.augmentation_range"}):
-                augment.ReparameterizedFamily(None, group.augmentation, group.augmentation_range)
+            augmentation = _build_fields(
+                augment.ReparameterizedFamily,
+                _AUGMENTATION_REFERENCE,
+                {
+                    "level": (f"groups.{name}.augmentation", group.augmentation),
+                    "scale_range": (
+                        f"groups.{name}.augmentation_range",
+                        tuple(float(s) for s in group.augmentation_range),
+                    ),
+                },
+            )
+        groups.append(
+            GroupSettings(name, group.family, overrides, augmentation, engine_config, group.weight)
+        )
     if config.eval.num_tasks:
-        with _blame("eval.suite"):
-            registry.suite_entries(config.eval.suite)
+        _build("eval.suite", registry.suite_entries, config.eval.suite)
     if config.comparison.num_tasks:
-        with _blame("comparison.suite" if config.comparison.suite else "eval.suite"):
-            registry.suite_entries(comparison_suite(config))
+        key = "comparison.suite" if config.comparison.suite else "eval.suite"
+        _build(key, registry.suite_entries, comparison_suite(config))
+    return Settings(optimizer, step_size, system, tuple(groups), outer_settings, devices)
+
+
+def _optimizer(config: ml_collections.ConfigDict) -> lopt.LearnedOptimizer:
+    """The learned optimizer of the ``optimizer`` section, checked against ``init_from`` when a
+    run starts from another theta."""
+    _build(
+        "optimizer.architecture", lopt.registry.architecture_class, config.optimizer.architecture
+    )
+    optimizer = _build(
+        "optimizer.hyperparameters",
+        lopt.get_optimizer,
+        config.optimizer.architecture,
+        **config.optimizer.hyperparameters,
+    )
+    if config.init_from:
+        _build("init_from", _warm_start_check, config.init_from, optimizer)
+    return optimizer
+
+
+def _step_size(
+    config: ml_collections.ConfigDict, optimizer: lopt.LearnedOptimizer
+) -> lopt.StepSize | None:
+    """The rule's step size from ``optimizer.<field>`` for each field of ``lopt.StepSize`` (a
+    refusal names its keys); ``None`` for a rule that learns its own."""
+    fields = {
+        field: (f"optimizer.{field}", config.optimizer[field]) for field in lopt.StepSize._fields
+    }
+    _build_fields(lambda **values: lopt.StepSize(**values).check(), {}, fields)
+    return unrolled_tasks.step_size_of(optimizer, config.optimizer)
+
+
+def _warm_start_check(source: str, optimizer: lopt.LearnedOptimizer) -> None:
+    """``warm_start`` of a fresh theta, for its refusal (an ``ExportError`` as a ``ValueError``)."""
+    import jax
+
+    try:
+        warm_start.warm_start(source, optimizer, optimizer.init_meta_params(jax.random.key(0)))
+    except lopt.ExportError as error:
+        raise ValueError(str(error)) from None
+
+
+def _engine_fields(
+    config: ml_collections.ConfigDict, group: str, platform: str
+) -> dict[str, tuple[Key, Any]]:
+    """The ``engine.EngineConfig`` arguments of ``group`` with their config keys: the estimator
+    section, the group's pairs and ``pairs_per_chunk`` on ``platform``."""
+    estimator = config.estimator
+    horizon: tuple[Key, Any] = ("estimator.horizon", estimator.horizon)
+    if estimator.min_horizon:
+        keys = ("estimator.min_horizon", "estimator.horizon")
+        horizon = (keys, (estimator.min_horizon, estimator.horizon))
+    return {
+        "estimator": ("estimator.name", estimator.name),
+        "num_pairs": (f"groups.{group}.num_pairs", config.groups[group].num_pairs),
+        "window": ("estimator.window", estimator.window),
+        "sigma": ("estimator.sigma", estimator.sigma),
+        "horizon": horizon,
+        "stagger": ("estimator.stagger", estimator.stagger),
+        "resample_every": ("estimator.resample_every", estimator.resample_every),
+        "pairs_per_chunk": ("pairs_per_chunk", pairs_per_chunk(config, platform)),
+    }
+
+
+def _checked_outer(**fields: Any) -> outer.OuterSettings:
+    """``outer.OuterSettings`` of ``fields``, built once (it checks its values when built)."""
+    settings = outer.OuterSettings(**fields)
+    settings.build()
+    return settings
+
+
+def _outer_settings(config: ml_collections.ConfigDict) -> outer.OuterSettings:
+    """The ``outer.OuterSettings`` of the ``outer`` section."""
+    section = config.outer
+    # Only the cosine schedule depends on the run length; elsewhere a longer run is a resume.
+    num_steps = config.num_outer_steps if section.schedule == "cosine" else 1
+    fields = {name: (f"outer.{name}", section[name]) for name in _OUTER_KEYS}
+    return _build_fields(
+        _checked_outer,
+        {},
+        fields | {"num_steps": (("num_outer_steps", "outer.schedule"), num_steps)},
+    )
 
 
 def comparison_suite(config: ml_collections.ConfigDict) -> str:
@@ -426,43 +577,6 @@ def _duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} seconds"
-
-
-def engine_config(config: ml_collections.ConfigDict, num_pairs: int) -> Any:
-    """The ``engine.EngineConfig`` of a group of ``num_pairs`` pairs: the estimator section."""
-    import jax
-
-    from meta_train.es import engine
-
-    estimator = config.estimator
-    horizon = estimator.horizon
-    if estimator.min_horizon:
-        horizon = (estimator.min_horizon, estimator.horizon)
-    return engine.EngineConfig(
-        num_pairs=num_pairs,
-        window=estimator.window,
-        sigma=estimator.sigma,
-        horizon=horizon,
-        stagger=estimator.stagger,
-        estimator=estimator.name,
-        resample_every=estimator.resample_every,
-        pairs_per_chunk=pairs_per_chunk(config, jax.default_backend()),
-    )
-
-
-def outer_settings(config: ml_collections.ConfigDict) -> Any:
-    """The ``outer.OuterSettings`` of the ``outer`` section."""
-    from meta_train import outer
-
-    return outer.OuterSettings(
-        optimizer=config.outer.optimizer,
-        learning_rate=config.outer.learning_rate,
-        clip_norm=config.outer.clip_norm,
-        schedule=config.outer.schedule,
-        warmup_steps=config.outer.warmup_steps,
-        # Only the cosine schedule depends on the run length; elsewhere a longer run is a resume.
-        num_steps=config.num_outer_steps if config.outer.schedule == "cosine" else 1,
-    )
 
 
 def canonical(config: ml_collections.ConfigDict) -> dict:

@@ -44,49 +44,30 @@ from meta_train import (
     layout,
     metrics,
     outer,
-    unrolled_tasks,
     verdict,
     warm_start,
 )
 from meta_train.evaluation import held_out
-from tasks import augment, registry
+from tasks import registry
 
-# --- Building the pieces from the config.
-
-
-def build_optimizer(config: ml_collections.ConfigDict) -> lopt.LearnedOptimizer:
-    """The learned optimizer named by ``config.optimizer``."""
-    return lopt.get_optimizer(config.optimizer.architecture, **config.optimizer.hyperparameters)
+# --- Building the groups of the settings.
 
 
-def build_groups(
-    config: ml_collections.ConfigDict, optimizer: lopt.LearnedOptimizer
-) -> list[outer.TaskGroup]:
-    """One ``TaskGroup`` per entry of ``config.groups``, in the config's order (loads the data)."""
+def build_groups(settings: config_flags.Settings) -> list[outer.TaskGroup]:
+    """One ``TaskGroup`` per group of ``settings`` (``config_flags.validate``), in the config's
+    order: its family built (which loads the data), augmented, in the settings' system."""
     groups = []
-    for name, group in config.groups.items():
+    for group in settings.groups:
         try:
             family = registry.get_family(group.family, **group.overrides)
         except (TypeError, ValueError) as error:
             raise config_flags.ConfigError(
-                f"config key 'groups.{name}.overrides': {error}"
+                f"config key 'groups.{group.name}.overrides': {error}"
             ) from None
-        if group.augmentation != "none":
-            family = augment.reparameterize(
-                family, group.augmentation, tuple(group.augmentation_range)
-            )
-        system = unrolled_tasks.TaskTrainingSystem(
-            family,
-            optimizer,
-            meta_loss=config.meta_loss,
-            meta_loss_scale=config.meta_loss_scale,
-            train_loss_weight=config.meta_loss_train_weight,
-        )
-        groups.append(
-            outer.TaskGroup(
-                name, system, config_flags.engine_config(config, group.num_pairs), group.weight
-            )
-        )
+        if group.augmentation is not None:
+            family = group.augmentation.replace(base=family)
+        system = settings.system.replace(family=family)
+        groups.append(outer.TaskGroup(group.name, system, group.engine, group.weight))
     return groups
 
 
@@ -142,27 +123,29 @@ def _one_line(error: OSError) -> str:
 
 def _compare_with_adam(
     config: ml_collections.ConfigDict,
-    optimizer: lopt.LearnedOptimizer,
+    settings: config_flags.Settings,
     theta: Any,
     workdir: str,
 ) -> tuple[dict[str, Any], Any]:
     """Train a few held-out tasks of ``config_flags.comparison_suite`` with the meta-trained
-    optimizer, the untrained one and Adam at each of ``config.comparison.adam_learning_rates``
-    (``meta_train.evaluation.evaluate``); write the report to ``layout.COMPARISON_DIR``; return
-    the final training losses (mean over seeds) and the report."""
+    optimizer of ``settings``, the untrained one and Adam at each of
+    ``config.comparison.adam_learning_rates`` (``meta_train.evaluation.evaluate``); write the
+    report to ``layout.COMPARISON_DIR``; return the final training losses (mean over seeds) and
+    the report."""
     from meta_train.evaluation import evaluate
 
     section = config.comparison
     tasks = registry.get_suite(config_flags.comparison_suite(config), section.num_tasks)
     report = evaluate.evaluate(
-        optimizer,
+        settings.optimizer,
         tasks,
         theta=jax.device_get(theta),
         num_steps=section.num_steps or None,
         seeds=section.seeds,
         baselines=("adam",),
         adam_grid=tuple(section.adam_learning_rates),
-        baseline_schedule=evaluate.schedule_of(optimizer),
+        step_size=settings.step_size,
+        baseline_schedule=evaluate.schedule_of(settings.step_size),
         untrained_floor=True,
         name=verdict.SUBJECT,
         progress=config.progress,
@@ -234,13 +217,19 @@ def _due(step: int, every: int) -> bool:
     return step % every == 0
 
 
-def _export(path: str, optimizer: lopt.LearnedOptimizer, theta: Any, metadata: dict) -> None:
+def _export(
+    path: str,
+    optimizer: lopt.LearnedOptimizer,
+    theta: Any,
+    metadata: dict,
+    step_size: lopt.StepSize | None,
+) -> None:
     """``lopt.save``, refused up front when the disk cannot hold it (``checkpoint.ensure_space``),
     its orbax failures one ``OSError``."""
     what = f"the export of step {metadata['meta_training_steps']} to {path}"
     checkpoint.ensure_space(os.path.dirname(path), checkpoint.save_margin(path, theta), what)
     with checkpoint.orbax_write(what):
-        lopt.save(path, optimizer, theta, metadata)
+        lopt.save(path, optimizer, theta, metadata, step_size)
 
 
 class _Saver(NamedTuple):
@@ -249,7 +238,7 @@ class _Saver(NamedTuple):
 
     config: ml_collections.ConfigDict
     workdir: str
-    optimizer: lopt.LearnedOptimizer
+    settings: config_flags.Settings
     groups: list[outer.TaskGroup]
     checkpointer: checkpoint.Checkpointer
     meta: dict[str, Any]  # the checkpoint's metadata besides its step
@@ -263,7 +252,8 @@ class _Saver(NamedTuple):
         if export and self.chief:
             theta = jax.device_get(state.theta)
             metadata = export_metadata(self.config, step, self.groups)
-            _export(os.path.join(self.workdir, layout.EXPORT_DIR), self.optimizer, theta, metadata)
+            path = os.path.join(self.workdir, layout.EXPORT_DIR)
+            _export(path, self.settings.optimizer, theta, metadata, self.settings.step_size)
 
 
 def _log_scalars(
@@ -320,7 +310,7 @@ def _mean_meta_loss(rows: list[dict], first: bool) -> float | None:
 def _finish(
     config: ml_collections.ConfigDict,
     workdir: str,
-    optimizer: lopt.LearnedOptimizer,
+    settings: config_flags.Settings,
     summary: dict[str, Any],
     health_summary: str,
     jsonl_path: str | None,
@@ -342,7 +332,7 @@ def _finish(
             f"after {eval_steps or 'each task horizon'}",
         )
         if config.comparison.num_tasks:
-            table, report = _compare_with_adam(config, optimizer, summary["theta"], workdir)
+            table, report = _compare_with_adam(config, settings, summary["theta"], workdir)
             summary["comparison"] = table
     if jsonl_path:
         trend = verdict.meta_loss_trend([row.get("meta_loss") for row in rows])
@@ -371,7 +361,7 @@ def meta_train(
     ``health.RunHealthError`` when the run stops because it cannot produce a usable optimizer.
     """
     # Everything that can be wrong with the config or the workdir fails here, before any compile.
-    config_flags.validate(config, jax.device_count())
+    settings = config_flags.validate(config, jax.device_count())
     warning = config_flags.cost_warning(config)
     if warning:
         _log(warning)
@@ -379,8 +369,7 @@ def meta_train(
     if chief:
         checkpoint.check_workdir(workdir, config, overwrite)
         checkpoint.check_writable(workdir)
-    optimizer = build_optimizer(config)
-    groups = build_groups(config, optimizer)
+    groups = build_groups(settings)
     lock = checkpoint.WorkdirLock(workdir)
     if chief:
         lock.acquire()
@@ -389,7 +378,7 @@ def meta_train(
             removed = checkpoint.prepare_workdir(workdir, config, overwrite)
             if removed:
                 _log(f"--overwrite removed what lopt wrote in {workdir}: {', '.join(removed)}")
-        return _meta_train(config, workdir, optimizer, groups, chief)
+        return _meta_train(config, workdir, settings, groups, chief)
     except OSError as error:
         if error.errno not in checkpoint.WRITE_ERRNOS:
             raise
@@ -408,17 +397,17 @@ def meta_train(
 def _meta_train(
     config: ml_collections.ConfigDict,
     workdir: str,
-    optimizer: lopt.LearnedOptimizer,
+    settings: config_flags.Settings,
     groups: list[outer.TaskGroup],
     chief: bool,
 ) -> dict[str, Any]:
-    """``meta_train`` in a checked and locked workdir."""
+    """``meta_train`` in a checked and locked workdir, with the config's ``settings``."""
     from tqdm.auto import tqdm
 
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("lopt meta-train: workdir ready")
-    mesh = outer.make_mesh(config_flags.num_devices_to_use(config, jax.device_count()))
-    settings = config_flags.outer_settings(config)
+    optimizer = settings.optimizer
+    mesh = outer.make_mesh(settings.num_devices)
     checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
     theta_key, particles_key = jax.random.split(jax.random.key(config.seed))
     theta = optimizer.init_meta_params(theta_key)
@@ -427,17 +416,17 @@ def _meta_train(
         kept = f"; {', '.join(fresh)} at their initial values" if fresh else ""
         _log(f"theta from {config.init_from}{kept} (a resumed run continues its checkpoint)")
     state, start_step, burn_in_steps = _restore_or_init(
-        groups, theta, settings, mesh, checkpointer, particles_key
+        groups, theta, settings.outer, mesh, checkpointer, particles_key
     )
     meta = {"burn_in_steps": burn_in_steps, "num_devices": mesh.size}
     meta["config"] = config_flags.canonical(config)
-    save = _Saver(config, workdir, optimizer, groups, checkpointer, meta, chief)
+    save = _Saver(config, workdir, settings, groups, checkpointer, meta, chief)
     writer = metrics.MetricWriter(workdir, resume_step=start_step, active=chief)
     with _closed_on_failure(writer, checkpointer):
         if not start_step:
             _record_start(writer, config, state.theta)
 
-        outer_step = outer.OuterStep(groups, settings, mesh)
+        outer_step = outer.OuterStep(groups, settings.outer, mesh)
         compile_seconds = outer_step.compile(state)
         steps_per_call = outer.inner_steps_per_outer_step(groups)
         compiled = f"compiled in {compile_seconds:.1f}s" if compile_seconds else "reused (compiled)"
@@ -445,7 +434,11 @@ def _meta_train(
         evals = []
         if config.eval.num_tasks:
             evals = held_out.make_held_out_evals(
-                optimizer, config.eval.suite, config.eval.num_tasks, config.eval.num_steps
+                optimizer,
+                config.eval.suite,
+                config.eval.num_tasks,
+                config.eval.num_steps,
+                step_size=settings.step_size,
             )
         last_eval, watch = {}, metrics.HeldOutWatch()
         if evals and not start_step:
@@ -515,4 +508,4 @@ def _meta_train(
         "eval": last_eval,
     }
     jsonl_path = writer.jsonl_path if chief else None
-    return _finish(config, workdir, optimizer, summary, monitor.summary(), jsonl_path)
+    return _finish(config, workdir, settings, summary, monitor.summary(), jsonl_path)

@@ -1,15 +1,17 @@
 """Config validation and the registries' errors: fast checks that build no program.
 
 ``config_flags.validate`` builds the real objects (engine config, outer settings, optimizer, task
-families) and names the config key when one refuses a value; the registries of ``lopt`` and
-``tasks`` raise errors of one shape for an unknown name.
+families), returns them as the settings training uses, and names the config key when one refuses a
+value (each object built from its keys, so the key is known by construction); the registries of
+``lopt`` and ``tasks`` raise errors of one shape for an unknown name.
 """
 
 import pytest
 
 import lopt
 import tasks
-from meta_train import config_flags
+from meta_train import config_flags, outer
+from meta_train.es import engine
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,21 @@ def test_the_trainer_config_chooses_from_the_engines_estimators():
     assert config_flags.ESTIMATORS is estimators.ESTIMATORS
 
 
+def _changed(changes: dict) -> config_flags.ConfigError:
+    """The error ``validate`` raises for the default config with ``changes``."""
+    config = config_flags.load_config("default")
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        with node.ignore_type():
+            node[leaf] = value
+    with pytest.raises(config_flags.ConfigError) as caught:
+        config_flags.validate(config, num_available_devices=1)
+    return caught.value
+
+
 @pytest.mark.parametrize(
     "changes, named",
     [
@@ -70,20 +87,71 @@ def test_the_trainer_config_chooses_from_the_engines_estimators():
     ],
 )
 def test_validation_names_the_config_key_of_the_object_that_refuses(changes, named):
-    config = config_flags.load_config("default")
-    for key, value in changes.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        with node.ignore_type():
-            node[leaf] = value
-    with pytest.raises(config_flags.ConfigError) as caught:
-        config_flags.validate(config, num_available_devices=1)
+    message = str(_changed(changes))
     for word in named:
-        assert word in str(caught.value), (word, str(caught.value))
+        assert word in message, (word, message)
 
 
 def test_every_shipped_config_is_valid():
     for name in config_flags.config_names():
         config_flags.validate(config_flags.load_config(name), num_available_devices=1)
+
+
+@pytest.mark.parametrize(
+    "changes, keys",
+    [
+        # A value wrong by itself: its key alone, also beside another wrong value of the object.
+        ({"estimator.sigma": -1.0}, "'estimator.sigma'"),
+        ({"estimator.sigma": -1.0, "estimator.window": 0}, "'estimator.window'"),
+        ({"outer.clip_norm": 0.0, "outer.warmup_steps": -1}, "'outer.clip_norm'"),
+        ({"optimizer.learning_rate": 0.0}, "'optimizer.learning_rate'"),
+        # A rule between keys: exactly the keys of the rule, the values of the config.
+        (
+            {"estimator.name": "full_es", "estimator.window": 200},
+            "'estimator.name', 'estimator.window', 'estimator.horizon', 'estimator.stagger'",
+        ),
+        ({"estimator.resample_every": 3}, "'estimator.name', 'estimator.resample_every'"),
+        (
+            {"meta_loss": "train", "meta_loss_train_weight": 0.5},
+            "'meta_loss', 'meta_loss_train_weight'",
+        ),
+    ],
+)
+def test_the_keys_named_are_those_whose_values_the_object_refuses(changes, keys):
+    message = str(_changed(changes))
+    assert message.startswith(f"config key{'s' * (',' in keys)} {keys}: "), message
+
+
+def test_the_rule_between_keys_is_told_with_the_configs_values():
+    message = str(_changed({"estimator.name": "full_es", "estimator.stagger": False}))
+    assert "(got horizon=200, window=10, stagger=False)" in message
+
+
+def test_validate_returns_what_training_uses():
+    """The settings hold the built objects; ``train.build_groups`` only adds each family."""
+    from meta_train import train
+
+    config = config_flags.load_config("default")
+    config.estimator.min_horizon = 50
+    settings = config_flags.validate(config, num_available_devices=4)
+    assert isinstance(settings.optimizer, lopt.LearnedOptimizer)
+    assert settings.optimizer.hyperparameters() == dict(config.optimizer.hyperparameters)
+    fields = lopt.StepSize._fields
+    assert settings.step_size == lopt.StepSize(*(config.optimizer[field] for field in fields))
+    assert settings.outer == outer.OuterSettings(
+        "adam", 1e-3, 1.0, "cosine", 50, num_steps=config.num_outer_steps
+    )
+    (group,) = settings.groups
+    assert group.engine == engine.EngineConfig(
+        num_pairs=16, window=10, sigma=0.01, horizon=(50, 200), pairs_per_chunk=1
+    )
+    assert (group.name, group.family, group.weight) == ("digits", "mlp_digits", 1.0)
+    assert (group.augmentation.level, group.augmentation.scale_range) == ("global", (0.3, 3.0))
+    assert settings.system.meta_loss == "outer_valid" and settings.num_devices == 4
+
+    (built,) = train.build_groups(settings._replace(groups=(group._replace(family="quadratic"),)))
+    assert built.engine_config is group.engine and built.weight == group.weight
+    assert built.system.optimizer is settings.optimizer
+    assert built.system.step_size is settings.step_size
+    assert built.system.family.level == "global" and built.system.family.base is not None
+    assert built.system.meta_loss == "outer_valid"

@@ -110,7 +110,9 @@ def test_jsonl_rows_carry_wall_time_learning_rate_and_norms(run):
     # ||theta_t|| - ||theta_{t-1}|| is bounded by the update's norm (triangle inequality), and
     # the last row's theta norm is the final theta's.
     theta_key = jax.random.split(jax.random.key(0))[0]  # as meta_train derives it from the seed
-    start = train.build_optimizer(_config()).init_meta_params(theta_key)
+    config = _config()
+    config.eval.num_tasks = 0  # its suite is registered only while the run goes
+    start = config_flags.validate(config).optimizer.init_meta_params(theta_key)
     norms = [float(optax.tree.norm(start))] + [row["theta_norm"] for row in steps]
     for before, after, row in zip(norms, norms[1:], steps, strict=False):
         assert 0 < row["update_norm"] < 1 and abs(after - before) <= row["update_norm"] + 1e-6

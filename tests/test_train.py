@@ -70,7 +70,7 @@ def test_theta_moves_and_outputs_exist(runs):
     assert summary["step"] == NUM_STEPS and summary["interrupted"] is None
     assert all(0 < steps < 12 for steps in summary["burn_in_steps"])  # staggered within T = 12
     theta_key = jax.random.split(jax.random.key(0))[0]  # as meta_train derives it from the seed
-    start = train.build_optimizer(tiny_config()).init_meta_params(theta_key)
+    start = config_flags.validate(tiny_config()).optimizer.init_meta_params(theta_key)
     moved = max(
         np.max(np.abs(a - b))
         for a, b in zip(_leaves(summary["theta"]), _leaves(start), strict=True)
@@ -277,8 +277,8 @@ def test_two_processes_match_two_devices(runs, tmp_path):
 def test_outer_step_has_one_collective():
     """All groups' sums cross devices in one all-reduce (one rendezvous per outer step)."""
     config = tiny_config(num_devices=4)
-    optimizer = train.build_optimizer(config)
-    groups = train.build_groups(config, optimizer)
+    validated = config_flags.validate(config)
+    optimizer, groups = validated.optimizer, train.build_groups(validated)
     mesh = outer.make_mesh(4)
     settings = outer.OuterSettings(optimizer="adam", learning_rate=0.05)
     theta = optimizer.init_meta_params(jax.random.key(0))
