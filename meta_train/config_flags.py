@@ -30,6 +30,9 @@ from meta_train.es.estimators import ESTIMATORS as ESTIMATORS
 from tasks import augment, registry
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+# The shipped config whose get_config() declares every key a config may set (the schema), with
+# the default run's values; every other config is checked against it.
+SCHEMA = "default"
 
 # Keys whose value may change on an existing workdir: they change how long the run goes or how it
 # reports, not the trajectory of theta (num_outer_steps only with a constant outer schedule).
@@ -88,12 +91,12 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file {path!r} defines no get_config() function")
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {path!r} must return an ml_collections.ConfigDict")
-    if name_or_path != "default":
-        missing = _missing_keys(config, load_config("default"))
+    if name_or_path != SCHEMA:
+        missing = _missing_keys(config, load_config(SCHEMA))
         if missing:
             raise ConfigError(
                 f"get_config() in {path!r} leaves out {', '.join(missing)}; start from "
-                "meta_train.configs.default.get_config() and change what differs"
+                f"meta_train.configs.{SCHEMA}.get_config() and change what differs"
             )
     return config
 

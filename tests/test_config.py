@@ -155,3 +155,14 @@ def test_validate_returns_what_training_uses():
     assert built.system.step_size is settings.step_size
     assert built.system.family.level == "global" and built.system.family.base is not None
     assert built.system.meta_loss == "outer_valid"
+
+
+def test_the_default_config_declares_every_key_of_every_shipped_config():
+    """``configs/default.get_config()`` is the schema: no shipped config has a key it lacks (the
+    free groups aside), and ``load_config`` refuses a config that lacks one of its keys."""
+    schema = config_flags.load_config(config_flags.SCHEMA)
+    for name in config_flags.config_names():
+        assert config_flags._missing_keys(schema, config_flags.load_config(name)) == [], name
+    extra = config_flags.load_config("pes")
+    extra.estimator.temperature = 1.0
+    assert config_flags._missing_keys(schema, extra) == ["estimator.temperature"]

@@ -1,15 +1,16 @@
-"""The default meta-training run (``lopt meta-train`` with no ``--config``): ES-Single, the
-normalized rule with the pretrained recipe's hyperparameters (learning rate 1e-2 outside the
-rule, warm-up cosine, μP relative to fan-in 32; meta-losses relative to each problem's initial
-loss; reparameterized-weight augmentation; outer Adam 1e-3, warm-up cosine), on the digits MLP
-family, judged on outer-valid batches: 500 outer steps in 2 min 42 s, about 6 minutes in all with
-compilation, held-out evaluation and the comparison with Adam (timed by hand on a loaded 2-core
-CPU; README.md, "Two commands").
+"""The default meta-training run (``lopt meta-train`` with no ``--config``) and the schema of every
+config.
 
-``mlp_config()`` is the previous default, the per-parameter MLP with an Adam base step (500 outer
-steps in 1 min 46 s, 231 s in all, on the same machine); the estimator, architecture and
-accelerator configs start from it. Every other config starts from one of the two and changes
-what it says it changes.
+``get_config()`` declares every key a config may set, with the default run's values: ES-Single,
+the normalized rule with the pretrained recipe's step size (learning rate 1e-2 outside the rule,
+warm-up cosine) and μP relative to fan-in 32; meta-losses on outer-valid batches, relative to
+each problem's initial loss; reparameterized-weight augmentation; outer Adam 1e-3, warm-up cosine;
+on the digits MLP family (its cost: README.md, "Two commands"). ``config_flags.load_config``
+checks every config against it: a config starts from it, or from a config derived from it, and
+changes what it says it changes.
+
+``mlp_config()`` is the per-parameter MLP with an Adam base step (the default before the
+normalized rule); the estimator, architecture and accelerator configs start from it.
 """
 
 import ml_collections
@@ -44,31 +45,8 @@ def task_group(
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """The default run: ``mlp_config()`` with the pretrained recipe's rule, meta-loss scale,
-    augmentation and outer schedule, at its budget (500 outer steps, 16 pairs, T = 200), and the
-    outer-valid meta-loss."""
-    config = mlp_config()
-    # Judged on a fresh batch of the outer-valid split rather than on the training batch: with
-    # train loss as the meta-objective the rule fitted the small digits sets further and its
-    # held-out test loss was higher on 3 of 3 comparison tasks (README.md, "Two commands").
-    config.meta_loss = "outer_valid"
-    config.meta_loss_scale = "initial"
-    config.optimizer.architecture = "normalized"
-    config.optimizer.hyperparameters = lopt.get_optimizer(
-        "normalized", mup_base_fan_in=32
-    ).hyperparameters()
-    config.optimizer.learning_rate = 1e-2
-    config.groups.digits.augmentation = "global"
-    config.groups.digits.augmentation_range = AUGMENTATION_RANGE
-    config.outer.learning_rate = 1e-3
-    config.outer.schedule = "cosine"
-    config.outer.warmup_steps = 50
-    return config
-
-
-def mlp_config() -> ml_collections.ConfigDict:
-    """The previous default: the per-parameter MLP with an Adam base step, meta-losses unscaled,
-    no augmentation, constant outer learning rate 3e-3; every key a config may set."""
+    """The default run, at its budget (500 outer steps, 16 pairs, T = 200); every key a config may
+    set (the schema)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_outer_steps = 500
@@ -83,24 +61,28 @@ def mlp_config() -> ml_collections.ConfigDict:
     # -1: all at once. Results do not depend on it.
     config.pairs_per_chunk = 0
     # What the estimator differentiates: the inner training loss ("train"), the same batch
-    # re-evaluated after the step ("reeval"), or a fresh batch of the outer-valid split.
-    config.meta_loss = "train"
+    # re-evaluated after the step ("reeval"), or a fresh batch of the outer-valid split. Judged on
+    # the outer-valid split: with the training loss as the meta-objective the rule fitted the
+    # small digits sets further and its held-out test loss was higher (README.md, "Two commands").
+    config.meta_loss = "outer_valid"
     # "initial": each inner problem's meta-losses are divided by its loss at initialisation, so
-    # families whose losses differ in scale weigh alike.
-    config.meta_loss_scale = "none"
+    # families whose losses differ in scale weigh alike; "none": unscaled.
+    config.meta_loss_scale = "initial"
     # w in [0, 1]: the meta-loss is (1 - w) * meta_loss + w * the step's training loss.
     config.meta_loss_train_weight = 0.0
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.architecture = "mlp"
+    config.optimizer.architecture = "normalized"
     # The rule's own hyperparameters only (lopt.get_optimizer(architecture, **hyperparameters)).
-    config.optimizer.hyperparameters = lopt.get_optimizer("mlp", base="adam").hyperparameters()
+    config.optimizer.hyperparameters = lopt.get_optimizer(
+        "normalized", mup_base_fan_in=32
+    ).hyperparameters()
     # The step size of a rule with the learning rate outside it (architecture "normalized"):
     # update = -lr(t) * (direction + weight_decay * params), lr(t) following the schedule
     # ("cosine": warm-up over warmup_fraction of the inner horizon, then cosine decay to 0 at it;
     # or "constant"); lopt.StepSize, exported with the rule. Rules that learn their step size in
     # theta (mlp, lstm, adam, sgdm: e.g. the MLP's Adam base log_lr) do not use these keys.
-    for key, value in lopt.StepSize()._asdict().items():
+    for key, value in lopt.StepSize(learning_rate=1e-2)._asdict().items():
         setattr(config.optimizer, key, value)
 
     config.estimator = ml_collections.ConfigDict()
@@ -118,14 +100,16 @@ def mlp_config() -> ml_collections.ConfigDict:
     # Task groups: one static task configuration each, with its own particles. The estimate is
     # the weight-averaged estimate of the groups.
     config.groups = ml_collections.ConfigDict()
-    config.groups.digits = task_group("mlp_digits", num_pairs=16)
+    config.groups.digits = task_group(
+        "mlp_digits", num_pairs=16, augmentation="global", augmentation_range=AUGMENTATION_RANGE
+    )
 
     config.outer = ml_collections.ConfigDict()
     config.outer.optimizer = "adam"
-    config.outer.learning_rate = 3e-3
+    config.outer.learning_rate = 1e-3
     config.outer.clip_norm = 1.0
-    config.outer.schedule = "constant"
-    config.outer.warmup_steps = 0
+    config.outer.schedule = "cosine"
+    config.outer.warmup_steps = 50
 
     config.log_every = 10
     config.checkpoint_every = 100
@@ -147,4 +131,20 @@ def mlp_config() -> ml_collections.ConfigDict:
     config.comparison.num_steps = 0  # 0: each task's own horizon
     config.comparison.seeds = 3
     config.comparison.adam_learning_rates = (1e-3, 1e-2)
+    return config
+
+
+def mlp_config() -> ml_collections.ConfigDict:
+    """``get_config()`` with the per-parameter MLP and an Adam base step, the training loss as
+    the meta-loss, unscaled, no augmentation, and a constant outer learning rate 3e-3."""
+    config = get_config()
+    config.meta_loss = "train"
+    config.meta_loss_scale = "none"
+    config.optimizer.architecture = "mlp"
+    config.optimizer.hyperparameters = lopt.get_optimizer("mlp", base="adam").hyperparameters()
+    config.optimizer.learning_rate = lopt.StepSize().learning_rate  # unused by the MLP
+    config.groups.digits = task_group("mlp_digits", num_pairs=16)
+    config.outer.learning_rate = 3e-3
+    config.outer.schedule = "constant"
+    config.outer.warmup_steps = 0
     return config

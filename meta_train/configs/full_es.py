@@ -1,6 +1,6 @@
-"""The MLP run (``default.mlp_config()``, the previous default) with full ES: one estimate per
-whole inner problem (K = T), so an outer step costs T inner steps; fewer outer steps for about
-the same inner-step budget."""
+"""The MLP run (``default.mlp_config()``) with full ES: one estimate per whole inner problem
+(K = T), so an outer step costs T inner steps; fewer outer steps for about the same inner-step
+budget."""
 
 import ml_collections
 

@@ -1,5 +1,5 @@
-"""The MLP run (``default.mlp_config()``, the previous default) with the coordinate-wise LSTM
-optimizer instead of the per-parameter MLP."""
+"""The MLP run (``default.mlp_config()``) with the coordinate-wise LSTM optimizer instead of the
+per-parameter MLP."""
 
 import ml_collections
 

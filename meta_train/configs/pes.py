@@ -1,5 +1,5 @@
-"""The MLP run (``default.mlp_config()``, the previous default) with PES: fresh noise every
-window, accumulated until the inner problem ends."""
+"""The MLP run (``default.mlp_config()``) with PES: fresh noise every window, accumulated until the
+inner problem ends."""
 
 import ml_collections
 

@@ -1,5 +1,5 @@
-"""The MLP run (``default.mlp_config()``, the previous default) with truncated ES: fresh noise
-every window, no accumulation (biased)."""
+"""The MLP run (``default.mlp_config()``) with truncated ES: fresh noise every window, no
+accumulation (biased)."""
 
 import ml_collections
 
