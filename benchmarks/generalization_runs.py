@@ -44,6 +44,7 @@ class UnitResult(NamedTuple):
     reports: dict[str, Report]
     wall_seconds: float
     cpu_seconds: float  # of the process that ran it, every thread
+    eta_seconds: float = float("nan")  # the plan's, for one core
 
 
 def units(parts: dict[str, Part]) -> list[Unit]:
@@ -66,7 +67,8 @@ def estimated_seconds(
             steps = max(1, round(horizon * task.num_steps))
             segment = trainer.segment_length(steps, task.num_steps)
             jobs.append(planning.Job(task, horizon, steps, segment))
-    return planning.plan(jobs, groups, config.seeds).eta_seconds
+    options = tuple(sorted((config.compiler_options or {}).items()))
+    return planning.plan(jobs, groups, config.seeds, options).eta_seconds
 
 
 def run_unit(unit: Unit, subject: str, suite: str, config: evaluate.EvalConfig) -> UnitResult:
@@ -99,10 +101,9 @@ def run(
     """Every part's report (tasks in the order of ``parts``) and each unit's result, run in
     ``jobs`` worker processes (1: in this process)."""
     order = units(parts)
-    todo = list(order)
-    if jobs > 1:
-        groups = named.group(evaluate.contenders_of(subject, None, None, 0, config)[1])
-        todo.sort(key=lambda u: -estimated_seconds(u, groups, suite, config))
+    groups = named.group(evaluate.contenders_of(subject, None, None, 0, config)[1])
+    eta = {u.task: estimated_seconds(u, groups, suite, config) for u in order}
+    todo = sorted(order, key=lambda u: -eta[u.task]) if jobs > 1 else list(order)
     done = []
     if jobs <= 1:
         for unit in todo:
@@ -115,6 +116,7 @@ def run(
             for future in concurrent.futures.as_completed(futures):
                 done.append(future.result())
                 _say(done[-1], len(done), len(todo))
+    done = [r._replace(eta_seconds=eta[r.task]) for r in done]
     done.sort(key=lambda result: [u.task for u in order].index(result.task))
     return merge(parts, done), done
 
@@ -155,12 +157,14 @@ def trainer_seconds(reports: dict[str, Report]) -> dict[str, float]:
 
 
 def timing(done: Sequence[UnitResult]) -> list[dict[str, Any]]:
-    """Per task: its unit's wall and CPU seconds and its trainers' compile and run seconds."""
+    """Per task: its unit's wall and CPU seconds, the plan's ETA for it and its trainers' compile
+    and run seconds."""
     return [
         {
             "task": result.task,
             "wall_seconds": result.wall_seconds,
             "cpu_seconds": result.cpu_seconds,
+            "plan_eta_seconds": result.eta_seconds,
             **trainer_seconds(result.reports),
         }
         for result in done

@@ -16,10 +16,12 @@ from meta_train.evaluation.contenders import Group
 from meta_train.evaluation.eval_tasks import EvalTask
 from meta_train.evaluation.trainer import Options, initial_params
 
-# Rough costs on a loaded 2-core CPU (meta-training in the background), from the compile and run
-# seconds of `lopt evaluate --optimizer untrained:mlp --suite default --steps 200 --seeds 2`
-# (5-16 s per compile; 1e-4 s per run and step for the 3k-parameter MLPs, 3.4e-4 for 9k).
-COMPILE_SECONDS = {False: 8.0, True: 3.0}  # per compiled function, by FAST_COMPILE
+# CPU seconds of one core, fit to the trainers' compile and run CPU seconds of the generalization
+# benchmark (``per_task_seconds`` in benchmarks/results/generalization/generalization.json): a
+# compile grows with the number of parameter tensors (every contender's update is traced per
+# tensor), a step with the parameters.
+COMPILE_SECONDS = {False: 1.5, True: 0.6}  # per compiled function, by FAST_COMPILE
+COMPILE_SECONDS_PER_TENSOR = {False: 0.25, True: 0.1}  # per compiled function and tensor
 SECONDS_PER_PARAMETER_STEP = 3.5e-8  # per run (grid point x seed), per parameter and step
 SECONDS_PER_STEP = 2.0e-5  # per run and step, whatever the size (the loop's own overhead)
 
@@ -34,7 +36,8 @@ class Job(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """What an evaluation will train, and a rough ETA from ``COMPILE_SECONDS`` and step costs."""
+    """What an evaluation will train, and a rough ETA (one core's CPU seconds) from the compile
+    and step costs."""
 
     num_tasks: int
     horizons: tuple[float, ...]
@@ -50,8 +53,8 @@ class Plan(NamedTuple):
         text = (
             f"plan: {self.num_tasks} tasks x {len(self.horizons)} horizons ({horizons}) x "
             f"[{trainers}] x {self.num_seeds} seeds = {self.num_runs} training runs; "
-            f"{self.num_compiles} compiles; rough ETA {_duration(self.eta_seconds)} (a 2-core "
-            "CPU's costs; the progress bar refines it)"
+            f"{self.num_compiles} compiles; rough ETA {_duration(self.eta_seconds)} (one CPU "
+            "core's costs; the progress bar refines it)"
         )
         load, cores = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0, os.cpu_count()
         if cores and load > cores:
@@ -73,16 +76,23 @@ def plan(
     ``jax.eval_shape`` (nothing is compiled).
     """
     rows = [len(group.rows()) for group in groups]
-    sizes = {job.task.name: _num_params(job.task) for job in jobs}
+    sizes = {job.task.name: _sizes(job.task) for job in jobs}
     per_step = {
-        name: SECONDS_PER_STEP + SECONDS_PER_PARAMETER_STEP * n for name, n in sizes.items()
+        name: SECONDS_PER_STEP + SECONDS_PER_PARAMETER_STEP * params
+        for name, (params, _) in sizes.items()
     }
     step_seconds = sum(
         sum(rows) * num_seeds * job.num_steps * per_step[job.task.name] for job in jobs
     )
     segments = {(job.task.name, job.segment) for job in jobs}
-    num_compiles = 2 * len(segments) * len(groups) + 2 * len(sizes)
+    compiles = {
+        name: 2 * len(groups) * sum(task == name for task, _ in segments) + 2 for name in sizes
+    }
     fast = FAST_COMPILE.items() <= dict(options).items()
+    compile_seconds = sum(
+        n * (COMPILE_SECONDS[fast] + COMPILE_SECONDS_PER_TENSOR[fast] * sizes[name][1])
+        for name, n in compiles.items()
+    )
     return Plan(
         num_tasks=len(sizes),
         horizons=tuple(dict.fromkeys(job.horizon for job in jobs)),
@@ -91,16 +101,18 @@ def plan(
         ),
         num_seeds=num_seeds,
         num_runs=len(jobs) * sum(rows) * num_seeds,
-        num_compiles=num_compiles,
-        eta_seconds=num_compiles * COMPILE_SECONDS[fast] + step_seconds,
+        num_compiles=sum(compiles.values()),
+        eta_seconds=compile_seconds + step_seconds,
     )
 
 
-def _num_params(task: EvalTask) -> int:
+def _sizes(task: EvalTask) -> tuple[int, int]:
+    """The task's number of parameters and of parameter tensors."""
     shapes = jax.eval_shape(
         functools.partial(initial_params, build_task=task.build), task.args, jax.random.key(0)
     )
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+    leaves = jax.tree.leaves(shapes)
+    return sum(math.prod(leaf.shape) for leaf in leaves), len(leaves)
 
 
 def _duration(seconds: float) -> str:
