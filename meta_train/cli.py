@@ -115,9 +115,9 @@ def _one_device_per_core() -> None:
     """Split the host CPU into one XLA device per core, before jax starts.
 
     The particles are sharded over devices, and on a CPU one single-threaded device per core
-    running a pair at a time is about twice as fast as one device threading each vectorised op
-    (``benchmarks/meta_train_throughput.py``). Accelerator platforms are unaffected; a count
-    already set in ``XLA_FLAGS`` wins.
+    running a pair at a time is faster than one device threading each vectorised op (the ratio:
+    ``benchmarks/results/meta_train_throughput.json``). Accelerator platforms are unaffected; a
+    count already set in ``XLA_FLAGS`` wins.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:

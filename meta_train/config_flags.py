@@ -545,11 +545,12 @@ def comparison_suite(config: ml_collections.ConfigDict) -> str:
     return config.comparison.suite or config.eval.suite
 
 
-# Above these a run is almost surely a typo (``window=horizon=1e9``): the pretrained optimizer's
-# whole run was 4.8e6 inner steps, with horizons up to 500.
+# Above these a run is almost surely a typo (``window=horizon=1e9``): orders of magnitude beyond
+# the pretrained optimizer's whole run (its budget: ``lopt.pretrained_info()["budget"]``).
 COSTLY_INNER_STEPS = 10**9
 COSTLY_BURN_IN_STEPS = 10**6
-# 4.8e6 inner steps in 41 minutes (README, lopt.pretrained_info()).
+# The pretrained run's inner steps per second on a 2-core CPU, rounded (its budget as above, its
+# wall time in README.md), for the warning's order of magnitude.
 PRETRAINED_INNER_STEPS_PER_S = 2e3
 
 
