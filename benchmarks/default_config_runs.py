@@ -23,6 +23,7 @@ import sys
 
 from benchmarks import output
 from benchmarks.provenance import provenance
+from meta_train import layout
 
 OUT = "default_config_runs.json"  # under benchmarks/results/ (with --record) or the scratch folder
 
@@ -35,11 +36,11 @@ def _tenths(rows: list[dict]) -> tuple[float, float]:
 
 def collect(workdir: str) -> dict:
     """One run's config choices, meta-loss, outer-step wall time and comparison figures."""
-    with open(os.path.join(workdir, "config.json")) as file:
+    with open(os.path.join(workdir, layout.CONFIG_FILE)) as file:
         config = json.load(file)
-    with open(os.path.join(workdir, "metrics.jsonl")) as file:
+    with open(os.path.join(workdir, layout.METRICS_FILE)) as file:
         rows = [json.loads(line) for line in file]
-    with open(os.path.join(workdir, "comparison", "report.json")) as file:
+    with open(os.path.join(workdir, layout.COMPARISON_DIR, "report.json")) as file:
         report = json.load(file)
     timed = [row for row in rows if "meta_loss" in row]
     first, last = _tenths(rows)
