@@ -212,11 +212,7 @@ def to_optax(
                 f"{name} is a direction with the learning rate outside it and needs "
                 "step_size=lopt.StepSize(learning_rate, schedule, warmup_fraction, weight_decay)"
             )
-        if step_size.needs_horizon and num_steps is None:
-            raise ValueError(
-                "the cosine schedule decays to 0 at the end of training and needs num_steps, the "
-                "number of steps the run will take"
-            )
+        step_size.check_horizon(num_steps)  # here, not at init: lopt.load(path) refuses
         if step_size.needs_horizon and isinstance(num_steps, int):
             step_size = step_size._replace(
                 learning_rate=_warn_past_schedule(step_size.learning_rates(num_steps), num_steps)
@@ -541,7 +537,7 @@ def upgrade_v1(
     return {V1_RENAMED.get(k, k): v for k, v in hyperparameters.items()}, None
 
 
-class Loaded(NamedTuple):
+class _Loaded(NamedTuple):
     """An export as ``_load`` reads it."""
 
     optimizer: LearnedOptimizer
@@ -579,11 +575,11 @@ def _describe(
     return optimizer, step_size, config
 
 
-def _load(path: str | os.PathLike, require_fingerprint: bool = False) -> Loaded:
+def _load(path: str | os.PathLike, require_fingerprint: bool = False) -> _Loaded:
     path = os.path.abspath(os.fspath(path))
     optimizer, step_size, config = _describe(path, require_fingerprint)
     theta = _restore_theta(path, optimizer, config["theta_sha256"])
-    return Loaded(optimizer, theta, config.get("metadata", {}), step_size)
+    return _Loaded(optimizer, theta, config.get("metadata", {}), step_size)
 
 
 def load_optimizer(

@@ -66,7 +66,7 @@ class MLPOptimizer(feats.FeatureFields, LearnedOptimizer):
       exp_mult, step_mult: output scales of ``direction * exp(exp_mult * mag) * step_mult``.
       use_loss: feed the relative change of the loss (then ``update`` needs the loss).
       base: ``"none"`` (the network's step alone) or ``"adam"`` (Adam step plus learned correction).
-      initial_learning_rate: initial learning rate of the Adam base step.
+      initial_learning_rate: seeds theta["log_lr"], the Adam base step's learned log learning rate.
       base_beta1: Adam's beta1; must be one of ``momentum_decays``.
       base_epsilon: Adam's epsilon.
       correction_init_scale: initial scale of the output layer with ``base="adam"``.

@@ -63,6 +63,17 @@ class StepSize(NamedTuple):
         """Whether the schedule depends on the run's length (``cosine``)."""
         return not callable(self.learning_rate) and self.schedule in schedules.NEEDS_HORIZON
 
+    def check_horizon(self, num_steps: int | jax.Array | None) -> None:
+        """Raise ``ValueError`` when the schedule needs the run's length and ``num_steps`` is
+        ``None`` or below 1."""
+        if num_steps is None and self.needs_horizon:
+            raise ValueError(
+                "the cosine schedule decays to 0 at the end of training and needs num_steps, the "
+                "number of steps the run will take (or use schedule='constant')"
+            )
+        if isinstance(num_steps, int) and num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1 (the run's length), got {num_steps}")
+
     def learning_rates(self, num_steps: int | jax.Array | None) -> optax.Schedule:
         """The schedule ``count -> lr`` for a run of ``num_steps`` steps (traced or not)."""
         if callable(self.learning_rate):
@@ -118,13 +129,7 @@ def with_step_size(
         )
 
     def init_fn(params: Any) -> StepSizeState:
-        if num_steps is None and step_size.needs_horizon:
-            raise ValueError(
-                "the cosine schedule decays to 0 at the end of training and needs num_steps, the "
-                "number of steps the run will take (or use schedule='constant')"
-            )
-        if isinstance(num_steps, int) and num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1 (the run's length), got {num_steps}")
+        step_size.check_horizon(num_steps)
         horizon = jnp.asarray(1 if num_steps is None else num_steps, jnp.int32)
         return StepSizeState(rule.init(params), horizon, scale(horizon).init(params))
 

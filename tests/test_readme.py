@@ -51,10 +51,13 @@ def _fake_sine_export(workdir: pathlib.Path) -> None:
     optimizer, untrained, where the block after it loads one."""
     script = (
         "import jax, lopt\n"
+        "from meta_train import unrolled_tasks\n"
         "from meta_train.configs import default\n"
         "config = default.get_config().optimizer\n"
         "optimizer = lopt.get_optimizer(config.architecture, **config.hyperparameters.to_dict())\n"
-        "lopt.save('runs/sine/export', optimizer, optimizer.init_meta_params(jax.random.key(0)))\n"
+        "theta = optimizer.init_meta_params(jax.random.key(0))\n"
+        "step_size = unrolled_tasks.step_size_of(optimizer, config)\n"
+        "lopt.save('runs/sine/export', optimizer, theta, step_size=step_size)\n"
     )
     result = _run([sys.executable, "-c", script], cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
