@@ -91,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes, one task each at a time (default: the CPU count; 1 with --quick)",
     )
     parser.add_argument("--fast-compile", action="store_true", help="XLA optimisation level 0")
+    parser.add_argument(
+        "--compile-cache",
+        default=None,
+        metavar="DIR",
+        help="JAX's persistent compilation cache: a rerun with the same code and shapes (a new "
+        "theta of the same rule included) loads its compiled trainers from DIR (default: none, "
+        "every trainer compiles; the JSON records which)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (tiny suite)")
     output.add_arguments(parser)
     return parser
@@ -117,14 +125,14 @@ def main(argv: Sequence[str]) -> int:
     unknown = [name for name in named if name and name not in by_name]
     if unknown:
         raise SystemExit(f"tasks {unknown} are not in suite {settings['suite']!r}: {list(by_name)}")
-    step_size = (contenders.learned_rule(subject) or (None, None))[1]
+    rule = contenders.learned_rule(subject)
     config = evaluate.EvalConfig(
         num_steps=settings["num_steps"],
         seeds=1 if args.quick else args.seeds,
         baselines=("adamw", "sgdm"),
         reference=REFERENCE,
-        baseline_schedule=evaluate.schedule_of(step_size),
-        weight_decay=0.0 if step_size is None else float(step_size.weight_decay),
+        baseline_schedule=evaluate.schedule_of(rule),
+        weight_decay=float(getattr(rule, "weight_decay", 0.0)),
         peers=(
             *contenders.TUNING_FREE,
             *(n for n in contenders.pretrained_names() if n != subject),
@@ -146,6 +154,8 @@ def main(argv: Sequence[str]) -> int:
     if settings["wide_task"]:
         parts["wide"] = runs.Part((settings["wide_task"],), (1.0,), ("adamw",))
     jobs = 1 if args.jobs is None and args.quick else args.jobs or os.cpu_count() or 1
+    if args.compile_cache:
+        runs.use_compile_cache(args.compile_cache)
 
     start, cpu_start = time.perf_counter(), time.process_time()
     for part, (part_tasks, horizons, _) in parts.items():
@@ -181,6 +191,7 @@ def main(argv: Sequence[str]) -> int:
             "long_horizon": args.long_horizon,
             "seeds": config.seeds,
             "quick": args.quick,
+            "compile_cache": args.compile_cache,
         },
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import resource
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import jax
 
 from meta_train.evaluation import contenders as named
 from meta_train.evaluation import eval_tasks, evaluate, trainer
@@ -169,6 +172,13 @@ def timing(done: Sequence[UnitResult]) -> list[dict[str, Any]]:
         }
         for result in done
     ]
+
+
+def use_compile_cache(directory: str) -> None:
+    """JAX's persistent compilation cache in ``directory``, for this process and the workers it
+    spawns (they read the environment)."""
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+    jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def _suite_tasks(suite: str, names: Sequence[str]) -> list:

@@ -3,6 +3,8 @@ merged per part in the suite's order whatever order the workers finish in."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from benchmarks import generalization_runs as runs
@@ -65,3 +67,17 @@ def test_timing_counts_each_trainer_once_per_task_and_horizon():
     assert row["compile_seconds"] == row["compile_cpu_seconds"] == 1.0 + 2.0 + 10.0
     assert row["run_seconds"] == 3.0 and row["run_cpu_seconds"] == 6.0
     assert (row["wall_seconds"], row["cpu_seconds"]) == (3.0, 4.0)
+
+
+def test_compile_cache_reaches_this_process_and_the_workers(tmp_path, monkeypatch):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    try:
+        runs.use_compile_cache(str(tmp_path))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+        # Spawned workers start from the environment.
+        assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
