@@ -22,7 +22,7 @@ from meta_train.evaluation.trainer import Options, initial_params
 # tensor), a step with the parameters.
 COMPILE_SECONDS = {False: 1.5, True: 0.6}  # per compiled function, by FAST_COMPILE
 COMPILE_SECONDS_PER_TENSOR = {False: 0.25, True: 0.1}  # per compiled function and tensor
-SECONDS_PER_PARAMETER_STEP = 3.5e-8  # per run (grid point x seed), per parameter and step
+SECONDS_PER_PARAMETER_STEP = 2.7e-8  # per run (grid point x seed), per parameter and step
 SECONDS_PER_STEP = 2.0e-5  # per run and step, whatever the size (the loop's own overhead)
 
 
