@@ -125,14 +125,14 @@ def main(argv: Sequence[str]) -> int:
     unknown = [name for name in named if name and name not in by_name]
     if unknown:
         raise SystemExit(f"tasks {unknown} are not in suite {settings['suite']!r}: {list(by_name)}")
-    rule = contenders.learned_rule(subject)
+    step_size = (contenders.learned_rule(subject) or (None, None))[1]
     config = evaluate.EvalConfig(
         num_steps=settings["num_steps"],
         seeds=1 if args.quick else args.seeds,
         baselines=("adamw", "sgdm"),
         reference=REFERENCE,
-        baseline_schedule=evaluate.schedule_of(rule),
-        weight_decay=float(getattr(rule, "weight_decay", 0.0)),
+        baseline_schedule=evaluate.schedule_of(step_size),
+        weight_decay=0.0 if step_size is None else float(step_size.weight_decay),
         peers=(
             *contenders.TUNING_FREE,
             *(n for n in contenders.pretrained_names() if n != subject),
