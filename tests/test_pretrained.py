@@ -44,11 +44,13 @@ def test_pretrained_records_how_it_was_made():
     curve = info["meta_loss_curve"]
     assert len(curve["step"]) == len(curve["meta_loss"]) >= 2
     optimizer, _, _ = lopt.load_optimizer(lopt.pretrained_path())
-    architecture = info["config"]["optimizer"]["architecture"]
-    # Recorded before the step size had its own keys: among the rule's hyperparameters.
-    recorded, step_size = lopt.export.upgrade_v1(
-        architecture, info["config"]["optimizer"]["hyperparameters"]
-    )
+    section = info["config"]["optimizer"]
+    architecture = section["architecture"]
+    if "learning_rate" in section:  # the step size's own keys
+        recorded = section["hyperparameters"]
+        step_size = lopt.StepSize(*(section[field] for field in lopt.StepSize._fields))
+    else:  # recorded before them: among the rule's hyperparameters
+        recorded, step_size = lopt.export.upgrade_v1(architecture, section["hyperparameters"])
     assert optimizer == lopt.get_optimizer(architecture, **recorded)
     assert step_size == lopt.load_step_size(lopt.pretrained_path())
 
