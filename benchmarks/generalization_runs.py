@@ -116,9 +116,13 @@ def run(
         context = multiprocessing.get_context("spawn")  # JAX's runtime does not survive a fork
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
             futures = [pool.submit(run_unit, u, subject, suite, config) for u in todo]
-            for future in concurrent.futures.as_completed(futures):
-                done.append(future.result())
-                _say(done[-1], len(done), len(todo))
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    done.append(future.result())
+                    _say(done[-1], len(done), len(todo))
+            except BaseException:  # a failed unit (or ^C) fails the run now, not after the rest
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     done = [r._replace(eta_seconds=eta[r.task]) for r in done]
     done.sort(key=lambda result: [u.task for u in order].index(result.task))
     return merge(parts, done), done
