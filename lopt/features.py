@@ -289,7 +289,7 @@ def dense(
 
     Written as per-column scalar arithmetic, not as ``[n, I] @ [I, O]``: XLA fuses a whole network
     of such layers into one loop over the parameters, where the skinny matmuls are memory-bound
-    (they write and read an ``[n, O]`` matrix per layer; about 10x slower on CPU)."""
+    (they write and read an ``[n, O]`` matrix per layer; memory-bound, so slower on CPU)."""
     return [
         sum((x_k * w[k, j] for k, x_k in enumerate(inputs)), start=b[j]) for j in range(w.shape[1])
     ]

@@ -143,8 +143,8 @@ class MLPOptimizer(feats.FeatureFields, LearnedOptimizer):
 
         The fused loop is the faster of the two (no ``[rows, width]`` intermediates at all), but
         XLA compiles it in time and memory that grow with the number of weights times the number
-        of tensors: measured on 2 cores, (8, 8) hidden layers compile in seconds, (32, 32) take
-        minutes and several GB per train step. Wider networks therefore use the blocked matmuls.
+        of tensors, so only networks up to ``MAX_FUSED_WEIGHTS`` weights run fused; wider ones use
+        the blocked matmuls.
         """
         widths = (self.num_features, *self.hidden_sizes, 2)
         return sum(a * b for a, b in itertools.pairwise(widths)) <= MAX_FUSED_WEIGHTS

@@ -182,7 +182,7 @@ class NormalizedOptimizer(LearnedRule):
 
         Each layer is written as sums of column * scalar weight, not as ``[n, F] @ [F, h]``: XLA
         fuses the whole network into one loop over the parameters, where the skinny matmuls are
-        memory-bound (about 10x slower on CPU). The scales fold into the first layer and the skip
+        memory-bound (slower on CPU). The scales fold into the first layer and the skip
         (``(x * s) @ W = x @ (s[:, None] * W)``), so no scaled feature is ever stored.
         """
         first, skip = theta["layer_0"]["w"], theta["skip"]

@@ -1,7 +1,8 @@
 """The shipped pretrained optimizer (``lopt.pretrained()``): the normalized rule meta-trained with
 ES-Single on five task groups (three datasets, MLPs of two widths and a conv net), with
 reparameterized-weight augmentation, log-uniform horizons in [50, 500] and each problem's
-meta-loss relative to its initial loss. About 80 minutes on two CPU cores.
+meta-loss relative to its initial loss. Its budget and wall time are in
+``lopt/weights/normalized-v1/training.json``.
 
     lopt meta-train --config pretrained --workdir runs/pretrained
 """
