@@ -174,7 +174,7 @@ def main(argv: Sequence[str]) -> int:
     split = runs.trainer_seconds(reports)
     print(
         f"({seconds / 60:.1f} min wall, {cpu_seconds / 60:.1f} min CPU on {os.cpu_count()} cores, "
-        f"{jobs} processes; "
+        f"{jobs} processes, the busiest {runs.busiest_worker_cpu_seconds(done) / 60:.1f} min CPU; "
         f"trainers' CPU: {split['compile_cpu_seconds'] / 60:.1f} min compiling, "
         f"{split['run_cpu_seconds'] / 60:.1f} min running)"
     )
@@ -197,6 +197,7 @@ def main(argv: Sequence[str]) -> int:
         "cpu_seconds": cpu_seconds,
         "jobs": jobs,
         "trainer_seconds": split,
+        "busiest_worker_cpu_seconds": runs.busiest_worker_cpu_seconds(done),
         "per_task_seconds": runs.timing(done),
         "headline": rows,
         "per_task": per_task,

@@ -47,6 +47,7 @@ class UnitResult(NamedTuple):
     reports: dict[str, Report]
     wall_seconds: float
     cpu_seconds: float  # of the process that ran it, every thread
+    worker: int  # the id of that process
     eta_seconds: float = float("nan")  # the plan's, for one core
 
 
@@ -91,7 +92,7 @@ def run_unit(unit: Unit, subject: str, suite: str, config: evaluate.EvalConfig) 
         for part, horizons, baselines in unit.parts
     }
     seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    return UnitResult(unit.task, reports, *seconds)
+    return UnitResult(unit.task, reports, *seconds, os.getpid())
 
 
 def run(
@@ -171,6 +172,7 @@ def timing(done: Sequence[UnitResult]) -> list[dict[str, Any]]:
             "task": result.task,
             "wall_seconds": result.wall_seconds,
             "cpu_seconds": result.cpu_seconds,
+            "worker": result.worker,
             "plan_eta_seconds": result.eta_seconds,
             **trainer_seconds(result.reports),
         }
@@ -183,6 +185,15 @@ def use_compile_cache(directory: str) -> None:
     spawns (they read the environment)."""
     os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
     jax.config.update("jax_compilation_cache_dir", directory)
+
+
+def busiest_worker_cpu_seconds(done: Sequence[UnitResult]) -> float:
+    """The most CPU seconds any one process spent on its units: about the wall time of the units
+    on a quiet machine with a core per process (each process keeps to about one core)."""
+    per_worker: dict[int, float] = {}
+    for result in done:
+        per_worker[result.worker] = per_worker.get(result.worker, 0.0) + result.cpu_seconds
+    return max(per_worker.values(), default=0.0)
 
 
 def _suite_tasks(suite: str, names: Sequence[str]) -> list:

@@ -63,6 +63,7 @@ def test_generalization_quick(tmp_path):
 
     # The timing record: per task (unit), its process's CPU and its trainers' compile and run.
     assert saved["jobs"] == 2
+    assert 0 < saved["busiest_worker_cpu_seconds"] <= saved["cpu_seconds"]
     timing = {row["task"]: row for row in saved["per_task_seconds"]}
     assert set(timing) == {"mlp_digits_tiny", "quadratic_d8"}
     assert all(row["cpu_seconds"] > 0 and row["compile_cpu_seconds"] > 0 for row in timing.values())

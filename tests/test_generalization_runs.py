@@ -38,12 +38,12 @@ def _run(seconds: float) -> RunResult:
     )
 
 
-def _result(task: str) -> runs.UnitResult:
+def _result(task: str, worker: int = 7) -> runs.UnitResult:
     reports = {}
     for name, horizons, _ in next(u for u in runs.units(PARTS) if u.task == task).parts:
         results = tuple(TaskResult(task, 10, h, {"x": _run(h), "y": _run(h)}, 1) for h in horizons)
         reports[name] = Report("x", "x", {"part": name}, results, "y")
-    return runs.UnitResult(task, reports, 3.0, 4.0)
+    return runs.UnitResult(task, reports, 3.0, 4.0, worker)
 
 
 def test_merge_orders_tasks_by_part_not_by_completion():
@@ -66,7 +66,12 @@ def test_timing_counts_each_trainer_once_per_task_and_horizon():
     # Two contenders share each trainer: suite 1x and 2x, long 10x.
     assert row["compile_seconds"] == row["compile_cpu_seconds"] == 1.0 + 2.0 + 10.0
     assert row["run_seconds"] == 3.0 and row["run_cpu_seconds"] == 6.0
-    assert (row["wall_seconds"], row["cpu_seconds"]) == (3.0, 4.0)
+    assert (row["wall_seconds"], row["cpu_seconds"], row["worker"]) == (3.0, 4.0, 7)
+
+
+def test_busiest_worker_sums_the_cpu_of_its_units():
+    done = [_result("a", 1), _result("b", 2), _result("c", 1)]
+    assert runs.busiest_worker_cpu_seconds(done) == 8.0
 
 
 def test_compile_cache_reaches_this_process_and_the_workers(tmp_path, monkeypatch):
