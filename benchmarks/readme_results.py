@@ -322,12 +322,12 @@ def _better_than_adam(name: str) -> tuple[int, int]:
     return better, len(tasks)
 
 
-V1, V2 = "normalized-v1", "normalized-v2"
+V1, V2, V3, V4 = "normalized-v1", "normalized-v2", "normalized-v3", "normalized-v4"
 
 
-def _counts(metric: str, contender: str | None = None) -> tuple[int, int, int]:
-    """Wins, ties and losses against tuned AdamW at 1x."""
-    counts = _row("1x", contender)["vs_reference"][metric]
+def _counts(metric: str, contender: str | None = None, horizon: str = "1x") -> tuple[int, int, int]:
+    """Wins, ties and losses against tuned AdamW at ``horizon``."""
+    counts = _row(horizon, contender)["vs_reference"][metric]
     return counts["wins"], counts["ties"], counts["losses"]
 
 
@@ -458,6 +458,48 @@ RESULTS_FIGURES: list[Figure] = [
         GENERALIZATION,
         "v2's train-loss\nwin rate ({:.3f}) is below v1's ({:.3f})",
         lambda: (_win("1x", contender=V2), _win("1x", contender=V1)),
+    ),
+    Figure(
+        GENERALIZATION,
+        "Against tuned AdamW at 1x it wins {}, ties {} and loses {} in training loss and\n"
+        "wins {}, ties {} and loses {} in test loss; the gate refused it (training-loss win rate "
+        "{:.3f})",
+        lambda: (
+            *_counts("train_loss", V3, "1x"),
+            *_counts("test_loss", V3, "1x"),
+            _win("1x", contender=V3),
+        ),
+    ),
+    Figure(
+        GENERALIZATION,
+        "Against tuned AdamW at 1x: training loss {}/{}/{} (win rate {:.3f}; v1\n{:.3f}), "
+        "test loss {}/{}/{} ({:.3f}; v1 {:.3f}), accuracy {}/{}/{}",
+        lambda: (
+            *_counts("train_loss", V4, "1x"),
+            _win("1x", contender=V4),
+            _win("1x", contender=V1),
+            *_counts("test_loss", V4, "1x"),
+            _win("1x", "test", V4),
+            _win("1x", "test", V1),
+            *_counts("test_accuracy", V4, "1x"),
+        ),
+    ),
+    Figure(
+        GENERALIZATION,
+        "its test loss is lower on {} tasks and higher on {} (ratio IQM {:.3f},\n"
+        "interval {:.3f} to {:.3f}) and its training loss higher on {}",
+        lambda: _versions(V4, V1),
+    ),
+    Figure(
+        GENERALIZATION,
+        "at 2x its wins against AdamW fall to {} in training loss and\n{} in test loss "
+        "(v1: {} and {})",
+        lambda: (
+            _counts("train_loss", V4, "2x")[0],
+            _counts("test_loss", V4, "2x")[0],
+            _counts("train_loss", V1, "2x")[0],
+            _counts("test_loss", V1, "2x")[0],
+        ),
     ),
     Figure(
         GENERALIZATION,

@@ -1,9 +1,9 @@
 """normalized-v3's recipe: normalized-v2's, continued from v2's theta, with the training loss mixed
 back into the meta-loss.
 
-normalized-v2 (outer-valid meta-loss only) won held-out test loss against tuned AdamW on 6 of 12
-benchmark tasks but lost training loss on 10, so the release gate kept v1
-(``lopt/weights/normalized-v2/generalization.json``). What changes from ``pretrained_v2``:
+normalized-v2 (outer-valid meta-loss only) traded training loss for test loss against tuned
+AdamW, so the release gate kept v1 (``lopt/weights/normalized-v2/generalization.json``). What
+changes from ``pretrained_v2``:
 
 - the meta-loss is ``0.5 * outer-valid + 0.5 * training loss`` (``meta_loss_train_weight``), both
   relative to each problem's initial loss;
