@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -95,6 +96,19 @@ def run_unit(unit: Unit, subject: str, suite: str, config: evaluate.EvalConfig) 
     return UnitResult(unit.task, reports, *seconds, os.getpid())
 
 
+def exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
+    """Worker initializer: end this worker once process ``parent`` is gone. A parent killed by a
+    signal it cannot pass on (SIGTERM, SIGKILL) would otherwise leave its workers running their
+    units to the end, holding the cores."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run(
     parts: dict[str, Part],
     subject: str,
@@ -115,7 +129,9 @@ def run(
             _say(done[-1], len(done), len(todo))
     else:
         context = multiprocessing.get_context("spawn")  # JAX's runtime does not survive a fork
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = [pool.submit(run_unit, u, subject, suite, config) for u in todo]
             try:
                 for future in concurrent.futures.as_completed(futures):

@@ -4,6 +4,9 @@ merged per part in the suite's order whatever order the workers finish in."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 
@@ -86,3 +89,43 @@ def test_compile_cache_reaches_this_process_and_the_workers(tmp_path, monkeypatc
         assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path)
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_workers_end_when_the_benchmark_process_is_killed(tmp_path):
+    """SIGKILL cannot be passed on to the workers: they notice their parent is gone and exit."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import concurrent.futures, multiprocessing, os, sys, time\n"
+        "from benchmarks import generalization_runs\n"
+        "if __name__ == '__main__':\n"
+        "    pool = concurrent.futures.ProcessPoolExecutor(\n"
+        "        1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "        initializer=generalization_runs.exit_with_parent,\n"
+        "        initargs=(os.getpid(), 0.1))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 600)\n"
+        "    time.sleep(600)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    worker = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "the worker outlived its killed parent"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped by init soon, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
