@@ -462,8 +462,7 @@ RESULTS_FIGURES: list[Figure] = [
     Figure(
         GENERALIZATION,
         "Against tuned AdamW at 1x it wins {}, ties {} and loses {} in training loss and\n"
-        "wins {}, ties {} and loses {} in test loss; the gate refused it (training-loss win rate "
-        "{:.3f})",
+        "wins {}, ties {} and loses {} in test loss (training-loss win rate {:.3f})",
         lambda: (
             *_counts("train_loss", V3, "1x"),
             *_counts("test_loss", V3, "1x"),
@@ -486,7 +485,7 @@ RESULTS_FIGURES: list[Figure] = [
     ),
     Figure(
         GENERALIZATION,
-        "its test loss is lower on {} tasks and higher on {} (ratio IQM {:.3f},\n"
+        "v4's test loss is lower on {} tasks and higher on {} (ratio IQM {:.3f},\n"
         "interval {:.3f} to {:.3f}) and its training loss higher on {}",
         lambda: _versions(V4, V1),
     ),
