@@ -63,6 +63,11 @@ def tiny_run_argv() -> list[str]:
     return ["--config", "hpo_adam", *(f"--config.{k}={v}" for k, v in settings.items())]
 
 
+def _pytest(*args: str) -> list[str]:
+    """pytest's arguments (after the interpreter): quiet, no cache written into the checkout."""
+    return ["-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+
+
 def stages(quick: bool, work: str) -> list[Stage]:
     """The stages for a full (accelerator) or ``quick`` (CPU smoke) check, writing into ``work``."""
     throughput = os.path.join(work, "throughput.json")
@@ -84,17 +89,9 @@ def stages(quick: bool, work: str) -> list[Stage]:
         return [
             Stage(
                 "tests",
-                [
-                    "-m",
-                    "pytest",
-                    "-q",
-                    "-x",
-                    "-p",
-                    "no:cacheprovider",
-                    "tests/test_engine.py",
-                    "-k",
-                    "shard_map_matches_one_device and es_single",
-                ],
+                _pytest(
+                    "-x", "tests/test_engine.py", "-k", "shard_map_matches_one_device and es_single"
+                ),
                 300,
                 None,
             ),
@@ -149,16 +146,11 @@ def stages(quick: bool, work: str) -> list[Stage]:
     return [
         Stage(
             "tests",
-            [
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
+            _pytest(
                 "tests/test_engine.py",
                 "tests/test_estimators.py",
                 "tests/test_checkpoint_recovery.py",
-            ],
+            ),
             180,
             None,
         ),

@@ -252,37 +252,11 @@ class AdamVariant(JittedVariant):
         self.extra = {}
         num_particles, window = 2 * setting.num_pairs, setting.window
         self.inner_steps_per_call = num_particles * window
-        adam = optax.adam(1e-3)
-
-        def init(key):
-            config_key, init_key = jax.random.split(key)
-            config = family.sample(config_key)
-            task_params = family.task(config).init(init_key)
-            return config, task_params, adam.init(task_params), key
-
-        def unroll(particle):
-            config, task_params, opt_state, key = particle
-            task = family.task(config)
-            key, data_key = jax.random.split(key)
-
-            def body(carry, step_key):
-                task_params, opt_state = carry
-                grads = jax.grad(task.loss)(task_params, step_key)
-                updates, opt_state = adam.update(grads, opt_state, task_params)
-                return (optax.apply_updates(task_params, updates), opt_state), None
-
-            carry, _ = jax.lax.scan(
-                body, (task_params, opt_state), jax.random.split(data_key, window)
-            )
-            return (config, *carry, key)
-
         mesh = outer.make_mesh(num_devices)
-        sharded = jax.shard_map(
-            jax.vmap(unroll), mesh=mesh, in_specs=P(outer.AXIS), out_specs=P(outer.AXIS)
-        )
-        particles = jax.vmap(init)(jax.random.split(jax.random.key(3), num_particles))
-        self.state = jax.device_put(particles, NamedSharding(mesh, P(outer.AXIS)))
-        self.jitted = jax.jit(sharded, donate_argnums=0)
+        adam = optax.adam(1e-3)
+        program = _unroll_program(family, adam, window, mesh, fixed_batch=False)
+        self.state = _unroll_init(family, adam, num_particles, jax.random.key(3), mesh)
+        self.jitted = jax.jit(program, donate_argnums=0)
 
 
 class PretrainedEngineVariant(EngineVariant):
