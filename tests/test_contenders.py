@@ -99,6 +99,15 @@ def test_learned_contenders_of_one_rule_share_one_compiled_trainer():
     thetas = groups[0].thetas()
     assert all(leaf.shape[0] == 2 for leaf in jax.tree.leaves(thetas))
 
+    # The subject comes first in the list, but a batch's rows must not depend on which is the
+    # subject: the same contenders in another order make the same groups, row for row.
+    def labels(groups):
+        return [[m.label for m in g.members] for g in groups]
+
+    assert (
+        labels(contenders.group(found[::-1])) == labels(groups) == [["a", "b"], ["adamw", "sgdm"]]
+    )
+
 
 def test_tie_rule():
     # Losses: within 2% tie, beyond it the lower wins; both below the floor tie however far apart.

@@ -73,3 +73,13 @@ def test_generalization_quick(tmp_path):
 def test_steps_label_spans_the_tasks_of_a_horizon():
     assert generalization.steps_label([500, 200, 300]) == "200-500 steps"
     assert generalization.steps_label([500, 500]) == "500 steps"
+
+
+def test_the_tuned_baselines_protocol_does_not_follow_the_subject():
+    # Records with different subjects must share one reference, or the release gate compares a
+    # candidate and an incumbent measured against different AdamWs.
+    v1 = generalization.eval_config("normalized-v1", None, 3, False)
+    v4 = generalization.eval_config("normalized-v4", None, 3, False)
+    assert v1.options() == v4.options()
+    assert (v1.weight_decay, v1.baseline_schedule) == (1e-4, "cosine")  # optax.adamw's default
+    assert "normalized-v4" in v1.peers and "normalized-v4" not in v4.peers

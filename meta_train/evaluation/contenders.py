@@ -96,9 +96,11 @@ class Group(NamedTuple):
 
 
 def group(contenders: Sequence[Contender]) -> list[Group]:
-    """Contenders grouped by family, in order of first appearance."""
+    """Contenders grouped by family, groups and their members in order of label: a contender's
+    batch, and with it its floats, does not depend on the order it was listed in (which puts the
+    subject first)."""
     by_family: dict[Family, list[Contender]] = {}
-    for contender in contenders:
+    for contender in sorted(contenders, key=lambda c: c.label):
         by_family.setdefault(contender.family, []).append(contender)
     return [Group(family, tuple(members)) for family, members in by_family.items()]
 
