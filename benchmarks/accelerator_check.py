@@ -9,7 +9,7 @@ one still runs):
    trainings, all pairs vectorised, one device): inner particle-steps/s and peak device memory;
 3. ``optimizer_step``: ``benchmarks/optimizer_step.py`` (the 1.07M-parameter train step);
 4. ``meta_train``: a short ``lopt meta-train --config pretrained`` (the shipped recipe, 50 outer
-   steps, no held-out evaluation); ``--quick`` runs the tests' tiny run instead.
+   steps, no held-out evaluation); ``--quick`` runs the ``tiny`` config (compiles in seconds).
 
 It writes one JSON (provenance, each stage's command, exit status, seconds, its results and the
 tail of its output) under the scratch folder, or ``--out``/``--record`` (``benchmarks/output.py``).
@@ -40,27 +40,6 @@ class Stage(NamedTuple):
     argv: list[str]  # after the Python interpreter
     timeout_s: int
     result_file: str | None  # a JSON the stage writes into the work folder, read into the record
-
-
-def tiny_run_argv() -> list[str]:
-    """The quick meta-training: the tests' tiny run (learnable Adam on a 4-dim quadratic, 2 pairs,
-    T = 12, K = 3, 4 outer steps), which compiles in seconds where the pretrained recipe's five
-    groups take minutes on a CPU."""
-    settings = {
-        "groups.digits.family": "quadratic",
-        "groups.digits.overrides.dim": "4",
-        "groups.digits.num_pairs": "2",
-        "estimator.horizon": "12",
-        "estimator.window": "3",
-        "num_outer_steps": "4",
-        "num_devices": "1",
-        "checkpoint_every": "2",
-        "export_every": "100",
-        "eval.num_tasks": "0",
-        "comparison.num_tasks": "0",
-        "progress": "false",
-    }
-    return ["--config", "hpo_adam", *(f"--config.{k}={v}" for k, v in settings.items())]
 
 
 def _pytest(*args: str) -> list[str]:
@@ -135,7 +114,8 @@ def stages(quick: bool, work: str) -> list[Stage]:
                     "-m",
                     "meta_train.cli",
                     "meta-train",
-                    *tiny_run_argv(),
+                    "--config",
+                    "tiny",
                     "--workdir",
                     os.path.join(work, "meta_train"),
                 ],

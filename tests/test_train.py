@@ -18,7 +18,6 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-import tiny_run
 
 import lopt
 from meta_train import checkpoint, cli, config_flags, metrics, outer, train
@@ -28,9 +27,9 @@ from meta_train.configs import default
 pytestmark = pytest.mark.slow
 
 NUM_STEPS = 4
-# The tiny run on four pairs per group and every device, with a faster outer learning rate.
-TINY_OVERRIDES = {key: value for key, value in tiny_run.SETTINGS.items() if key != "num_devices"}
-TINY_OVERRIDES |= {
+# The tiny config on four pairs per group and every device, with a faster outer learning rate.
+TINY_OVERRIDES = {
+    "num_devices": "0",
     "groups.digits.num_pairs": "4",
     "estimator.sigma": "0.05",
     "outer.learning_rate": "0.05",
@@ -39,9 +38,9 @@ TINY_OVERRIDES |= {
 
 
 def tiny_config(**changes) -> ml_collections.ConfigDict:
-    """hpo_adam on two groups of the same quadratic family (weights 1 and 3; the same static
+    """The tiny run on two groups of the same quadratic family (weights 1 and 3; the same static
     config, so one burn-in compile serves both), 4 pairs each, T = 12, K = 3."""
-    config = config_flags.load_config("hpo_adam")
+    config = config_flags.load_config("tiny")
     for key, text in TINY_OVERRIDES.items():
         config_flags.apply_override(config, key, text)
     config.groups.second = default.task_group("quadratic", 4, weight=3.0, overrides={"dim": 4})
@@ -118,7 +117,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_theta(runs, tmp_path):
 
 def test_workdir_with_another_config_is_refused_unless_overwrite(runs, tmp_path, capsys):
     _, workdir = runs[4]
-    argv = ["--config", "hpo_adam", "--workdir", workdir]
+    argv = ["--config", "tiny", "--workdir", workdir]
     argv += [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
     assert cli.main(["meta-train", *argv, "--config.estimator.sigma=0.2"]) == 2
     message = capsys.readouterr().err
@@ -208,7 +207,7 @@ def test_override_parsing_keeps_types():
 
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     workdir = tmp_path / "run"
-    argv = ["--config", "hpo_adam", "--workdir", str(workdir)]
+    argv = ["--config", "tiny", "--workdir", str(workdir)]
     argv += [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
     argv += ["--config.num_outer_steps=100000", "--config.checkpoint_every=100000"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
