@@ -5,7 +5,8 @@
 copies ``<workdir>/export`` to ``lopt/weights/<name>/export`` and writes ``training.json`` beside
 it: the config the run used, its budget (outer steps, inner particle-steps, wall time when
 logged), the commit and versions it was shipped from, the date, the command, and the meta-loss
-curve (thinned to at most ``MAX_CURVE_POINTS`` points). ``lopt.pretrained(name)`` loads it.
+curve with its noise band (``binned_curve``: at most ``MAX_CURVE_POINTS`` bins of consecutive
+logged steps, each its mean and standard error). ``lopt.pretrained(name)`` loads it.
 
     python -m meta_train.ship --refingerprint normalized-v1
 
@@ -31,7 +32,7 @@ import lopt
 from lopt import shipped
 from meta_train import layout, metrics
 
-MAX_CURVE_POINTS = 300
+MAX_CURVE_POINTS = 100
 
 
 def _commit() -> str:
@@ -63,7 +64,6 @@ def training_record(
         raise ValueError(f"{workdir} has no logged metrics: is it a finished lopt meta-train run?")
     steps = np.asarray([row["step"] for row in rows])
     losses = np.asarray([row["meta_loss"] for row in rows], np.float64)
-    keep = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), MAX_CURVE_POINTS)).astype(int))
     pairs = sum(group["num_pairs"] for group in config["groups"].values())
     outer_steps = int(steps[-1])
     wall = [row.get("wall_time") for row in rows if row.get("wall_time") is not None]
@@ -82,10 +82,26 @@ def training_record(
         "jax_version": jax.__version__,
         "shipped": datetime.datetime.now(datetime.UTC).isoformat(),
         "command": command,
-        "meta_loss_curve": {
-            "step": steps[keep].tolist(),
-            "meta_loss": losses[keep].tolist(),
-        },
+        "meta_loss_curve": binned_curve(steps, losses),
+    }
+
+
+def binned_curve(
+    steps: np.ndarray, losses: np.ndarray, max_points: int = MAX_CURVE_POINTS
+) -> dict[str, list]:
+    """The logged meta-loss in at most ``max_points`` bins of consecutive rows (sizes differ by
+    at most one): per bin its last step, its mean and the mean's standard error
+    ``std(ddof=1) / sqrt(n)`` (``None`` for a bin of one row). Single logged steps are mostly
+    noise (one outer step's particles); the band says which moves of the curve are not."""
+    bins = np.array_split(np.arange(len(steps)), min(len(steps), max_points))
+    errors = [
+        float(np.std(losses[b], ddof=1) / np.sqrt(len(b))) if len(b) > 1 else None for b in bins
+    ]
+    return {
+        "step": [int(steps[b[-1]]) for b in bins],
+        "meta_loss": [float(np.mean(losses[b])) for b in bins],
+        "standard_error": errors,
+        "rows_per_point": [len(b) for b in bins],
     }
 
 

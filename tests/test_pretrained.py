@@ -96,6 +96,21 @@ def test_ship_copies_a_finished_run_with_its_record(tmp_path):
     assert record["budget"]["outer_steps"] == 4
     assert record["command"] == "lopt meta-train (tiny)"
     assert record["meta_loss_curve"]["step"] == [1, 2, 3, 4]
+    assert record["meta_loss_curve"]["standard_error"] == [None] * 4  # one row per bin
+
+
+def test_the_shipped_curve_is_binned_with_its_standard_error():
+    steps = np.arange(10, 2510, 10)  # 250 logged rows
+    losses = np.random.default_rng(0).normal(0.25, 0.01, 250)
+    curve = ship.binned_curve(steps, losses, max_points=100)
+    assert len(curve["step"]) == 100 and sum(curve["rows_per_point"]) == 250
+    assert set(curve["rows_per_point"]) == {2, 3} and curve["step"][-1] == 2500
+    first = losses[:3]  # the first bins take the extra rows
+    assert curve["meta_loss"][0] == pytest.approx(first.mean())
+    assert curve["standard_error"][0] == pytest.approx(first.std(ddof=1) / np.sqrt(3))
+    # The bins' means average back to the run's mean, weighted by their rows.
+    weighted = np.dot(curve["meta_loss"], curve["rows_per_point"]) / 250
+    assert weighted == pytest.approx(losses.mean())
 
 
 @pytest.mark.parametrize("jit", [False, True])
