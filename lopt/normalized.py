@@ -26,6 +26,10 @@ bias-corrected Adam direction instead of the learned one (Celo2 does this); ``mu
 multiplies the direction of every matrix (ndim >= 2, fan-in = product of all but the last dim) by
 ``min(1, mup_base_fan_in / fan_in)``, the μP scaling that μLO uses so a rule meta-trained at one
 width transfers to wider networks (capped at 1: narrower layers keep the unscaled step).
+``orthogonalize=True`` replaces each matrix's raw network output ``D`` (reshaped to
+``[prod(shape[:-1]), shape[-1]]``) by its orthogonalization ``~ U V^T`` (``D = U S V^T``; five
+Newton–Schulz iterations, optax's Muon implementation) before the RMS normalization, as Celo2
+does: every direction in a matrix's row and column space gets a step of the same size.
 
 ``step_gain=True`` lets the step shrink without giving up scale invariance. A unit-RMS direction
 takes full-size steps even once the training loss is ~0 (only the schedule slows it), which grows
@@ -52,6 +56,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from optax.contrib import _muon
 
 from lopt import features as feats
 from lopt import flat
@@ -97,6 +102,7 @@ class NormalizedOptimizer(LearnedRule):
       output_init_scale: initial scale of the MLP's output layer (the skip path starts at 1).
       step_gain: multiply each learned tensor's direction by the gain of the module docstring.
       gain_decay: decay of the long-run mean squared gradient the gain compares against.
+      orthogonalize: orthogonalize each matrix's direction (module docstring).
     """
 
     architecture = "normalized"
@@ -109,6 +115,7 @@ class NormalizedOptimizer(LearnedRule):
     output_init_scale: float = 0.1
     step_gain: bool = False
     gain_decay: float = 0.999
+    orthogonalize: bool = False
 
     def __post_init__(self):
         feats.freeze_sequences(self)
@@ -250,6 +257,8 @@ class NormalizedOptimizer(LearnedRule):
                 )
             else:
                 d = self._raw_direction(theta, g, p, m, v)
+                if self.orthogonalize and len(shape) >= 2:
+                    d = orthogonalized(d.reshape(-1, shape[-1])).reshape(-1)
                 scale = jax.lax.rsqrt(jnp.mean(jnp.square(d)) + DIRECTION_EPS)
                 if self.step_gain:
                     scale = scale * self._gain(theta, m[:, skip_index], u, step)
@@ -299,3 +308,12 @@ class NormalizedOptimizer(LearnedRule):
         """The direction (``direction``): with the gradient's sign, no step size."""
         del loss
         return self.direction(theta, state, grads, params)
+
+
+def orthogonalized(matrix: jax.Array) -> jax.Array:
+    """``[a, b]`` -> ``[a, b]``: ``~ U V^T`` of ``matrix = U S V^T`` by five quintic Newton–Schulz
+    iterations after Frobenius normalization (singular values land in about [0.5, 1.5])."""
+    # optax keeps its Newton–Schulz in the private module of contrib.muon; optax is pinned
+    # (constraints.txt) and tests/test_normalized.py checks the result's singular values.
+    coefficients = jnp.asarray(_muon._DEFAULT_NS_COEFFS, matrix.dtype)
+    return _muon.orthogonalize_via_newton_schulz(matrix, coefficients)

@@ -617,7 +617,20 @@ def differences(stored: dict, current: dict) -> list[str]:
     resumable = set(RESUMABLE_KEYS)
     if current.get("outer", {}).get("schedule") == "cosine":
         resumable.discard("num_outer_steps")
-    return _differences(stored, current, "", resumable)
+    return _differences(_with_rule_defaults(stored), current, "", resumable)
+
+
+def _with_rule_defaults(stored: dict) -> dict:
+    """``stored`` with its rule's hyperparameters completed by their defaults: a run stored before
+    an option existed ran without it, which is the option's default, so it still resumes."""
+    optimizer = stored.get("optimizer", {})
+    try:
+        rule = lopt.get_optimizer(optimizer["architecture"], **optimizer["hyperparameters"])
+    except (KeyError, TypeError, ValueError):  # not a rule this code builds: compared as stored
+        return stored
+    defaults = json.loads(json.dumps(rule.hyperparameters()))
+    completed = {**defaults, **optimizer["hyperparameters"]}
+    return {**stored, "optimizer": {**optimizer, "hyperparameters": completed}}
 
 
 def _differences(stored: dict, current: dict, prefix: str, resumable: set[str]) -> list[str]:

@@ -6,6 +6,8 @@ value (each object built from its keys, so the key is known by construction); th
 ``lopt`` and ``tasks`` raise errors of one shape for an unknown name.
 """
 
+import copy
+
 import pytest
 
 import lopt
@@ -166,3 +168,20 @@ def test_the_default_config_declares_every_key_of_every_shipped_config():
     extra = config_flags.load_config("pes")
     extra.estimator.temperature = 1.0
     assert config_flags._missing_keys(schema, extra) == ["estimator.temperature"]
+
+
+def test_a_run_stored_before_a_rule_option_existed_still_resumes():
+    current = config_flags.canonical(config_flags.load_config("pretrained_v4"))
+    stored = copy.deepcopy(current)
+    del stored["optimizer"]["hyperparameters"]["orthogonalize"]  # as written before the option
+    assert config_flags.differences(stored, current) == []
+    # The option switched on is a different run; so is any other changed hyperparameter.
+    switched = config_flags.canonical(config_flags.load_config("pretrained_v4"))
+    switched["optimizer"]["hyperparameters"]["orthogonalize"] = True
+    assert config_flags.differences(stored, switched) == [
+        "optimizer.hyperparameters.orthogonalize: False -> True"
+    ]
+    stored["optimizer"]["hyperparameters"]["rms_decay"] = 0.9
+    assert config_flags.differences(stored, current) == [
+        "optimizer.hyperparameters.rms_decay: 0.9 -> 0.95"
+    ]

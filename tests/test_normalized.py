@@ -402,3 +402,32 @@ def test_gain_is_invariant_to_rescaling_the_gradient(theta, grad_scale):
         strict=True,
     ):
         np.testing.assert_allclose(a["w"], b["w"], rtol=2e-4, atol=1e-6)
+
+
+# orthogonalize=True: a matrix's raw direction orthogonalized by Newton–Schulz before its RMS.
+ORTHO_RULE = dataclasses.replace(RULE, orthogonalize=True)
+
+
+def _ortho_directions(theta, grad_scale):
+    params = make_params()
+    state = ORTHO_RULE.init(theta, params)
+    for grads in gradient_sequence(3):
+        grads = {"w": grads["w"] * grad_scale, "b": grads["b"]}
+        d, state = ORTHO_RULE.direction(theta, state, grads, params)
+    return d
+
+
+def test_orthogonalize_evens_a_matrix_directions_singular_values(theta):
+    ortho = _ortho_directions(theta, 1.0)
+    plain = directions(theta, make_params(), gradient_sequence(3), 1.0, 1.0)[-1]
+    spread = {
+        name: np.linalg.svd(np.asarray(d["w"]), compute_uv=False)
+        for name, d in (("ortho", ortho), ("plain", plain))
+    }
+    # ~U V^T: singular values within a factor 2 (1.4 here); the plain rule's fail that (3.4).
+    assert spread["ortho"].max() / spread["ortho"].min() < 2.0
+    assert spread["plain"].max() / spread["plain"].min() > 2.0
+    assert float(jnp.sqrt(jnp.mean(ortho["w"] ** 2))) == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(ortho["b"], plain["b"], rtol=1e-5, atol=1e-6)  # vectors as before
+    # Still invariant to rescaling the gradient.
+    np.testing.assert_allclose(_ortho_directions(theta, 1e3)["w"], ortho["w"], rtol=2e-4, atol=2e-5)

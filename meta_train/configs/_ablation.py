@@ -7,6 +7,10 @@ config file each (``ablation_<name>.py``):
 for the per-parameter MLP with an Adam base step (the previous default); ``no_augmentation``
 drops the reparameterization; ``one_family`` meta-trains on the digits MLP alone (same number
 of pairs); ``fixed_horizon`` uses one horizon of 200 instead of log-uniform in [50, 500].
+Options that later recipes or Celo2 add, one at a time: ``step_gain`` (the rule's learned
+per-tensor gain, ``lopt.NormalizedOptimizer``), ``weight_decay`` (decoupled, 1e-4 as AdamW's
+optax default), ``orthogonalize`` (Newton–Schulz directions for matrices) and ``adam_vectors``
+(Adam's direction, beta2 0.95, for biases and scales).
 ``benchmarks/ablations.py`` runs them all and evaluates each on the generalization suite.
 """
 
@@ -15,7 +19,22 @@ import ml_collections
 import lopt
 from meta_train.configs import default, pretrained
 
-ABLATIONS = ("reference", "mlp", "no_augmentation", "one_family", "fixed_horizon")
+ABLATIONS = (
+    "reference",
+    "mlp",
+    "no_augmentation",
+    "one_family",
+    "fixed_horizon",
+    "step_gain",
+    "weight_decay",
+    "orthogonalize",
+    "adam_vectors",
+)
+RULE_OPTIONS = {  # ablation: the normalized rule's hyperparameter it switches on
+    "step_gain": "step_gain",
+    "orthogonalize": "orthogonalize",
+    "adam_vectors": "adam_for_vectors",
+}
 NUM_OUTER_STEPS = 200
 
 
@@ -47,4 +66,8 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     elif name == "fixed_horizon":
         config.estimator.horizon = 200
         config.estimator.min_horizon = 0
+    elif name == "weight_decay":
+        config.optimizer.weight_decay = 1e-4
+    elif name in RULE_OPTIONS:
+        config.optimizer.hyperparameters[RULE_OPTIONS[name]] = True
     return config
