@@ -16,7 +16,11 @@ invariant to rescaling a tensor's gradient):
 
     g, p, m_b for b in momentum_decays, sqrt(v), g / sqrt(v), m_b / sqrt(v) for each b
 
-with ``m_b <- b m_b + (1 - b) g`` and ``v <- rms_decay v + (1 - rms_decay) g**2``. The network is
+with ``m_b <- b m_b + (1 - b) g`` and ``v <- rms_decay v + (1 - rms_decay) g**2``; with
+``extra_features`` (Celo2's), three more: ``clip(g / sqrt(v), -1, 1)``, ``1 / sqrt(v)`` and
+``g / sqrt(v_hat)`` with Adafactor's factored second moment ``v_hat = r c^T / mean(r)`` (``r``,
+``c``: the row and column means of ``v`` of the tensor as ``[prod(shape[:-1]), shape[-1]]``; for
+vectors ``v_hat = v``). The network is
 an MLP plus a linear skip connection from the features to the output; the skip starts as the
 ``m_{0.9} / sqrt(v)`` column and the MLP's output layer starts small, so the untrained rule is a
 per-tensor-normalized Adam-like step and meta-training learns the rest.
@@ -103,6 +107,7 @@ class NormalizedOptimizer(LearnedRule):
       step_gain: multiply each learned tensor's direction by the gain of the module docstring.
       gain_decay: decay of the long-run mean squared gradient the gain compares against.
       orthogonalize: orthogonalize each matrix's direction (module docstring).
+      extra_features: append the three features of the module docstring.
     """
 
     architecture = "normalized"
@@ -116,6 +121,7 @@ class NormalizedOptimizer(LearnedRule):
     step_gain: bool = False
     gain_decay: float = 0.999
     orthogonalize: bool = False
+    extra_features: bool = False
 
     def __post_init__(self):
         feats.freeze_sequences(self)
@@ -137,8 +143,9 @@ class NormalizedOptimizer(LearnedRule):
 
     @property
     def num_features(self) -> int:
-        """Columns of the feature matrix: g, p, sqrt(v), g/sqrt(v), and m_b, m_b/sqrt(v) per b."""
-        return 4 + 2 * len(self.momentum_decays)
+        """Columns of the feature matrix: g, p, sqrt(v), g/sqrt(v), m_b and m_b/sqrt(v) per b, and
+        the three extra features when on."""
+        return 4 + 2 * len(self.momentum_decays) + (3 if self.extra_features else 0)
 
     @property
     def skip_feature(self) -> int:
@@ -215,9 +222,10 @@ class NormalizedOptimizer(LearnedRule):
         param: jax.Array,
         momentum: jax.Array,
         second_moment: jax.Array,
+        shape: tuple[int, ...],
     ) -> jax.Array:
-        """``[n]`` network output of one tensor, its feature columns normalized by their RMS over
-        the tensor."""
+        """``[n]`` network output of one tensor of ``shape``, its feature columns normalized by
+        their RMS over the tensor."""
         inv_rms = jax.lax.rsqrt(second_moment + FEATURE_EPS)
         momenta = [momentum[:, b] for b in range(momentum.shape[1])]
         columns = [
@@ -228,6 +236,13 @@ class NormalizedOptimizer(LearnedRule):
             *momenta,
             *(m_b * inv_rms for m_b in momenta),
         ]
+        if self.extra_features:
+            factored = factored_second_moment(second_moment, shape)
+            columns += [
+                jnp.clip(grad * inv_rms, -1.0, 1.0),
+                inv_rms,
+                grad * jax.lax.rsqrt(factored + FEATURE_EPS),
+            ]
         mean_squares = jnp.stack([jnp.mean(jnp.square(c)) for c in columns])
         return self._network(theta, columns, jax.lax.rsqrt(mean_squares + FEATURE_EPS))
 
@@ -256,7 +271,7 @@ class NormalizedOptimizer(LearnedRule):
                     m[:, skip_index], v, step, SKIP_DECAY, self.rms_decay, ADAM_EPS
                 )
             else:
-                d = self._raw_direction(theta, g, p, m, v)
+                d = self._raw_direction(theta, g, p, m, v, shape)
                 if self.orthogonalize and len(shape) >= 2:
                     d = orthogonalized(d.reshape(-1, shape[-1])).reshape(-1)
                 scale = jax.lax.rsqrt(jnp.mean(jnp.square(d)) + DIRECTION_EPS)
@@ -317,3 +332,13 @@ def orthogonalized(matrix: jax.Array) -> jax.Array:
     # (constraints.txt) and tests/test_normalized.py checks the result's singular values.
     coefficients = jnp.asarray(_muon._DEFAULT_NS_COEFFS, matrix.dtype)
     return _muon.orthogonalize_via_newton_schulz(matrix, coefficients)
+
+
+def factored_second_moment(second_moment: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``[n]``: Adafactor's rank-one ``r c^T / mean(r)`` of ``second_moment[n]`` seen as
+    ``[prod(shape[:-1]), shape[-1]]`` (``r``, ``c``: its row and column means); a vector's own."""
+    if len(shape) < 2:
+        return second_moment
+    v = second_moment.reshape(-1, shape[-1])
+    rows, cols = jnp.mean(v, axis=1), jnp.mean(v, axis=0)
+    return (rows[:, None] * cols[None, :] / (jnp.mean(rows) + FEATURE_EPS)).reshape(-1)

@@ -15,7 +15,7 @@ import pytest
 
 import lopt
 from lopt import features as feats
-from lopt import flat
+from lopt import flat, normalized
 
 RULE = lopt.NormalizedOptimizer()
 STEP = lopt.StepSize(learning_rate=1e-2)
@@ -431,3 +431,42 @@ def test_orthogonalize_evens_a_matrix_directions_singular_values(theta):
     np.testing.assert_allclose(ortho["b"], plain["b"], rtol=1e-5, atol=1e-6)  # vectors as before
     # Still invariant to rescaling the gradient.
     np.testing.assert_allclose(_ortho_directions(theta, 1e3)["w"], ortho["w"], rtol=2e-4, atol=2e-5)
+
+
+def test_factored_second_moment_is_exact_on_a_rank_one_moment():
+    a, b = jnp.arange(1.0, 7.0), jnp.arange(1.0, 6.0) ** 2
+    v = jnp.outer(a, b)
+    np.testing.assert_allclose(
+        normalized.factored_second_moment(v.reshape(-1), (6, 5)), v.reshape(-1), rtol=1e-6
+    )
+    bumped = v.at[0, 0].add(10.0)  # not rank one: only approximated
+    assert not np.allclose(
+        normalized.factored_second_moment(bumped.reshape(-1), (6, 5)), bumped.reshape(-1)
+    )
+    np.testing.assert_array_equal(normalized.factored_second_moment(b, (5,)), b)  # vectors: v
+
+
+@pytest.mark.parametrize("grad_scale", [1e3, 1e-3])
+def test_extra_features_are_invariant_to_rescaling_the_gradient(grad_scale):
+    rule = dataclasses.replace(RULE, extra_features=True, output_init_scale=1.0)
+    assert rule.num_features == RULE.num_features + 3
+    theta = rule.init_meta_params(jax.random.key(3))
+
+    def run(scale):
+        params = make_params()
+        state = rule.init(theta, params)
+        for grads in gradient_sequence(3):
+            d, state = rule.direction(
+                theta, state, jax.tree.map(lambda g: g * scale, grads), params
+            )
+        return d
+
+    reference, scaled = run(1.0), run(grad_scale)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(scaled[name], reference[name], rtol=2e-4, atol=2e-5)
+    # The extra columns reach the output: zeroing their first-layer weights changes it.
+    cut = {**theta, "layer_0": {**theta["layer_0"], "w": theta["layer_0"]["w"].at[-3:].set(0.0)}}
+    params = make_params()
+    d_cut, _ = rule.direction(cut, rule.init(cut, params), gradient_sequence(1)[0], params)
+    d_full, _ = rule.direction(theta, rule.init(theta, params), gradient_sequence(1)[0], params)
+    assert not np.allclose(d_cut["w"], d_full["w"], atol=1e-3)

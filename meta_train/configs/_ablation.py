@@ -9,8 +9,9 @@ drops the reparameterization; ``one_family`` meta-trains on the digits MLP alone
 of pairs); ``fixed_horizon`` uses one horizon of 200 instead of log-uniform in [50, 500].
 Options that later recipes or Celo2 add, one at a time: ``step_gain`` (the rule's learned
 per-tensor gain, ``lopt.NormalizedOptimizer``), ``weight_decay`` (decoupled, 1e-4 as AdamW's
-optax default), ``orthogonalize`` (Newton–Schulz directions for matrices) and ``adam_vectors``
-(Adam's direction, beta2 0.95, for biases and scales).
+optax default), ``orthogonalize`` (Newton–Schulz directions for matrices), ``adam_vectors``
+(Adam's direction, beta2 0.95, for biases and scales) and ``extra_features`` (clipped
+gradient, rsqrt(v), Adafactor-factored g / sqrt(v)).
 ``benchmarks/ablations.py`` runs them all and evaluates each on the generalization suite.
 """
 
@@ -29,11 +30,13 @@ ABLATIONS = (
     "weight_decay",
     "orthogonalize",
     "adam_vectors",
+    "extra_features",
 )
 RULE_OPTIONS = {  # ablation: the normalized rule's hyperparameter it switches on
     "step_gain": "step_gain",
     "orthogonalize": "orthogonalize",
     "adam_vectors": "adam_for_vectors",
+    "extra_features": "extra_features",
 }
 NUM_OUTER_STEPS = 200
 
