@@ -40,6 +40,7 @@ COLUMNS = (
     "win_rate_train_loss",
     "win_rate_test_loss",
     "normalized_train_loss_iqm",
+    "normalized_test_loss_iqm",
     "speedup_iqm",
     "diverged_runs",
 )

@@ -52,6 +52,11 @@ ABLATION_DESCRIPTIONS = {
     "no_augmentation": "no_augmentation: no reparameterization",
     "one_family": "one_family: the digits MLP alone (same 40 pairs)",
     "fixed_horizon": "fixed_horizon: one horizon of 200 instead of log-uniform [50, 500]",
+    "step_gain": "step_gain: the learned per-tensor gain that lets the step shrink",
+    "weight_decay": "weight_decay: decoupled, 1e-4",
+    "orthogonalize": "orthogonalize: Newton-Schulz directions for matrices",
+    "adam_vectors": "adam_vectors: Adam's direction (beta2 0.95) for biases and scales",
+    "extra_features": "extra_features: clipped g/sqrt(v), rsqrt(v), Adafactor-factored g/sqrt(v)",
 }
 METRICS = ("train_loss", "test_loss", "test_accuracy")
 
@@ -179,6 +184,7 @@ def ablations_table() -> str:
                 num(row["win_rate_train_loss"]["value"]),
                 num(row["win_rate_test_loss"]["value"]),
                 num(row["normalized_train_loss_iqm"]["value"]),
+                num(row["normalized_test_loss_iqm"]["value"]),
                 num(row["speedup_iqm"]["value"]) + "x",
                 row["diverged_runs"],
             ]
@@ -188,6 +194,7 @@ def ablations_table() -> str:
         "better than tuned Adam, train loss",
         "better, test loss",
         "train loss / Adam's, IQM",
+        "test loss / Adam's, IQM",
         "speed-up IQM",
         "diverged",
     ]
