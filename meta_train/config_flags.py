@@ -515,6 +515,7 @@ def _engine_fields(
         "horizon": horizon,
         "stagger": ("estimator.stagger", estimator.stagger),
         "resample_every": ("estimator.resample_every", estimator.resample_every),
+        "shaping": ("estimator.shaping", estimator.shaping),
         "pairs_per_chunk": ("pairs_per_chunk", pairs_per_chunk(config, platform)),
     }
 
@@ -613,35 +614,42 @@ def pairs_per_chunk(config: Any, platform: str) -> int | None:
 
 def differences(stored: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between two canonical configs, except the resumable ones
-    (``RESUMABLE_KEYS``; ``num_outer_steps`` not when a cosine schedule depends on it)."""
+    (``RESUMABLE_KEYS``; ``num_outer_steps`` not when a cosine schedule depends on it) and keys
+    ``stored`` lacks that ``current`` holds at their default (``_defaults``): a run stored before
+    a key existed ran as its default does, so it still resumes."""
     resumable = set(RESUMABLE_KEYS)
     if current.get("outer", {}).get("schedule") == "cosine":
         resumable.discard("num_outer_steps")
-    return _differences(_with_rule_defaults(stored), current, "", resumable)
+    return _differences(stored, current, _defaults(stored), "", resumable)
 
 
-def _with_rule_defaults(stored: dict) -> dict:
-    """``stored`` with its rule's hyperparameters completed by their defaults: a run stored before
-    an option existed ran without it, which is the option's default, so it still resumes."""
+def _defaults(stored: dict) -> dict:
+    """The schema's canonical config, its rule hyperparameters those of ``stored``'s rule."""
+    defaults = canonical(load_config(SCHEMA))
     optimizer = stored.get("optimizer", {})
     try:
         rule = lopt.get_optimizer(optimizer["architecture"], **optimizer["hyperparameters"])
-    except (KeyError, TypeError, ValueError):  # not a rule this code builds: compared as stored
-        return stored
-    defaults = json.loads(json.dumps(rule.hyperparameters()))
-    completed = {**defaults, **optimizer["hyperparameters"]}
-    return {**stored, "optimizer": {**optimizer, "hyperparameters": completed}}
+    except (KeyError, TypeError, ValueError):  # not a rule this code builds: no defaults
+        defaults["optimizer"]["hyperparameters"] = {}
+    else:
+        defaults["optimizer"]["hyperparameters"] = json.loads(json.dumps(rule.hyperparameters()))
+    return defaults
 
 
-def _differences(stored: dict, current: dict, prefix: str, resumable: set[str]) -> list[str]:
+def _differences(
+    stored: dict, current: dict, defaults: Any, prefix: str, resumable: set[str]
+) -> list[str]:
     found = []
     for key in sorted(set(stored) | set(current)):
         dotted = f"{prefix}{key}"
         if dotted in resumable:
             continue
         old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        default = defaults.get(key, "<absent>") if isinstance(defaults, dict) else "<absent>"
         if isinstance(old, dict) and isinstance(new, dict):
-            found += _differences(old, new, f"{dotted}.", resumable)
+            found += _differences(old, new, default, f"{dotted}.", resumable)
+        elif key not in stored and new == default:
+            continue
         elif old != new:
             found.append(f"{dotted}: {old!r} -> {new!r}")
     return found

@@ -170,16 +170,28 @@ def test_the_default_config_declares_every_key_of_every_shipped_config():
     assert config_flags._missing_keys(schema, extra) == ["estimator.temperature"]
 
 
-def test_a_run_stored_before_a_rule_option_existed_still_resumes():
+def test_a_run_stored_before_a_key_existed_still_resumes():
     current = config_flags.canonical(config_flags.load_config("pretrained_v4"))
     stored = copy.deepcopy(current)
     del stored["optimizer"]["hyperparameters"]["orthogonalize"]  # as written before the option
+    del stored["estimator"]["shaping"]
     assert config_flags.differences(stored, current) == []
-    # The option switched on is a different run; so is any other changed hyperparameter.
-    switched = config_flags.canonical(config_flags.load_config("pretrained_v4"))
+    # The option switched on is a different run; so is any other changed value.
+    switched = copy.deepcopy(current)
     switched["optimizer"]["hyperparameters"]["orthogonalize"] = True
+    switched["estimator"]["shaping"] = "sign"
     assert config_flags.differences(stored, switched) == [
-        "optimizer.hyperparameters.orthogonalize: False -> True"
+        "estimator.shaping: '<absent>' -> 'sign'",
+        "optimizer.hyperparameters.orthogonalize: '<absent>' -> True",
+    ]
+    # A rule's own defaults count, not the schema's (which are the normalized rule's).
+    mlp = config_flags.canonical(config_flags.load_config("ablation_mlp"))
+    stored_mlp = copy.deepcopy(mlp)
+    del stored_mlp["optimizer"]["hyperparameters"]["use_loss"]  # the MLP rule's default, False
+    assert config_flags.differences(stored_mlp, mlp) == []
+    del stored_mlp["optimizer"]["hyperparameters"]["base"]  # its default is "none", not "adam"
+    assert config_flags.differences(stored_mlp, mlp) == [
+        "optimizer.hyperparameters.base: '<absent>' -> 'adam'"
     ]
     stored["optimizer"]["hyperparameters"]["rms_decay"] = 0.9
     assert config_flags.differences(stored, current) == [

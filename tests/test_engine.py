@@ -410,6 +410,10 @@ def test_bad_inputs_give_clear_errors():
         engine.EngineConfig(0, 2, 0.1, 10)
     with pytest.raises(ValueError, match="gpes"):
         engine.EngineConfig(4, 2, 0.1, 10, estimator="pes", resample_every=3)
+    with pytest.raises(ValueError, match="unknown shaping 'rank'; choose one of"):
+        engine.EngineConfig(4, 2, 0.1, 10, shaping="rank")
+    with pytest.raises(ValueError, match="'tbptt' has none"):
+        engine.EngineConfig(4, 2, 0.1, 10, estimator="tbptt", shaping="sign")
     assert engine.EngineConfig(4, 2, 0.1, [5, 9]).horizon == (5, 9)  # lists from configs
     with pytest.raises(ValueError, match="meta_loss"):
         family = quadratic.quadratic_family(dim=2)

@@ -339,6 +339,30 @@ def test_es_single_estimate_is_the_formula(memoryless, variance_runs):
     np.testing.assert_allclose(grads[0], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_sign_shaping_is_the_formula_scale_free_and_estimates_the_descent_direction(
+    memoryless, variance_runs
+):
+    """With L+ - L- = 2 eps . a: g_j = u_j sign(u_j . a), u = eps / sigma; its mean is
+    sqrt(2 / pi) a / |a| (u is standard normal), whatever the loss scale."""
+    config = dataclasses.replace(variance_config("es_single", 1), shaping="sign")
+    grads, history = run_windows(memoryless, config, VARIANCE_THETA, 1)
+    u = np.asarray(history[0].noise.eps) / SIGMA
+    a = np.asarray(memoryless.gradient(VARIANCE_THETA))
+    np.testing.assert_allclose(grads[0], u * np.sign(u @ a)[:, None], rtol=1e-4, atol=1e-5)
+    direction = math.sqrt(2 / math.pi) * a / np.linalg.norm(a)
+    z = z_scores(grads[0], direction)
+    assert np.all(np.abs(z) < Z_AGREE), z
+    # Positive control: the unshaped estimate (same particles) has mean a, not the direction.
+    unshaped, _ = variance_runs["es_single", 1]
+    assert np.max(np.abs(z_scores(unshaped[0], direction))) > Z_BIASED
+    # A loss ten times steeper gives the same shaped votes (the unshaped estimate grows tenfold).
+    steeper = reference_systems.IndependentGradientSystem.create(
+        tuple(10 * c for c in CURVATURE), TARGET
+    )
+    steep_grads, _ = run_windows(steeper, config, VARIANCE_THETA, 1)
+    np.testing.assert_allclose(steep_grads[0], grads[0], rtol=1e-5, atol=1e-6)
+
+
 def test_es_single_variance_flat_and_matches_theory(memoryless, variance_runs):
     a = np.asarray(memoryless.gradient(VARIANCE_THETA))
     theory = (len(a) + 1) * (a @ a)

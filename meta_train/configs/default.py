@@ -96,6 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.estimator.allow_short_horizon = False
     config.estimator.stagger = True
     config.estimator.resample_every = 1  # GPES only
+    # "sign": each pair's estimate weighs by the sign of its loss difference (VeLO's shaping).
+    config.estimator.shaping = "none"
 
     # Task groups: one static task configuration each, with its own particles. The estimate is
     # the weight-averaged estimate of the groups.

@@ -58,7 +58,8 @@ class EngineConfig:
     ``sigma``: perturbation scale, ``eps ~ N(0, sigma^2 I)``. ``horizon``: inner steps per problem,
     a fixed T or ``(T_min, T_max)`` sampled log-uniformly per problem. ``stagger``: start each pair
     at a uniform random step of its first problem (really advanced there), else all at step 0.
-    ``estimator``: one of ``ESTIMATORS``. ``resample_every``: M for ``gpes``.
+    ``estimator``: one of ``ESTIMATORS``. ``resample_every``: M for ``gpes``. ``shaping``: one of
+    ``estimators.SHAPINGS``, how each pair's loss difference weighs (``estimators`` docstring).
     ``pairs_per_chunk``: how many pairs are vectorised together; the chunks run one after another
     (``lax.map``). ``None`` vectorises all pairs at once (what an accelerator wants); on a CPU small
     chunks keep a pair's working set in cache and run faster (the ratio:
@@ -74,6 +75,7 @@ class EngineConfig:
     estimator: str = "es_single"
     resample_every: int = 1
     pairs_per_chunk: int | None = None
+    shaping: str = "none"
 
     def __post_init__(self):
         if isinstance(self.horizon, list | tuple):
@@ -101,6 +103,15 @@ class EngineConfig:
                 "full_es is one estimate per whole inner problem: it needs a fixed horizon equal "
                 f"to the window and stagger=False (got horizon={self.horizon}, "
                 f"window={self.window}, stagger={self.stagger}); set window=horizon, stagger=False"
+            )
+        if self.shaping not in estimators.SHAPINGS:
+            raise ValueError(
+                f"unknown shaping {self.shaping!r}; choose one of {estimators.SHAPINGS}"
+            )
+        if self.shaping != "none" and not estimators.uses_noise(self.estimator):
+            raise ValueError(
+                f"shaping={self.shaping!r} weighs loss differences of perturbed twins; "
+                f"{self.estimator!r} has none: use an ES estimator or shaping='none'"
             )
         if self.resample_every != 1 and self.estimator != "gpes":
             raise ValueError(
@@ -413,11 +424,14 @@ def unroll_window(
     else:
         particles, sums = _over_pairs(config, functools.partial(run, flat_theta), particles)
         grad = estimators.pair_gradient(sums.weighted, sums.count, config.sigma)
+    loss_diff = sums.diff_sum / jnp.maximum(sums.count, 1)
+    if config.shaping == "sign":
+        grad = estimators.sign_shaped(grad, loss_diff, config.sigma)
     outputs = WindowOutputs(
         grad=grad,
         count=sums.count,
         loss_sum=sums.loss_sum,
-        loss_diff=sums.diff_sum / jnp.maximum(sums.count, 1),
+        loss_diff=loss_diff,
         nonfinite=sums.nonfinite,
         resets=sums.resets,
     )

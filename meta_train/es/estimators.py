@@ -28,6 +28,13 @@ are weighted by the old ``xi`` and those after by the new eps, which is PES's sp
 "window" for the redraw rules counts whole and partial windows: a noise draw is only replaced once
 at least one step has run under it, so PES with M = 1 never throws away an unused draw.
 
+Fitness shaping (``EngineConfig.shaping``): ``"sign"`` replaces each pair's estimate by
+``g_j 2 sigma / |L+_j - L-_j| = xi_j sign(L+_j - L-_j) / sigma`` (``sign_shaped``), so every pair
+casts a vote of one size whatever its loss scale or an outlier's size, and groups with different
+loss scales weigh alike in a combined estimate (VeLO shapes its ES estimates this way). It is no
+longer unbiased for the gradient: for a loss linear at scale sigma its mean is
+``sqrt(2 / pi) grad / |grad|``, the direction of descent.
+
 TES is learned_optimization's ``TruncatedES``: each truncation starts both twins from one shared
 state and returns the positive twin's final state as the next shared state
 (``unroll_state=p_state``), so a window's estimate sees theta's effect over that window alone.
@@ -46,6 +53,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 ESTIMATORS = ("es_single", "pes", "tes", "full_es", "tbptt", "gpes")
+SHAPINGS = ("none", "sign")
 # Estimators whose noise is redrawn at window starts: (accumulate into xi?)
 _REDRAWS = {"pes": True, "gpes": True, "tes": False}
 # Estimators whose twins restart from one shared state when their noise is redrawn.
@@ -145,6 +153,15 @@ def pair_gradient(weighted_sum: jax.Array, count: jax.Array, sigma: float) -> ja
     """
     denominator = 2.0 * sigma**2 * jnp.maximum(count, 1).astype(weighted_sum.dtype)
     return weighted_sum / denominator[..., None]
+
+
+def sign_shaped(grad: jax.Array, loss_diff: jax.Array, sigma: float) -> jax.Array:
+    """``[N, P]``: ``grad[j] * 2 sigma / |loss_diff[j]|`` (0 where a pair's twins tie), i.e.
+    ``xi_j sign(L+_j - L-_j) / sigma`` (module docstring)."""
+    magnitude = jnp.abs(loss_diff)
+    tied = magnitude == 0
+    factor = jnp.where(tied, 0.0, 2.0 * sigma / jnp.where(tied, 1.0, magnitude))
+    return grad * factor[:, None]
 
 
 def local_totals(outputs: WindowOutputs) -> dict[str, jax.Array]:
