@@ -70,6 +70,27 @@ def test_every_named_contender_trains_a_tiny_task():
         assert run.train.num_diverged == 0, label
     assert not runs["prodigy"].grid and runs["adamw"].tuned
     assert report.reference == "adamw" and report.subject == lopt.pretrained_names()[0]
+    # Each row is its own optimizer's: the tuning-free ones share one trainer, whose member
+    # index picks the transform; run alone (its own trainer) each gives the same losses.
+    for name in ("dog", "cocob"):
+        alone = (
+            evaluation.evaluate(
+                name,
+                {"bowl": Bowl()},
+                num_steps=30,
+                seeds=2,
+                baselines=("adamw",),
+                reference="adamw",
+                untrained_floor=False,
+                progress=False,
+                compiler_options=evaluation.FAST_COMPILE,
+            )
+            .tasks[0]
+            .runs[name]
+        )
+        np.testing.assert_allclose(
+            alone.train.metrics["train_loss"], runs[name].train.metrics["train_loss"], rtol=1e-4
+        )
 
 
 def test_schedule_free_is_evaluated_at_its_averaged_params():

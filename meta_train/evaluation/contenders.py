@@ -11,6 +11,7 @@ version (``lopt.pretrained_names()``, discovered), or an export directory.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -96,13 +97,23 @@ class Group(NamedTuple):
 
 
 def group(contenders: Sequence[Contender]) -> list[Group]:
-    """Contenders grouped by family, groups and their members in order of label: a contender's
-    batch, and with it its floats, does not depend on the order it was listed in (which puts the
-    subject first)."""
+    """Contenders grouped by family, in a canonical order: a contender's batch, and with it its
+    floats, does not depend on the order it was listed in (which puts the subject first)."""
     by_family: dict[Family, list[Contender]] = {}
     for contender in sorted(contenders, key=lambda c: c.label):
         by_family.setdefault(contender.family, []).append(contender)
-    return [Group(family, tuple(members)) for family, members in by_family.items()]
+    return [
+        Group(family, tuple(sorted(members, key=functools.partial(_member_rank, family))))
+        for family, members in by_family.items()
+    ]
+
+
+def _member_rank(family: Family, contender: Contender) -> tuple[int, str]:
+    """An ``OptaxFamily`` picks a row's transform by member index into its ``names``: its
+    members keep that order. Learned members carry their own theta: by label."""
+    if isinstance(family, OptaxFamily):
+        return family.names.index(contender.label), ""
+    return 0, contender.label
 
 
 def optax_contender(
