@@ -329,7 +329,7 @@ def _better_than_adam(name: str) -> tuple[int, int]:
     return better, len(tasks)
 
 
-V1, V2, V3, V4 = "normalized-v1", "normalized-v2", "normalized-v3", "normalized-v4"
+V1, V2, V3, V4, V5 = (f"normalized-v{n}" for n in range(1, 6))
 
 
 def _counts(metric: str, contender: str | None = None, horizon: str = "1x") -> tuple[int, int, int]:
@@ -506,6 +506,26 @@ RESULTS_FIGURES: list[Figure] = [
             _counts("train_loss", V1, "2x")[0],
             _counts("test_loss", V1, "2x")[0],
         ),
+    ),
+    Figure(
+        GENERALIZATION,
+        "Against tuned AdamW at 1x: training\nloss {}/{}/{} (win rate {:.3f}; v4 {:.3f}), test "
+        "loss {}/{}/{} ({:.3f}; v4 {:.3f}), accuracy\n{}/{}/{}",
+        lambda: (
+            *_counts("train_loss", V5, "1x"),
+            _win("1x", contender=V5),
+            _win("1x", contender=V4),
+            *_counts("test_loss", V5, "1x"),
+            _win("1x", "test", V5),
+            _win("1x", "test", V4),
+            *_counts("test_accuracy", V5, "1x"),
+        ),
+    ),
+    Figure(
+        GENERALIZATION,
+        "v5's test loss is lower on {} tasks\nand higher on {} (ratio IQM {:.3f}, interval {:.3f} "
+        "to {:.3f}) and its training loss higher on {}",
+        lambda: _versions(V5, V4),
     ),
     Figure(
         GENERALIZATION,
