@@ -348,6 +348,20 @@ def _tuning_free_train_wins() -> tuple[int, int]:
     return max(wins.values()), muon
 
 
+def _beside_previous(ours: str, theirs: str) -> tuple:
+    """At 1x against tuned AdamW: ``ours``' train-loss W/T/L and win rate, ``theirs``' win rate,
+    the same for test loss, and ``ours``' accuracy W/T/L."""
+    return (
+        *_counts("train_loss", ours),
+        _win("1x", contender=ours),
+        _win("1x", contender=theirs),
+        *_counts("test_loss", ours),
+        _win("1x", "test", ours),
+        _win("1x", "test", theirs),
+        *_counts("test_accuracy", ours),
+    )
+
+
 def _best_at_1x(key: str) -> float:
     rows = [row for row in load(GENERALIZATION)["headline"] if row["horizon"] == "1x"]
     return max(row[key]["value"] for row in rows if row[key]["value"] is not None)
@@ -480,15 +494,7 @@ RESULTS_FIGURES: list[Figure] = [
         GENERALIZATION,
         "Against tuned AdamW at 1x: training loss {}/{}/{} (win rate {:.3f}; v1\n{:.3f}), "
         "test loss {}/{}/{} ({:.3f}; v1 {:.3f}), accuracy {}/{}/{}",
-        lambda: (
-            *_counts("train_loss", V4, "1x"),
-            _win("1x", contender=V4),
-            _win("1x", contender=V1),
-            *_counts("test_loss", V4, "1x"),
-            _win("1x", "test", V4),
-            _win("1x", "test", V1),
-            *_counts("test_accuracy", V4, "1x"),
-        ),
+        lambda: _beside_previous(V4, V1),
     ),
     Figure(
         GENERALIZATION,
@@ -511,15 +517,7 @@ RESULTS_FIGURES: list[Figure] = [
         GENERALIZATION,
         "Against tuned AdamW at 1x: training\nloss {}/{}/{} (win rate {:.3f}; v4 {:.3f}), test "
         "loss {}/{}/{} ({:.3f}; v4 {:.3f}), accuracy\n{}/{}/{}",
-        lambda: (
-            *_counts("train_loss", V5, "1x"),
-            _win("1x", contender=V5),
-            _win("1x", contender=V4),
-            *_counts("test_loss", V5, "1x"),
-            _win("1x", "test", V5),
-            _win("1x", "test", V4),
-            *_counts("test_accuracy", V5, "1x"),
-        ),
+        lambda: _beside_previous(V5, V4),
     ),
     Figure(
         GENERALIZATION,
