@@ -170,9 +170,10 @@ def main(argv: Sequence[str]) -> int:
     print(format_headline(rows))
     print(f"grid edges: {len(edges)} chosen rates at an end of their grid")
     split = runs.trainer_seconds(reports)
+    busiest = runs.busiest_worker_cpu_seconds(done)
     print(
         f"({seconds / 60:.1f} min wall, {cpu_seconds / 60:.1f} min CPU on {os.cpu_count()} cores, "
-        f"{jobs} processes, the busiest {runs.busiest_worker_cpu_seconds(done) / 60:.1f} min CPU; "
+        f"{jobs} processes, the busiest {busiest / 60:.1f} min CPU; "
         f"trainers' CPU: {split['compile_cpu_seconds'] / 60:.1f} min compiling, "
         f"{split['run_cpu_seconds'] / 60:.1f} min running)"
     )
@@ -195,7 +196,7 @@ def main(argv: Sequence[str]) -> int:
         "cpu_seconds": cpu_seconds,
         "jobs": jobs,
         "trainer_seconds": split,
-        "busiest_worker_cpu_seconds": runs.busiest_worker_cpu_seconds(done),
+        "busiest_worker_cpu_seconds": busiest,
         "per_task_seconds": runs.timing(done),
         "headline": rows,
         "per_task": per_task,

@@ -11,7 +11,6 @@ version (``lopt.pretrained_names()``, discovered), or an export directory.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -103,17 +102,9 @@ def group(contenders: Sequence[Contender]) -> list[Group]:
     for contender in sorted(contenders, key=lambda c: c.label):
         by_family.setdefault(contender.family, []).append(contender)
     return [
-        Group(family, tuple(sorted(members, key=functools.partial(_member_rank, family))))
+        Group(family, tuple(sorted(members, key=lambda c: family.member_rank(c.label))))
         for family, members in by_family.items()
     ]
-
-
-def _member_rank(family: Family, contender: Contender) -> tuple[int, str]:
-    """An ``OptaxFamily`` picks a row's transform by member index into its ``names``: its
-    members keep that order. Learned members carry their own theta: by label."""
-    if isinstance(family, OptaxFamily):
-        return family.names.index(contender.label), ""
-    return 0, contender.label
 
 
 def optax_contender(

@@ -72,6 +72,11 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def build(self, row: jax.Array, theta: Any, num_steps: int) -> Built: ...
 
+    def member_rank(self, label: str) -> tuple[int, str]:
+        """Where the member ``label`` sits in its group's rows: by label, unless the family's
+        member index means something (``OptaxFamily``)."""
+        return 0, label
+
 
 # --- Named optax transforms.
 
@@ -142,6 +147,10 @@ class OptaxFamily(Family):
 
     names: tuple[str, ...]
     options: BaselineOptions = DEFAULT_OPTIONS
+
+    def member_rank(self, label: str) -> tuple[int, str]:
+        """A row's member index picks its transform from ``names``: members keep that order."""
+        return self.names.index(label), ""
 
     def build(self, row, theta, num_steps):
         member, learning_rate = row[0].astype(jnp.int32), row[1]
