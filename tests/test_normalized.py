@@ -40,16 +40,16 @@ def gradient_sequence(num_steps: int):
     ]
 
 
-@jax.jit
-def directions(theta, params, grads_list, grad_scale, param_scale):
-    """The rule's directions over a sequence of gradients, with tensor ``w``'s gradients scaled
+@functools.partial(jax.jit, static_argnames="rule")
+def directions(theta, params, grads_list, grad_scale, param_scale, rule=RULE):
+    """``rule``'s directions over a sequence of gradients, with tensor ``w``'s gradients scaled
     by ``grad_scale`` and its parameter by ``param_scale``."""
     params = {"w": params["w"] * param_scale, "b": params["b"]}
-    state = RULE.init(theta, params, 10)
+    state = rule.init(theta, params, 10)
     out = []
     for grads in grads_list:
         grads = {"w": grads["w"] * grad_scale, "b": grads["b"]}
-        d, state = RULE.direction(theta, state, grads, params)
+        d, state = rule.direction(theta, state, grads, params)
         out.append(d)
     return out
 
@@ -409,12 +409,7 @@ ORTHO_RULE = dataclasses.replace(RULE, orthogonalize=True)
 
 
 def _ortho_directions(theta, grad_scale):
-    params = make_params()
-    state = ORTHO_RULE.init(theta, params)
-    for grads in gradient_sequence(3):
-        grads = {"w": grads["w"] * grad_scale, "b": grads["b"]}
-        d, state = ORTHO_RULE.direction(theta, state, grads, params)
-    return d
+    return directions(theta, make_params(), gradient_sequence(3), grad_scale, 1.0, ORTHO_RULE)[-1]
 
 
 def test_orthogonalize_evens_a_matrix_directions_singular_values(theta):
