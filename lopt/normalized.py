@@ -148,6 +148,11 @@ class NormalizedOptimizer(LearnedRule):
         return 4 + 2 * len(self.momentum_decays) + (3 if self.extra_features else 0)
 
     @property
+    def momentum_feature(self) -> int:
+        """The column of ``m_{0.9}``, whose RMS the gain compares against the long run."""
+        return 4 + self.momentum_decays.index(SKIP_DECAY)
+
+    @property
     def skip_feature(self) -> int:
         """The column of ``m_{0.9} / sqrt(v)``, where the skip connection starts."""
         return 4 + len(self.momentum_decays) + self.momentum_decays.index(SKIP_DECAY)
@@ -215,19 +220,16 @@ class NormalizedOptimizer(LearnedRule):
                 x = [jax.nn.relu(x_j) for x_j in x]
         return sum((c * skip[k] for k, c in enumerate(columns)), start=x[0])
 
-    def _raw_direction(
+    def _columns(
         self,
-        theta: dict,
         grad: jax.Array,
         param: jax.Array,
-        momentum: jax.Array,
+        momenta: list[jax.Array],
         second_moment: jax.Array,
-        shape: tuple[int, ...],
-    ) -> jax.Array:
-        """``[n]`` network output of one tensor of ``shape``, its feature columns normalized by
-        their RMS over the tensor."""
+        factored: jax.Array | None,
+    ) -> list[jax.Array]:
+        """The ``[n]`` feature columns of one tensor (module docstring), unnormalized."""
         inv_rms = jax.lax.rsqrt(second_moment + FEATURE_EPS)
-        momenta = [momentum[:, b] for b in range(momentum.shape[1])]
         columns = [
             grad,
             param,
@@ -236,15 +238,65 @@ class NormalizedOptimizer(LearnedRule):
             *momenta,
             *(m_b * inv_rms for m_b in momenta),
         ]
-        if self.extra_features:
-            factored = factored_second_moment(second_moment, shape)
+        if factored is not None:
             columns += [
                 jnp.clip(grad * inv_rms, -1.0, 1.0),
                 inv_rms,
                 grad * jax.lax.rsqrt(factored + FEATURE_EPS),
             ]
-        mean_squares = jnp.stack([jnp.mean(jnp.square(c)) for c in columns])
-        return self._network(theta, columns, jax.lax.rsqrt(mean_squares + FEATURE_EPS))
+        return columns
+
+    def _mean_squares(
+        self,
+        grad: jax.Array,
+        param: jax.Array,
+        momenta: list[jax.Array],
+        second_moment: jax.Array,
+        factored: jax.Array | None,
+    ) -> jax.Array:
+        """``[num_features]``: each column's mean square over the tensor, in one variadic
+        reduction."""
+        # Written from g, p, m, v rather than as squares of the columns: a column shared by this
+        # reduction and the network would be stored by XLA, where now each is computed inside the
+        # network's loop (1.5x faster update on a 1M-parameter tensor, benchmarks/optimizer_step).
+        inv_v = 1.0 / (second_moment + FEATURE_EPS)
+        g2 = grad * grad
+        squares = [
+            g2,
+            param * param,
+            second_moment,
+            g2 * inv_v,
+            *(m_b * m_b for m_b in momenta),
+            *(m_b * m_b * inv_v for m_b in momenta),
+        ]
+        if factored is not None:
+            squares += [jnp.minimum(g2 * inv_v, 1.0), inv_v, g2 / (factored + FEATURE_EPS)]
+        zero = jnp.zeros((), jnp.float32)
+        sums = jax.lax.reduce(
+            tuple(squares),
+            (zero,) * len(squares),
+            lambda xs, ys: tuple(x + y for x, y in zip(xs, ys, strict=True)),
+            (0,),
+        )
+        return jnp.stack(sums) / grad.shape[0]
+
+    def _raw_direction(
+        self,
+        theta: dict,
+        grad: jax.Array,
+        param: jax.Array,
+        momentum: jax.Array,
+        second_moment: jax.Array,
+        shape: tuple[int, ...],
+    ) -> tuple[jax.Array, jax.Array]:
+        """``([n] network output, [num_features] mean squares)`` of one tensor of ``shape``, its
+        feature columns normalized by their RMS over the tensor."""
+        momenta = [momentum[:, b] for b in range(momentum.shape[1])]
+        factored = factored_second_moment(second_moment, shape) if self.extra_features else None
+        mean_squares = self._mean_squares(grad, param, momenta, second_moment, factored)
+        columns = self._columns(grad, param, momenta, second_moment, factored)
+        raw = self._network(theta, columns, jax.lax.rsqrt(mean_squares + FEATURE_EPS))
+        return raw, mean_squares
 
     def direction(
         self, theta: dict, state: NormalizedOptState, grads: Any, params: Any
@@ -260,23 +312,29 @@ class NormalizedOptimizer(LearnedRule):
         for (g, p, m, v), u, shape, dtype in zip(
             tensors, long_run, layout.shapes, layout.dtypes, strict=True
         ):
+            learned = bool(g.shape[0]) and not (self.adam_for_vectors and len(shape) < 2)
+            if learned:
+                d, mean_squares = self._raw_direction(theta, g, p, m, v, shape)
+                mean_square_grad = mean_squares[0]
+            else:
+                mean_square_grad = jnp.mean(jnp.square(g)) if g.shape[0] else None
             if self.step_gain:
-                u = self._long_run(g, u)
+                u = self._long_run(mean_square_grad, u)
                 new_long_run.append(u)
             if not g.shape[0]:
                 d = g  # empty: no RMS to normalize by
-            elif self.adam_for_vectors and len(shape) < 2:
+            elif not learned:
                 # Per tensor, so the network never runs on tensors whose output would be dropped.
                 d = feats.adam_direction(
                     m[:, skip_index], v, step, SKIP_DECAY, self.rms_decay, ADAM_EPS
                 )
             else:
-                d = self._raw_direction(theta, g, p, m, v, shape)
                 if self.orthogonalize and len(shape) >= 2:
                     d = orthogonalized(d.reshape(-1, shape[-1])).reshape(-1)
                 scale = jax.lax.rsqrt(jnp.mean(jnp.square(d)) + DIRECTION_EPS)
                 if self.step_gain:
-                    scale = scale * self._gain(theta, m[:, skip_index], u, step)
+                    momentum_square = mean_squares[self.momentum_feature]
+                    scale = scale * self._gain(theta, momentum_square, u, step)
                 d = d * (scale * self.mup_multiplier(shape))
             leaves.append(d.reshape(shape).astype(dtype))
         return jax.tree.unflatten(layout.treedef, leaves), NormalizedOptState(
@@ -286,20 +344,21 @@ class NormalizedOptimizer(LearnedRule):
             tuple(new_long_run),
         )
 
-    def _long_run(self, grad: jax.Array, long_run: jax.Array) -> jax.Array:
-        """``u <- gain_decay u + (1 - gain_decay) mean(g**2)`` of one tensor (0 if empty)."""
-        if not grad.shape[0]:
+    def _long_run(self, mean_square_grad: jax.Array | None, long_run: jax.Array) -> jax.Array:
+        """``u <- gain_decay u + (1 - gain_decay) mean(g**2)`` of one tensor (``None``: empty)."""
+        if mean_square_grad is None:
             return long_run
-        return self.gain_decay * long_run + (1 - self.gain_decay) * jnp.mean(jnp.square(grad))
+        return self.gain_decay * long_run + (1 - self.gain_decay) * mean_square_grad
 
     def _gain(
-        self, theta: dict, momentum: jax.Array, long_run: jax.Array, step: jax.Array
+        self, theta: dict, momentum_square: jax.Array, long_run: jax.Array, step: jax.Array
     ) -> jax.Array:
-        """``min(1, r ** alpha)``, ``r**2 = mean(m_hat**2) / u_hat`` (module docstring), with
-        ``long_run`` (u) already updated by this step's gradient."""
+        """``min(1, r ** alpha)``, ``r**2 = mean(m_hat**2) / u_hat`` (module docstring), from
+        ``momentum_square = mean(m_0.9**2)`` and ``long_run`` (u) already updated by this step's
+        gradient."""
         t = step.astype(jnp.float32)
         log_r_squared = (
-            jnp.log(jnp.mean(jnp.square(momentum)) + FEATURE_EPS)
+            jnp.log(momentum_square + FEATURE_EPS)
             - 2.0 * jnp.log1p(-(SKIP_DECAY**t))
             - jnp.log(long_run + FEATURE_EPS)
             + jnp.log1p(-(self.gain_decay**t))

@@ -465,3 +465,21 @@ def test_extra_features_are_invariant_to_rescaling_the_gradient(grad_scale):
     d_cut, _ = rule.direction(cut, rule.init(cut, params), gradient_sequence(1)[0], params)
     d_full, _ = rule.direction(theta, rule.init(theta, params), gradient_sequence(1)[0], params)
     assert not np.allclose(d_cut["w"], d_full["w"], atol=1e-3)
+
+
+@pytest.mark.parametrize("extra_features", [False, True])
+def test_fused_mean_squares_are_the_columns_mean_squares(extra_features):
+    """The one-reduction mean squares (written from g, p, m, v so XLA never stores a column) are
+    those of the feature columns the network reads, extra features included."""
+    rule = dataclasses.replace(RULE, extra_features=extra_features)
+    rng = np.random.default_rng(7)
+    shape = (12, 7)
+    g, p = (jnp.asarray(rng.normal(size=shape).ravel(), jnp.float32) for _ in range(2))
+    momenta = [jnp.asarray(rng.normal(size=g.shape), jnp.float32) for _ in rule.momentum_decays]
+    v = jnp.asarray(rng.uniform(0.1, 2.0, size=g.shape), jnp.float32)
+    factored = normalized.factored_second_moment(v, shape) if extra_features else None
+    columns = rule._columns(g, p, momenta, v, factored)
+    assert len(columns) == rule.num_features
+    expected = jnp.stack([jnp.mean(jnp.square(c)) for c in columns])
+    fused = rule._mean_squares(g, p, momenta, v, factored)
+    np.testing.assert_allclose(fused, expected, rtol=1e-5)
