@@ -4,8 +4,9 @@ Times, in one run and interleaved round by round (so machine load hits every var
 
 * a whole jitted train step (forward, backward, update, apply; buffers donated) of an MLP
   classifier with about 1M parameters on a batch of 128, with ``optax.adam`` and with the exported
-  (``lopt.to_optax``) normalized rule (the shipped architecture), MLP, small-MLP, Adam-base MLP and
-  LSTM optimizers;
+  (``lopt.to_optax``) normalized rule (the shipped architecture), the same with orthogonalized
+  matrix directions (``orthogonalize=True``: five Newton–Schulz iterations per matrix, matmuls of
+  the matrix's size), MLP, small-MLP, Adam-base MLP and LSTM optimizers;
 * the optimizer update alone (``tx.update``) of each learned optimizer;
 * the bare forward pass of each per-parameter network over a ready ``[num_params, num_features]``
   matrix, to one number per parameter (``bare_pass``): the arithmetic an update cannot avoid.
@@ -120,6 +121,9 @@ def train_step_thunk(tx, params, x, y) -> tuple[Callable, float]:
 
 OPTIMIZERS = {
     "normalized": lambda: lopt.get_optimizer("normalized", mup_base_fan_in=32),
+    "normalized_orthogonal": lambda: lopt.get_optimizer(
+        "normalized", mup_base_fan_in=32, orthogonalize=True
+    ),
     "mlp": lambda: lopt.get_optimizer("mlp"),
     "mlp_small": lambda: lopt.get_optimizer("mlp_small"),
     "mlp_adam": lambda: lopt.get_optimizer("mlp_adam"),
@@ -282,12 +286,13 @@ def toy_comparison() -> dict:
 
 def format_table(result: dict) -> str:
     model = result["model"]
+    width = max(map(len, result["seconds"])) + 2
     lines = [
         f"model: MLP {model['input_dim']}-{'-'.join(map(str, model['hidden']))}-{NUM_CLASSES}, "
         f"{model['num_params']:,} params, batch {result['batch_size']}; "
         f"device {result['machine']['device']}",
         "ratio: a train step over Adam's step, an update over its bare network pass",
-        f"{'measurement':<20}{'wall ms':>10}{'ratio':>8}{'cpu ms':>10}{'ratio':>8}"
+        f"{'measurement':<{width}}{'wall ms':>10}{'ratio':>8}{'cpu ms':>10}{'ratio':>8}"
         f"{'compile s':>11}",
     ]
     for name, wall in result["seconds"].items():
@@ -298,7 +303,7 @@ def format_table(result: dict) -> str:
         if name == "step/adam":
             wall_ratio = cpu_ratio = 1.0
         lines.append(
-            f"{name:<20}{1e3 * wall:>10.2f}{wall_ratio:>8.2f}"
+            f"{name:<{width}}{1e3 * wall:>10.2f}{wall_ratio:>8.2f}"
             f"{1e3 * result['cpu_seconds'][name]:>10.2f}{cpu_ratio:>8.2f}"
             f"{result['compile_seconds'][name]:>11.2f}"
         )
