@@ -428,6 +428,26 @@ def test_orthogonalize_evens_a_matrix_directions_singular_values(theta):
     np.testing.assert_allclose(_ortho_directions(theta, 1e3)["w"], ortho["w"], rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("shape", [(7, 4), (4, 7)])
+def test_newton_schulz_maps_each_singular_value_by_the_quintic(shape):
+    """On ``M = U S V^T`` the iteration keeps ``U`` and ``V`` and maps each singular value by the
+    scalar quintic from ``s / ||S||_F``, tall or wide (float64 on the host as the reference)."""
+    rng = np.random.default_rng(11)
+    k = min(shape)
+    u, _ = np.linalg.qr(rng.normal(size=(shape[0], k)))
+    v, _ = np.linalg.qr(rng.normal(size=(shape[1], k)))
+    s = np.array([3.0, 1.0, 0.3, 0.05])
+    matrix = (u * s) @ v.T
+    x = s / np.sqrt(np.sum(s**2))
+    c0, c1, c2 = normalized.NEWTON_SCHULZ_COEFFICIENTS
+    for _ in range(normalized.NEWTON_SCHULZ_STEPS):
+        x = c0 * x + c1 * x**3 + c2 * x**5
+    assert np.all((x > 0.5) & (x < 1.5))  # the quintic's band around 1
+    expected = (u * x) @ v.T
+    got = normalized.orthogonalized(jnp.asarray(matrix, jnp.float32))
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
 def test_factored_second_moment_is_exact_on_a_rank_one_moment():
     a, b = jnp.arange(1.0, 7.0), jnp.arange(1.0, 6.0) ** 2
     v = jnp.outer(a, b)
