@@ -226,6 +226,33 @@ def updated_tensors(
     return layout, tensors
 
 
+MEAN_BLOCK = 1024  # elements per partial sum of ``means``
+
+
+def means(arrays: Sequence[jax.Array]) -> jax.Array:
+    """``[len(arrays)]``: the mean of each ``[n]`` array (0 where ``n = 0``), in one variadic
+    reduction to partial sums of ``MEAN_BLOCK`` elements, then a sum of those.
+
+    The rules normalize each feature column by its RMS over the tensor. Written as the means of
+    expressions in g, p, m and v that no network column shares, one loop computes them all; a
+    column shared by a reduction and the network would instead be stored by XLA and read twice
+    (the normalized rule's update on a 1M-parameter tensor: 30.7 -> 20.0 ms). The partial sums
+    keep float32 accurate: one running sum over 800k elements is off by about 4e-4.
+    """
+    n = arrays[0].shape[0]
+    block = min(n, MEAN_BLOCK) or 1
+    rows = -(-n // block)
+    blocks = tuple(jnp.pad(a, (0, rows * block - n)).reshape(rows, block) for a in arrays)
+    zero = jnp.zeros((), jnp.float32)
+    partial_sums = jax.lax.reduce(
+        blocks,
+        (zero,) * len(blocks),
+        lambda xs, ys: tuple(x + y for x, y in zip(xs, ys, strict=True)),
+        (1,),
+    )
+    return jnp.stack([jnp.sum(s) for s in partial_sums]) / max(n, 1)
+
+
 def prepare_inputs(
     config: FeatureConfig,
     optimizer_name: str,
@@ -243,21 +270,16 @@ def prepare_inputs(
         )
     layout, tensors = updated_tensors(config, state, grads, params)
     # Tensor by tensor, on per-tensor state: the mean squares are reduced straight from g, p, m
-    # and v (sqrt(v)**2 = v, (g / sqrt(v))**2 = g**2 / v). Nothing [num_params]-sized is built
-    # here: the networks run per tensor, in one pass reading g, p, m and v.
+    # and v (sqrt(v)**2 = v, (g / sqrt(v))**2 = g**2 / v), never from the columns the network
+    # reads (``means``). Nothing [num_params]-sized is built here: the networks run per tensor,
+    # in one pass reading g, p, m and v.
     mean_squares = []
     for g_i, p_i, m_i, v_i in tensors:
-        inv_rms_i = jax.lax.rsqrt(v_i + RMS_EPS)
-        mean_square = jnp.concatenate(
-            [
-                jnp.stack([jnp.mean(jnp.square(g_i)), jnp.mean(jnp.square(p_i))]),
-                jnp.mean(jnp.square(m_i), axis=0),
-                jnp.stack([jnp.mean(v_i), jnp.mean(jnp.square(g_i * inv_rms_i))]),
-            ]
+        g2 = g_i * g_i
+        momenta = [m_i[:, b] for b in range(m_i.shape[1])]
+        mean_squares.append(
+            means([g2, p_i * p_i, *(m_b * m_b for m_b in momenta), v_i, g2 / (v_i + RMS_EPS)])
         )
-        if not g_i.shape[0]:
-            mean_square = jnp.zeros_like(mean_square)
-        mean_squares.append(mean_square)
     mean_squares = jnp.stack(mean_squares)
     context = time_features(config, state.step, state.num_steps)
     loss_ema = state.loss_ema
