@@ -327,7 +327,14 @@ _ENGINE_REFERENCE = {
 _SYSTEM_REFERENCE = {"family": None, "meta_loss": "reeval"}
 _AUGMENTATION_REFERENCE = {"base": None}
 # The keys of the outer section, each the argument of ``outer.OuterSettings`` of its name.
-_OUTER_KEYS = ("optimizer", "learning_rate", "clip_norm", "schedule", "warmup_steps")
+_OUTER_KEYS = (
+    "optimizer",
+    "learning_rate",
+    "clip_norm",
+    "schedule",
+    "warmup_steps",
+    "average_decay",
+)
 
 
 class GroupSettings(NamedTuple):

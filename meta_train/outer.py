@@ -86,12 +86,46 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree.map(put_leaf, tree)
 
 
+class ThetaAverageState(NamedTuple):
+    """State of ``track_theta_average``: ``average`` has theta's structure."""
+
+    average: Any
+
+
+def track_theta_average(decay: float) -> optax.GradientTransformation:
+    """Keeps an exponential moving average of the parameters after each update, and passes the
+    updates through unchanged (last in a chain)::
+
+        average_0 = theta_0,   average_t = decay average_{t-1} + (1 - decay) (theta_{t-1} + u_t)
+
+    Under a noisy estimate theta jitters around the point the signal holds it at; the average
+    over the last ``1 / (1 - decay)`` steps or so removes most of that jitter (Polyak averaging)
+    and trails a steady drift by ``decay / (1 - decay)`` steps.
+    """
+
+    def init(params):
+        return ThetaAverageState(jax.tree.map(jnp.copy, params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("track_theta_average needs the parameters: pass params to update")
+        average = jax.tree.map(
+            lambda a, p, u: decay * a + (1.0 - decay) * (p + u), state.average, params, updates
+        )
+        return updates, ThetaAverageState(average)
+
+    return optax.GradientTransformation(init, update)
+
+
 class OuterSettings(NamedTuple):
-    """The outer optimizer: ``chain(clip_by_global_norm(clip_norm), <optimizer>(schedule))``.
+    """The outer optimizer: ``chain(clip_by_global_norm(clip_norm), <optimizer>(schedule))``, and
+    with ``average_decay > 0`` ``track_theta_average(average_decay)`` after it.
 
     ``optimizer``: ``adam``, ``sgd`` or ``sgdm`` (momentum 0.9); ``schedule``: ``constant`` (after
     a linear warm-up of ``warmup_steps``) or ``cosine`` (warm-up, then cosine decay to 0 at
-    ``num_steps``). Hashable, so it can key the compiled outer step.
+    ``num_steps``). With the average, the exported and evaluated theta is the average
+    (``theta_to_export``); the particles run on theta itself. Hashable, so it can key the
+    compiled outer step.
     """
 
     optimizer: str = "adam"
@@ -100,6 +134,7 @@ class OuterSettings(NamedTuple):
     schedule: str = "constant"
     warmup_steps: int = 0
     num_steps: int = 1
+    average_decay: float = 0.0
 
     def build(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
         """The optax transformation and its learning-rate schedule."""
@@ -109,6 +144,11 @@ class OuterSettings(NamedTuple):
             raise ValueError(f"clip_norm must be positive, got {self.clip_norm!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps!r}")
+        if not 0.0 <= self.average_decay < 1.0:
+            raise ValueError(
+                f"average_decay must be in [0, 1) (0: export theta itself), got "
+                f"{self.average_decay!r}"
+            )
         peak, warmup = self.learning_rate, self.warmup_steps
         if self.schedule == "constant":
             lr = optax.join_schedules(
@@ -131,9 +171,18 @@ class OuterSettings(NamedTuple):
             raise ValueError(
                 f"unknown outer optimizer {self.optimizer!r}; use one of {', '.join(optimizers)}"
             )
-        return optax.chain(
-            optax.clip_by_global_norm(self.clip_norm), optimizers[self.optimizer]()
-        ), lr
+        chain = [optax.clip_by_global_norm(self.clip_norm), optimizers[self.optimizer]()]
+        if self.average_decay:
+            chain.append(track_theta_average(self.average_decay))
+        return optax.chain(*chain), lr
+
+
+def theta_to_export(settings: OuterSettings, state: MetaState) -> Any:
+    """The theta a run exports and evaluates: the running average with ``average_decay``, else
+    theta itself."""
+    if not settings.average_decay:
+        return state.theta
+    return state.outer_state[-1].average
 
 
 class _GroupProgram(NamedTuple):

@@ -22,6 +22,7 @@ theta, and process 0 writes the logs and the export.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -250,7 +251,7 @@ class _Saver(NamedTuple):
         if checkpoint:
             self.checkpointer.save(step, state, {"step": step} | self.meta)
         if export and self.chief:
-            theta = jax.device_get(state.theta)
+            theta = jax.device_get(outer.theta_to_export(self.settings.outer, state))
             metadata = export_metadata(self.config, step, self.groups)
             path = os.path.join(self.workdir, layout.EXPORT_DIR)
             _export(path, self.settings.optimizer, theta, metadata, self.settings.step_size)
@@ -421,6 +422,7 @@ def _meta_train(
     meta = {"burn_in_steps": burn_in_steps, "num_devices": mesh.size}
     meta["config"] = config_flags.canonical(config)
     save = _Saver(config, workdir, settings, groups, checkpointer, meta, chief)
+    exported = functools.partial(outer.theta_to_export, settings.outer)
     writer = metrics.MetricWriter(workdir, resume_step=start_step, active=chief)
     with _closed_on_failure(writer, checkpointer):
         if not start_step:
@@ -442,7 +444,7 @@ def _meta_train(
             )
         last_eval, watch = {}, metrics.HeldOutWatch()
         if evals and not start_step:
-            last_eval = _evaluate(evals, state.theta, 0, writer, watch)
+            last_eval = _evaluate(evals, exported(state), 0, writer, watch)
 
         # The loop. Work is dispatched asynchronously; reading the metrics at a log step syncs.
         # The throughput counts outer-step time only: evaluations, checkpoints and exports are
@@ -480,7 +482,7 @@ def _meta_train(
                 if evaluate_now or checkpoint_now or export_now:
                     with timer.paused(state):
                         if evaluate_now:
-                            last_eval = _evaluate(evals, state.theta, step, writer, watch)
+                            last_eval = _evaluate(evals, exported(state), step, writer, watch)
                         save(step, state, checkpoint=checkpoint_now, export=export_now)
             bar.close()
             failure = (
@@ -498,7 +500,7 @@ def _meta_train(
 
     summary = {
         "step": step,
-        "theta": jax.device_get(state.theta),
+        "theta": jax.device_get(exported(state)),
         "interrupted": interrupted,
         "burn_in_steps": burn_in_steps,
         "compile_seconds": compile_seconds,

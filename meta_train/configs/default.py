@@ -112,6 +112,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.outer.clip_norm = 1.0
     config.outer.schedule = "cosine"
     config.outer.warmup_steps = 50
+    # > 0: export and evaluate an exponential moving average of theta (outer.track_theta_average)
+    config.outer.average_decay = 0.0
 
     config.log_every = 10
     config.checkpoint_every = 100
