@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lopt import shipped
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 RESULTS_MD = os.path.join(ROOT, "docs", "results.md")
@@ -329,7 +331,7 @@ def _better_than_adam(name: str) -> tuple[int, int]:
     return better, len(tasks)
 
 
-V1, V2, V3, V4, V5 = (f"normalized-v{n}" for n in range(1, 6))
+V1, V2, V3, V4, V5, V6 = (f"normalized-v{n}" for n in range(1, 7))
 
 
 def _counts(metric: str, contender: str | None = None, horizon: str = "1x") -> tuple[int, int, int]:
@@ -376,6 +378,25 @@ def _versions(ours: str, theirs: str) -> tuple:
     return (test["lower"], test["higher"], iqm["value"], iqm["low"], iqm["high"], train["higher"])
 
 
+def _lower_higher(ours: str, theirs: str) -> tuple:
+    """Paired by seed at 1x: tasks where ``ours``' training loss is lower and higher, its ratio
+    IQM and interval, and the tasks where its test loss is lower and higher."""
+    from benchmarks import compare_versions
+
+    train = compare_versions.compare(load(GENERALIZATION), ours, theirs, "train_loss")
+    test = compare_versions.compare(load(GENERALIZATION), ours, theirs, "test_loss")
+    iqm = train["ratio_iqm"]
+    return (
+        train["lower"],
+        train["higher"],
+        iqm["value"],
+        iqm["low"],
+        iqm["high"],
+        test["lower"],
+        test["higher"],
+    )
+
+
 def _meta_training_effect(horizon: str, metric: str) -> tuple:
     effect = load(GENERALIZATION)["meta_training_effect"][horizon][metric]
     iqm = effect["ratio_iqm"]
@@ -399,15 +420,21 @@ README_FIGURES: list[Figure] = [
     ),
     Figure(
         GENERALIZATION,
-        "`{:s}` beats tuned AdamW's training loss on {} of {} tasks ({} ties) and its test\n"
-        "loss on {}",
+        "`{:s}` (the default) beats tuned AdamW's training loss on {} of {} tasks ({} ties) and\n"
+        "its test loss on {}",
         lambda: (
-            _subject(),
-            _counts("train_loss")[0],
-            _row("1x")["tasks"],
-            _counts("train_loss")[1],
-            _counts("test_loss")[0],
+            shipped.DEFAULT_PRETRAINED,
+            _counts("train_loss", shipped.DEFAULT_PRETRAINED)[0],
+            _row("1x", shipped.DEFAULT_PRETRAINED)["tasks"],
+            _counts("train_loss", shipped.DEFAULT_PRETRAINED)[1],
+            _counts("test_loss", shipped.DEFAULT_PRETRAINED)[0],
         ),
+    ),
+    Figure(
+        GENERALIZATION,
+        "`normalized-v6` (orthogonalized directions) wins\nthe training loss on {} and the test "
+        "loss on {}",
+        lambda: (_counts("train_loss", V6)[0], _counts("test_loss", V6)[0]),
     ),
     Figure(
         GENERALIZATION,
@@ -524,6 +551,36 @@ RESULTS_FIGURES: list[Figure] = [
         "v5's test loss is lower on {} tasks\nand higher on {} (ratio IQM {:.3f}, interval {:.3f} "
         "to {:.3f}) and its training loss higher on {}",
         lambda: _versions(V5, V4),
+    ),
+    Figure(
+        GENERALIZATION,
+        "Against tuned AdamW at 1x: training loss\n{}/{}/{} (win rate {:.3f}; v5 {:.3f}), test "
+        "loss {}/{}/{} ({:.3f}; v5 {:.3f}), accuracy\n{}/{}/{}",
+        lambda: _beside_previous(V6, V5),
+    ),
+    Figure(
+        GENERALIZATION,
+        "v6's training loss is lower on {} tasks and higher on {} (ratio IQM {:.3f},\ninterval "
+        "{:.3f} to {:.3f}); its test loss lower on {} and higher on {}",
+        lambda: _lower_higher(V6, V5),
+    ),
+    Figure(
+        GENERALIZATION,
+        "training loss / AdamW's IQM {:.2f}\n(v5 {:.2f}), test loss {:.2f} (v5 {:.2f}), speed-up "
+        "{:.2f}x (v5 {:.2f}x)",
+        lambda: (
+            _row("1x", V6)["normalized_train_loss_iqm"]["value"],
+            _row("1x", V5)["normalized_train_loss_iqm"]["value"],
+            _row("1x", V6)["normalized_test_loss_iqm"]["value"],
+            _row("1x", V5)["normalized_test_loss_iqm"]["value"],
+            _row("1x", V6)["speedup_iqm"]["value"],
+            _row("1x", V5)["speedup_iqm"]["value"],
+        ),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "a train step with\northogonalized directions costs {:.0f}x Adam's",
+        lambda: (_step("step/normalized_orthogonal_over_adam"),),
     ),
     Figure(
         GENERALIZATION,
@@ -679,11 +736,10 @@ RESULTS_FIGURES: list[Figure] = [
     ),
     Figure(
         THROUGHPUT_PRETRAINED,
-        "one pair per chunk ({:.0f} us) comes within {:.0f} us of it",
+        "one pair per chunk ({:.1f} us) against the rule's own unroll's {:.1f} us",
         lambda: (
             _breakdown("engine_as_meta_train_runs_it"),
-            _breakdown("engine_as_meta_train_runs_it")
-            - 1e6 / _throughput("unroll: rule", THROUGHPUT_PRETRAINED),
+            1e6 / _throughput("unroll: rule", THROUGHPUT_PRETRAINED),
         ),
     ),
     Figure(
