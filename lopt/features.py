@@ -243,10 +243,9 @@ def means(arrays: Sequence[jax.Array]) -> jax.Array:
     block = min(n, MEAN_BLOCK) or 1
     rows = -(-n // block)
     blocks = tuple(jnp.pad(a, (0, rows * block - n)).reshape(rows, block) for a in arrays)
-    zero = jnp.zeros((), jnp.float32)
     partial_sums = jax.lax.reduce(
         blocks,
-        (zero,) * len(blocks),
+        tuple(jnp.zeros((), b.dtype) for b in blocks),
         lambda xs, ys: tuple(x + y for x, y in zip(xs, ys, strict=True)),
         (1,),
     )
