@@ -369,32 +369,24 @@ def _best_at_1x(key: str) -> float:
     return max(row[key]["value"] for row in rows if row[key]["value"] is not None)
 
 
-def _versions(ours: str, theirs: str) -> tuple:
+def _paired(ours: str, theirs: str, metric: str) -> tuple:
+    """Paired by seed at 1x (``compare_versions``): the tasks where ``ours``' ``metric`` is lower
+    and higher than ``theirs``', and the ratio's IQM with its interval."""
     from benchmarks import compare_versions
 
-    test = compare_versions.compare(load(GENERALIZATION), ours, theirs, "test_loss")
-    train = compare_versions.compare(load(GENERALIZATION), ours, theirs, "train_loss")
-    iqm = test["ratio_iqm"]
-    return (test["lower"], test["higher"], iqm["value"], iqm["low"], iqm["high"], train["higher"])
+    found = compare_versions.compare(load(GENERALIZATION), ours, theirs, metric)
+    iqm = found["ratio_iqm"]
+    return found["lower"], found["higher"], iqm["value"], iqm["low"], iqm["high"]
+
+
+def _versions(ours: str, theirs: str) -> tuple:
+    """Test loss lower and higher, its ratio IQM and interval; training loss higher."""
+    return (*_paired(ours, theirs, "test_loss"), _paired(ours, theirs, "train_loss")[1])
 
 
 def _lower_higher(ours: str, theirs: str) -> tuple:
-    """Paired by seed at 1x: tasks where ``ours``' training loss is lower and higher, its ratio
-    IQM and interval, and the tasks where its test loss is lower and higher."""
-    from benchmarks import compare_versions
-
-    train = compare_versions.compare(load(GENERALIZATION), ours, theirs, "train_loss")
-    test = compare_versions.compare(load(GENERALIZATION), ours, theirs, "test_loss")
-    iqm = train["ratio_iqm"]
-    return (
-        train["lower"],
-        train["higher"],
-        iqm["value"],
-        iqm["low"],
-        iqm["high"],
-        test["lower"],
-        test["higher"],
-    )
+    """Training loss lower and higher, its ratio IQM and interval; test loss lower and higher."""
+    return (*_paired(ours, theirs, "train_loss"), *_paired(ours, theirs, "test_loss")[:2])
 
 
 def _meta_training_effect(horizon: str, metric: str) -> tuple:

@@ -219,55 +219,40 @@ class NormalizedOptimizer(LearnedRule):
                 x = [jax.nn.relu(x_j) for x_j in x]
         return sum((c * skip[k] for k, c in enumerate(columns)), start=x[0])
 
-    def _columns(
+    def _features(
         self,
         grad: jax.Array,
         param: jax.Array,
         momenta: list[jax.Array],
         second_moment: jax.Array,
         factored: jax.Array | None,
-    ) -> list[jax.Array]:
-        """The ``[n]`` feature columns of one tensor (module docstring), unnormalized."""
-        inv_rms = jax.lax.rsqrt(second_moment + FEATURE_EPS)
-        columns = [
-            grad,
-            param,
-            jnp.sqrt(second_moment),
-            grad * inv_rms,
-            *momenta,
-            *(m_b * inv_rms for m_b in momenta),
-        ]
-        if factored is not None:
-            columns += [
-                jnp.clip(grad * inv_rms, -1.0, 1.0),
-                inv_rms,
-                grad * jax.lax.rsqrt(factored + FEATURE_EPS),
-            ]
-        return columns
+    ) -> tuple[list[jax.Array], jax.Array]:
+        """``(columns, mean_squares)``: the ``[n]`` feature columns of one tensor (module
+        docstring), unnormalized, and ``[num_features]`` each one's mean square over the tensor.
 
-    def _mean_squares(
-        self,
-        grad: jax.Array,
-        param: jax.Array,
-        momenta: list[jax.Array],
-        second_moment: jax.Array,
-        factored: jax.Array | None,
-    ) -> jax.Array:
-        """``[num_features]``: each column's mean square over the tensor, from g, p, m and v
-        (``feats.means``)."""
+        Each square is written from g, p, m and v rather than as the square of its column: a
+        column read both by the reduction and by the network would be stored by XLA, where now
+        each is computed inside the network's loop (``feats.means``).
+        """
+        inv_rms = jax.lax.rsqrt(second_moment + FEATURE_EPS)
         inv_v = 1.0 / (second_moment + FEATURE_EPS)
         g2 = grad * grad
-        squares = [
-            g2,
-            param * param,
-            second_moment,
-            g2 * inv_v,
-            *(m_b * m_b for m_b in momenta),
-            *(m_b * m_b * inv_v for m_b in momenta),
+        pairs = [  # (column, its square)
+            (grad, g2),
+            (param, param * param),
+            (jnp.sqrt(second_moment), second_moment),
+            (grad * inv_rms, g2 * inv_v),
+            *((m_b, m_b * m_b) for m_b in momenta),
+            *((m_b * inv_rms, m_b * m_b * inv_v) for m_b in momenta),
         ]
         if factored is not None:
-            squares += [jnp.minimum(g2 * inv_v, 1.0), inv_v, g2 / (factored + FEATURE_EPS)]
-        return feats.means(squares)
+            pairs += [
+                (jnp.clip(grad * inv_rms, -1.0, 1.0), jnp.minimum(g2 * inv_v, 1.0)),
+                (inv_rms, inv_v),
+                (grad * jax.lax.rsqrt(factored + FEATURE_EPS), g2 / (factored + FEATURE_EPS)),
+            ]
+        columns, squares = zip(*pairs, strict=True)
+        return list(columns), feats.means(squares)
 
     def _raw_direction(
         self,
@@ -282,8 +267,7 @@ class NormalizedOptimizer(LearnedRule):
         feature columns normalized by their RMS over the tensor."""
         momenta = [momentum[:, b] for b in range(momentum.shape[1])]
         factored = factored_second_moment(second_moment, shape) if self.extra_features else None
-        mean_squares = self._mean_squares(grad, param, momenta, second_moment, factored)
-        columns = self._columns(grad, param, momenta, second_moment, factored)
+        columns, mean_squares = self._features(grad, param, momenta, second_moment, factored)
         raw = self._network(theta, columns, jax.lax.rsqrt(mean_squares + FEATURE_EPS))
         return raw, mean_squares
 
@@ -301,30 +285,28 @@ class NormalizedOptimizer(LearnedRule):
         for (g, p, m, v), u, shape, dtype in zip(
             tensors, long_run, layout.shapes, layout.dtypes, strict=True
         ):
-            learned = bool(g.shape[0]) and not (self.adam_for_vectors and len(shape) < 2)
-            if learned:
-                d, mean_squares = self._raw_direction(theta, g, p, m, v, shape)
-                mean_square_grad = mean_squares[0]
-            else:
-                mean_square_grad = jnp.mean(jnp.square(g)) if g.shape[0] else None
-            if self.step_gain:
-                u = self._long_run(mean_square_grad, u)
-                new_long_run.append(u)
+            momentum_square = None  # a learned tensor's mean(m_0.9**2), for the gain
             if not g.shape[0]:
-                d = g  # empty: no RMS to normalize by
-            elif not learned:
+                d, mean_square_grad = g, None  # empty: no RMS to normalize by
+            elif self.adam_for_vectors and len(shape) < 2:
                 # Per tensor, so the network never runs on tensors whose output would be dropped.
                 d = feats.adam_direction(
                     m[:, skip_index], v, step, SKIP_DECAY, self.rms_decay, ADAM_EPS
                 )
+                mean_square_grad = jnp.mean(jnp.square(g))
             else:
+                d, mean_squares = self._raw_direction(theta, g, p, m, v, shape)
+                mean_square_grad = mean_squares[0]
+                momentum_square = mean_squares[self.momentum_feature]
                 if self.orthogonalize and len(shape) >= 2:
                     d = orthogonalized(d.reshape(-1, shape[-1])).reshape(-1)
                 scale = jax.lax.rsqrt(jnp.mean(jnp.square(d)) + DIRECTION_EPS)
-                if self.step_gain:
-                    momentum_square = mean_squares[self.momentum_feature]
-                    scale = scale * self._gain(theta, momentum_square, u, step)
                 d = d * (scale * self.mup_multiplier(shape))
+            if self.step_gain:
+                u = self._long_run(mean_square_grad, u)
+                new_long_run.append(u)
+                if momentum_square is not None:
+                    d = d * self._gain(theta, momentum_square, u, step)
             leaves.append(d.reshape(shape).astype(dtype))
         return jax.tree.unflatten(layout.treedef, leaves), NormalizedOptState(
             step,

@@ -498,8 +498,7 @@ def test_fused_mean_squares_are_the_columns_mean_squares(extra_features):
     momenta = [jnp.asarray(rng.normal(size=g.shape), jnp.float32) for _ in rule.momentum_decays]
     v = jnp.asarray(rng.uniform(0.1, 2.0, size=g.shape), jnp.float32)
     factored = normalized.factored_second_moment(v, shape) if extra_features else None
-    columns = rule._columns(g, p, momenta, v, factored)
+    columns, fused = rule._features(g, p, momenta, v, factored)
     assert len(columns) == rule.num_features
     expected = jnp.stack([jnp.mean(jnp.square(c)) for c in columns])
-    fused = rule._mean_squares(g, p, momenta, v, factored)
     np.testing.assert_allclose(fused, expected, rtol=1e-5)
