@@ -25,6 +25,7 @@ SCRIPTS = (
     "es_signal_to_noise",
     "jit_cache",
     "variance",
+    "weight_decay_sweep",
     "paper.influence_balancing",
     "paper.learned_optimizer",
     "paper.lr_schedule",

@@ -37,3 +37,29 @@ def test_meta_train_throughput_quick(tmp_path):
     for figures in results.values():
         assert figures["particle_steps_per_s"] > 0 and figures["compile_seconds"] > 0
         assert len(figures["per_round"]) == 1
+
+
+def test_weight_decay_sweep_quick(tmp_path):
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from benchmarks import weight_decay_sweep
+
+    out = tmp_path / "sweep.json"
+    assert weight_decay_sweep.main(["--quick", "--weight-decays", "0.5,1", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert {"commit", "argv", "date"} <= set(saved["provenance"])
+    assert list(saved["results"]) == ["0.5"]  # --quick keeps the first decay
+    tasks = saved["results"]["0.5"]["tasks"]
+    assert set(tasks) == {"mlp_digits_tiny", "quadratic_d8"}
+    losses = [t["test_loss"] for t in tasks.values()]
+    assert all(loss > 0 for loss in losses)
+    assert saved["results"]["0.5"]["mean_test_loss"] == pytest.approx(sum(losses) / len(losses))
+
+
+def test_weight_decay_sweep_names_an_unknown_optimizer():
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from benchmarks import weight_decay_sweep
+
+    with pytest.raises(SystemExit, match="is not shipped; shipped: normalized-v1"):
+        weight_decay_sweep.main(["--quick", "--optimizer", "adamw"])
