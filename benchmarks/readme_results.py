@@ -47,6 +47,9 @@ VARIANCE_SEED = os.path.join(RESULTS, "paper", "variance_independent_seed{}.json
 DEFAULT_CONFIG_RUNS = os.path.join(RESULTS, "default_config_runs.json")
 DEFAULT_ARCHITECTURE = os.path.join(RESULTS, "default_config_architecture.json")
 PRETRAINED = os.path.join(ROOT, "lopt", "weights", "normalized-v1", "training.json")
+PRETRAINED_V7 = os.path.join(ROOT, "lopt", "weights", "normalized-v7", "training.json")
+PRETRAINED_V8 = os.path.join(ROOT, "lopt", "weights", "normalized-v8", "training.json")
+WEIGHT_DECAY_SWEEP_V7 = os.path.join(RESULTS, "weight_decay_sweep", "normalized-v7.json")
 
 ABLATION_DESCRIPTIONS = {
     "reference": "reference (the recipe)",
@@ -280,8 +283,9 @@ def _seed_variance(seed: int, ratio: int = 10) -> float:
     )
 
 
-def _meta_loss_tenths() -> tuple[float, float]:
-    losses = np.asarray(load(PRETRAINED)["meta_loss_curve"]["meta_loss"], dtype=float)
+def _meta_loss_tenths(path: str = PRETRAINED) -> tuple[float, float]:
+    """A shipped version's mean meta-loss over the first and the last tenth of its run."""
+    losses = np.asarray(load(path)["meta_loss_curve"]["meta_loss"], dtype=float)
     tenth = max(len(losses) // 10, 1)
     return float(losses[:tenth].mean()), float(losses[-tenth:].mean())
 
@@ -331,7 +335,7 @@ def _better_than_adam(name: str) -> tuple[int, int]:
     return better, len(tasks)
 
 
-V1, V2, V3, V4, V5, V6 = (f"normalized-v{n}" for n in range(1, 7))
+V1, V2, V3, V4, V5, V6, V7, V8 = (f"normalized-v{n}" for n in range(1, 9))
 
 
 def _counts(metric: str, contender: str | None = None, horizon: str = "1x") -> tuple[int, int, int]:
@@ -427,6 +431,15 @@ README_FIGURES: list[Figure] = [
         "`normalized-v6` (orthogonalized directions) wins\nthe training loss on {} and the test "
         "loss on {}",
         lambda: (_counts("train_loss", V6)[0], _counts("test_loss", V6)[0]),
+    ),
+    Figure(
+        OPTIMIZER_STEP,
+        "a CPU step costs {:.0f}x Adam's on a 1M-parameter MLP (the rule without it, "
+        "`normalized-v5`: {:.1f}x)",
+        lambda: (
+            _step("step/normalized_orthogonal_over_adam"),
+            _step("step/normalized_over_adam"),
+        ),
     ),
     Figure(
         GENERALIZATION,
@@ -570,6 +583,70 @@ RESULTS_FIGURES: list[Figure] = [
         ),
     ),
     Figure(
+        PRETRAINED_V7,
+        "v6's theta for {} outer steps with the meta-loss turned toward held-out data",
+        lambda: (load(PRETRAINED_V7)["budget"]["outer_steps"],),
+    ),
+    Figure(
+        PRETRAINED_V7,
+        "`--config pretrained_v7`; {:.0f} min). Its meta-loss\nwent {:.4f} -> {:.4f}",
+        lambda: (
+            load(PRETRAINED_V7)["budget"]["logged_wall_seconds"] / 60,
+            *_meta_loss_tenths(PRETRAINED_V7),
+        ),
+    ),
+    Figure(
+        GENERALIZATION,
+        "Against tuned AdamW at 1x, v7's training loss\n{}/{}/{} (win rate {:.3f}; v5 {:.3f}), "
+        "test loss {}/{}/{} ({:.3f}; v5 {:.3f}),\naccuracy {}/{}/{}",
+        lambda: _beside_previous(V7, V5),
+    ),
+    Figure(
+        GENERALIZATION,
+        "against v5, v7's test loss is lower on {} tasks and higher on {} (ratio IQM {:.3f},\n"
+        "interval {:.3f} "
+        "to {:.3f}) and its training loss higher on {}",
+        lambda: _versions(V7, V5),
+    ),
+    Figure(
+        GENERALIZATION,
+        "from, v7's test loss is lower on {} tasks and higher on {} (ratio IQM {:.3f}, interval "
+        "{:.3f} to\n{:.3f}) and its training loss higher on {}",
+        lambda: _versions(V7, V6),
+    ),
+    Figure(
+        WEIGHT_DECAY_SWEEP_V7,
+        "0.3 gave v7 the lowest mean test loss, {:.3f} -> {:.3f}",
+        lambda: tuple(
+            load(WEIGHT_DECAY_SWEEP_V7)["results"][w]["mean_test_loss"] for w in ("0.0001", "0.3")
+        ),
+    ),
+    Figure(
+        PRETRAINED_V8,
+        "v7's theta for {} outer steps with decoupled weight decay 0.3",
+        lambda: (load(PRETRAINED_V8)["budget"]["outer_steps"],),
+    ),
+    Figure(
+        PRETRAINED_V8,
+        "`--config pretrained_v8`; {:.0f} min). Its meta-loss went {:.4f} -> {:.4f}",
+        lambda: (
+            load(PRETRAINED_V8)["budget"]["logged_wall_seconds"] / 60,
+            *_meta_loss_tenths(PRETRAINED_V8),
+        ),
+    ),
+    Figure(
+        GENERALIZATION,
+        "Against tuned AdamW at 1x, v8's training loss\n{}/{}/{} (win rate {:.3f}; v7 {:.3f}), "
+        "test loss {}/{}/{} ({:.3f}; v7 {:.3f}),\naccuracy {}/{}/{}",
+        lambda: _beside_previous(V8, V7),
+    ),
+    Figure(
+        GENERALIZATION,
+        "against v7, v8's test loss is lower on {} tasks and higher on {} (ratio IQM {:.3f},\n"
+        "interval {:.3f} to {:.3f}) and its training loss higher on {}",
+        lambda: _versions(V8, V7),
+    ),
+    Figure(
         OPTIMIZER_STEP,
         "a train step with\northogonalized directions costs {:.0f}x Adam's",
         lambda: (_step("step/normalized_orthogonal_over_adam"),),
@@ -611,6 +688,14 @@ RESULTS_FIGURES: list[Figure] = [
         "`{:s}` against its own untrained initialization, paired by seed:\ntest loss lower on {} "
         "tasks, higher on {}, unclear on {} (ratio IQM {:.2f}, interval {:.2f} to {:.2f})",
         lambda: _meta_training_effect("1x", "test_loss"),
+    ),
+    Figure(
+        GENERALIZATION,
+        "its training loss lower on {} and higher on {} (ratio IQM {:.2f})",
+        lambda: (
+            *_meta_training_effect("1x", "train_loss")[1:3],
+            _meta_training_effect("1x", "train_loss")[4],
+        ),
     ),
     Figure(
         ABLATIONS,
