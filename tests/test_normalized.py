@@ -106,7 +106,9 @@ def test_mup_multiplier_and_adam_for_vectors():
 
 def reference_direction(rule, theta, state, grads, params):
     """The rule as first written (frozen here): the per-tensor normalized ``[N, F]`` feature
-    matrix, concatenated over tensors, through the MLP as matmuls, then normalized per tensor."""
+    matrix, concatenated over tensors, through the MLP as matmuls, then (with ``orthogonalize``,
+    matrices through ``lopt.normalized.orthogonalized``, tested on its own) normalized per
+    tensor."""
     config = feats.FeatureConfig(rule.momentum_decays, rule.rms_decay, (), (), False)
     layout, tensors = feats.updated_tensors(config, state, grads, params)
     blocks = []
@@ -139,17 +141,20 @@ def reference_direction(rule, theta, state, grads, params):
             d = feats.adam_direction(m[:, 0], v, step, 0.9, rule.rms_decay, 1e-8)
         else:
             d = raw[offset : offset + size]
+            if rule.orthogonalize and len(shape) >= 2:
+                d = normalized.orthogonalized(d.reshape(-1, shape[-1])).reshape(-1)
             d = d * jax.lax.rsqrt(jnp.mean(jnp.square(d)) + 1e-30) * rule.mup_multiplier(shape)
         pieces.append(d)
     return flat.unflatten(layout, jnp.concatenate(pieces))
 
 
 @pytest.mark.parametrize("adam_for_vectors", [False, True])
-def test_direction_equals_the_reference_on_the_shipped_weights(adam_for_vectors):
+@pytest.mark.parametrize("orthogonalize", [False, True])
+def test_direction_equals_the_reference_on_the_shipped_weights(adam_for_vectors, orthogonalize):
     """The fused network computes the same function of theta: the shipped weights give the
     reference's directions, to float32 rounding, over several steps of a random MLP."""
     rule, theta, _ = lopt.load_optimizer(lopt.pretrained_path())
-    rule = dataclasses.replace(rule, adam_for_vectors=adam_for_vectors)
+    rule = dataclasses.replace(rule, adam_for_vectors=adam_for_vectors, orthogonalize=orthogonalize)
     rng = np.random.default_rng(5)
     widths = (48, 64, 16, 3)  # fan-ins above the μP base of 32 and below it
     params = [
