@@ -8,7 +8,7 @@ test loss and training loss (the mean of the last tenth of the steps), and each 
 loss over the tasks. Writes ``benchmarks/results/weight_decay_sweep/<optimizer>.json`` with
 ``--record``::
 
-    python -m benchmarks.weight_decay_sweep --optimizer normalized-v6 --record   # ~12 min
+    python -m benchmarks.weight_decay_sweep --optimizer normalized-v7 --record   # ~2 min
     python -m benchmarks.weight_decay_sweep --quick                              # seconds
 """
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(f"{w:g}" for w in WEIGHT_DECAYS),
         help="comma-separated decoupled weight decays (multiplied by the learning rate)",
     )
-    parser.add_argument("--suite", default="default", help="a held-out suite (lopt list)")
+    parser.add_argument("--suite", default="default", help="a held-out suite (lopt tasks list)")
     parser.add_argument("--quick", action="store_true", help=f"suite {QUICK_SUITE!r}, one decay")
     output.add_arguments(parser)
     args = parser.parse_args(argv)

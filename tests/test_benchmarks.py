@@ -12,11 +12,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # benchmarks/ is not installed: the checkout's root makes it importable
+    sys.path.insert(0, ROOT)
 
 
 def test_meta_train_throughput_quick(tmp_path):
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     from benchmarks import meta_train_throughput
 
     out = tmp_path / "throughput.json"
@@ -40,8 +40,6 @@ def test_meta_train_throughput_quick(tmp_path):
 
 
 def test_weight_decay_sweep_quick(tmp_path):
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     from benchmarks import weight_decay_sweep
 
     out = tmp_path / "sweep.json"
@@ -57,8 +55,6 @@ def test_weight_decay_sweep_quick(tmp_path):
 
 
 def test_weight_decay_sweep_names_an_unknown_optimizer():
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     from benchmarks import weight_decay_sweep
 
     with pytest.raises(SystemExit, match="is not shipped; shipped: normalized-v1"):
