@@ -14,12 +14,14 @@ round so machine load hits every variant alike:
 * ``adam``: the same 64 inner trainings stepped with ``optax.adam`` and no estimator (vmapped,
   scanned K steps per call, sharded like the engine): the ceiling for the engine's own overhead.
 
-``--pretrained`` measures the recipe that ships instead (``meta_train/configs/pretrained.py``: five
-groups of 8 pairs with their augmentation, the normalized rule, K = 20, horizons log-uniform in
-[50, 500]): the engine as ``lopt meta-train`` runs it (its chunking on this platform) and with all
-pairs at once, against plain AdamW on the same augmented trainings (the ceiling), and ablated
-unrolls of those trainings (the rule at a fixed theta, SGD, SGD without augmentation, SGD on one
-batch) whose differences give where a step's time goes (``breakdown``).
+``--pretrained`` measures the recipe that ships instead: the config recorded in the training record
+of the default pretrained optimizer (``lopt.pretrained_info()["config"]``; ``--pretrained NAME``
+for another shipped version; for ``normalized-v8``: seven groups of 8 pairs with their
+augmentation, the orthogonalized normalized rule with its step gain and weight decay, K = 20,
+horizons log-uniform in [50, 500]): the engine as ``lopt meta-train`` runs it (its chunking on this
+platform) and with all pairs at once, against plain AdamW on the same augmented trainings (the
+ceiling), and ablated unrolls of those trainings (the rule at a fixed theta, SGD, SGD without
+augmentation, SGD on one batch) whose differences give where a step's time goes (``breakdown``).
 
 It prints compile times, inner particle-steps per second (median over rounds), their ratios, and
 peak memory, and writes ``meta_train_throughput[_<mode>].json`` (into ``benchmarks/results/`` with
@@ -57,6 +59,7 @@ if "--help" not in sys.argv and "-h" not in sys.argv:
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -64,6 +67,7 @@ from jax.sharding import PartitionSpec as P
 import lopt
 from benchmarks import output
 from benchmarks.provenance import provenance
+from lopt import shipped
 from meta_train import config_flags, outer, train, unrolled_tasks
 from meta_train.es import engine
 from meta_train.evaluation import inner_training
@@ -85,7 +89,7 @@ SETTINGS = {
     "reference": Setting(32, 10, 200, 0.01, 3e-4, (32, 32), 10, 5),
     "quick": Setting(2, 5, 20, 0.01, 3e-4, (8,), 2, 1),
     "accelerator": Setting(2048, 10, 200, 0.01, 3e-4, (32, 32), 10, 5),
-    # Only steps_per_round and rounds are read: the rest comes from meta_train/configs/pretrained.
+    # Only steps_per_round and rounds are read: the rest is the shipped version's recorded config.
     "pretrained": Setting(8, 20, 500, 0.01, 1e-3, (8, 8), 3, 5),
 }
 
@@ -359,10 +363,16 @@ def _unroll_program(family, tx, window: int, mesh, fixed_batch: bool) -> Any:
     )
 
 
-def pretrained_variants(device_counts: list[int], chunks: list[int | None]) -> list[Variant]:
-    """The engine on the pretrained config (``lopt meta-train --config pretrained``: its chunking
-    first, then ``chunks``) and the unroll ablations, on each mesh size."""
-    config = config_flags.load_config("pretrained")
+def shipped_recipe(name: str) -> ml_collections.ConfigDict:
+    """The config that meta-trained the shipped optimizer ``name``, from its training record."""
+    return ml_collections.ConfigDict(lopt.pretrained_info(name)["config"])
+
+
+def pretrained_variants(
+    config: ml_collections.ConfigDict, device_counts: list[int], chunks: list[int | None]
+) -> list[Variant]:
+    """The engine on a shipped recipe's ``config`` (its chunking first, as ``lopt meta-train``
+    runs it, then ``chunks``) and the unroll ablations, on each mesh size."""
     default_chunk = config_flags.pairs_per_chunk(config, jax.default_backend())
     chunks = [default_chunk, *(c for c in chunks if c != default_chunk)]
     variants: list[Variant] = []
@@ -412,8 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--accelerator", action="store_true", help="2048 pairs (4096 trainings)")
     mode.add_argument(
         "--pretrained",
-        action="store_true",
-        help="the pretrained config's five groups against plain AdamW, with a breakdown",
+        nargs="?",
+        const=shipped.DEFAULT_PRETRAINED,
+        metavar="NAME",
+        help="the recipe of a shipped optimizer (default: the default one, "
+        f"{shipped.DEFAULT_PRETRAINED}) against plain AdamW on its trainings, with a breakdown",
     )
     parser.add_argument("--devices", default="1,2", help="mesh sizes to run (default: 1,2)")
     parser.add_argument("--no-evosax", action="store_true", help="skip the evosax baseline")
@@ -437,11 +450,20 @@ def main(argv: list[str] | None = None) -> int:
     path = output.resolve(args, f"meta_train_throughput{suffix}.json")
 
     if mode_name == "pretrained":
-        variants = pretrained_variants(device_counts, args.pairs_per_chunk)
+        try:
+            recipe = shipped_recipe(args.pretrained)
+        except lopt.NotAnExportError as error:
+            parser.error(str(error))
+        variants = pretrained_variants(recipe, device_counts, args.pairs_per_chunk)
+        groups = ", ".join(
+            f"{name} ({group.family}, {group.num_pairs} pairs, {group.augmentation})"
+            for name, group in recipe.groups.items()
+        )
         print(
-            "pretrained: the pretrained config's five groups (8 pairs each, augmented), normalized "
-            f"rule, K=20, horizons log-uniform in [50, 500]; {jax.device_count()} "
-            f"{jax.devices()[0].platform} device(s)"
+            f"pretrained: the recipe of {args.pretrained}: {recipe.optimizer.architecture} rule "
+            f"{dict(recipe.optimizer.hyperparameters)}, K={recipe.estimator.window}, horizons "
+            f"[{recipe.estimator.min_horizon}, {recipe.estimator.horizon}]; groups {groups}; "
+            f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
         )
     else:
         family = registry.get_family("mlp_digits")
@@ -513,7 +535,16 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "provenance": run_provenance | {"evosax_version": _evosax_version()},
         "mode": mode_name,
-        "setting": setting._asdict(),
+        # The pretrained mode reads only the timing counts; its recipe is the shipped version's.
+        "setting": (
+            {
+                "recipe": args.pretrained,
+                "steps_per_round": setting.steps_per_round,
+                "rounds": setting.rounds,
+            }
+            if mode_name == "pretrained"
+            else setting._asdict()
+        ),
         "steps_timed": setting.steps_per_round * setting.rounds,
         "load_average_per_round": load_per_round,
         "results": results,

@@ -52,3 +52,20 @@ def test_breakdown_without_the_vectorised_engine_has_no_es_overhead():
     ]
     parts = meta_train_throughput.breakdown({f"{n} (1 dev)": 1.0 for n in names}, 1)
     assert "es_overhead_vectorised" not in parts and "engine_all_pairs_at_once" not in parts
+
+
+def test_pretrained_mode_measures_the_recipe_that_trained_the_default():
+    import lopt
+    from lopt import shipped
+    from meta_train import config_flags
+
+    recipe = meta_train_throughput.shipped_recipe(shipped.DEFAULT_PRETRAINED)
+    rule = config_flags.validate(recipe).optimizer
+    assert rule == lopt.load_optimizer(lopt.pretrained_path())[0]
+
+
+def test_pretrained_mode_names_the_shipped_versions_on_an_unknown_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        meta_train_throughput.main(["--pretrained", "normalized-v0"])
+    assert exit_info.value.code == 2
+    assert "normalized-v8" in capsys.readouterr().err
