@@ -283,6 +283,8 @@ class PretrainedEngineVariant(EngineVariant):
 UNROLLS = {
     "adamw": "plain AdamW: the ceiling",
     "rule": "the normalized rule at a fixed theta (no ES)",
+    "rule, no orthogonalization": "the same rule with orthogonalize=False (run only when the "
+    "recipe's rule orthogonalizes)",
     "sgd": "plain SGD: forward/backward and data sampling, an update of one multiply-add",
     "sgd, no augmentation": "plain SGD on the families without their augmentation",
     "sgd, fixed batch": "plain SGD, one key for every step (XLA hoists the batch out of the loop)",
@@ -298,9 +300,11 @@ class UnrollVariant(JittedVariant):
         self.extra = {}
         window = config.estimator.window
         optimizer = config_flags.validate(config).optimizer
+        if kind == "rule, no orthogonalization":
+            optimizer = dataclasses.replace(optimizer, orthogonalize=False)
         theta = optimizer.init_meta_params(jax.random.key(0))
         mesh = outer.make_mesh(num_devices)
-        if kind == "rule":
+        if kind.startswith("rule"):
             # The rule's own update, as the engine calls it (lopt.to_optax adds a host callback
             # per step that warns past the horizon).
             horizon = config.estimator.horizon
@@ -374,11 +378,16 @@ def pretrained_variants(
     """The engine on a shipped recipe's ``config`` (its chunking first, as ``lopt meta-train``
     runs it, then ``chunks``) and the unroll ablations, on each mesh size."""
     default_chunk = config_flags.pairs_per_chunk(config, jax.default_backend())
+    orthogonalizes = config.optimizer.hyperparameters.get("orthogonalize", False)
     chunks = [default_chunk, *(c for c in chunks if c != default_chunk)]
     variants: list[Variant] = []
     for n in device_counts:
         variants += [PretrainedEngineVariant(config, n, chunk) for chunk in chunks]
-        variants += [UnrollVariant(config, kind, n) for kind in UNROLLS]
+        variants += [
+            UnrollVariant(config, kind, n)
+            for kind in UNROLLS
+            if kind != "rule, no orthogonalization" or orthogonalizes
+        ]
     return variants
 
 
@@ -393,6 +402,7 @@ def breakdown(medians: dict[str, float], devices: int) -> dict[str, float]:
         return next((s for name, s in per.items() if name.startswith(prefix)), None)
 
     sgd, rule = get("unroll: sgd ("), get("unroll: rule (")
+    rule_plain = get("unroll: rule, no orthogonalization (")
     parts = {
         "engine_as_meta_train_runs_it": next(s for n, s in per.items() if n.startswith("engine")),
         "engine_all_pairs_at_once": get("engine, all pairs at once"),
@@ -401,6 +411,7 @@ def breakdown(medians: dict[str, float], devices: int) -> dict[str, float]:
         "of_which_data_sampling": sgd - get("unroll: sgd, fixed batch ("),
         "of_which_augmentation": sgd - get("unroll: sgd, no augmentation ("),
         "rule_update_vectorised": rule - sgd,
+        "of_which_orthogonalization": None if rule_plain is None else rule - rule_plain,
         "adamw_update": get("unroll: adamw (") - sgd,
     }
     if parts["engine_all_pairs_at_once"] is not None:

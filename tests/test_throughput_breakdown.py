@@ -69,3 +69,12 @@ def test_pretrained_mode_names_the_shipped_versions_on_an_unknown_one(capsys):
         meta_train_throughput.main(["--pretrained", "normalized-v0"])
     assert exit_info.value.code == 2
     assert "normalized-v8" in capsys.readouterr().err
+
+
+def test_breakdown_takes_the_orthogonalization_from_its_ablation():
+    us = {"engine": 3.0, "unroll: adamw": 1.0, "unroll: sgd": 0.5, "unroll: rule": 2.5}
+    us |= {"unroll: sgd, no augmentation": 0.5, "unroll: sgd, fixed batch": 0.4}
+    us["unroll: rule, no orthogonalization"] = 0.75
+    parts = meta_train_throughput.breakdown({f"{n} (2 dev)": 1e6 / s for n, s in us.items()}, 2)
+    assert parts["rule_update_vectorised"] == pytest.approx(2.0)
+    assert parts["of_which_orthogonalization"] == pytest.approx(1.75)
