@@ -3,7 +3,8 @@
 Times, in one run and interleaved round by round (so machine load hits every variant alike):
 
 * a whole jitted train step (forward, backward, update, apply; buffers donated) of an MLP
-  classifier with about 1M parameters on a batch of 128, with ``optax.adam`` and with the exported
+  classifier with about 1M parameters on a batch of 128, with ``optax.adam``, with the default
+  shipped optimizer as users load it (``lopt.pretrained()``: ``default``), and with the exported
   (``lopt.to_optax``) normalized rule (the shipped architecture), the same with orthogonalized
   matrix directions (``orthogonalize=True``: five Newton–Schulz iterations per matrix, matmuls of
   the matrix's size), MLP, small-MLP, Adam-base MLP and LSTM optimizers;
@@ -143,7 +144,7 @@ def run(quick: bool, rounds: int, names: list[str]) -> dict:
     num_steps = 1000
 
     learned = {name: OPTIMIZERS[name]() for name in names}
-    transforms = {"adam": optax.adam(1e-3)}
+    transforms = {"adam": optax.adam(1e-3), "default": lopt.pretrained(num_steps=num_steps)}
     thetas = {}
     for name, optimizer in learned.items():
         thetas[name] = optimizer.init_meta_params(key_theta)
@@ -217,9 +218,11 @@ def bare_pass(optimizer: Any, theta: Any, features: jax.Array, *context: jax.Arr
 
 
 def ratios_of(seconds: dict[str, float], learned: dict) -> dict[str, float]:
-    """Each learned optimizer's step over Adam's, and each update over its bare network pass."""
+    """Each learned optimizer's step (and the default shipped one's) over Adam's, and each update
+    over its bare network pass."""
     ratios = {
-        f"step/{name}_over_adam": seconds[f"step/{name}"] / seconds["step/adam"] for name in learned
+        f"step/{name}_over_adam": seconds[f"step/{name}"] / seconds["step/adam"]
+        for name in ("default", *learned)
     }
     for name in learned:
         if f"bare/{name}" in seconds:

@@ -235,3 +235,25 @@ def test_means_are_float64_accurate_whatever_the_length(n):
     got = np.asarray(feats.means([jnp.asarray(a, jnp.float32) for a in arrays]))
     expected = [a.astype(np.float32).astype(np.float64).mean() if n else 0.0 for a in arrays]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "num_blocks, remainder",
+    [(2 * feats.BLOCKS_PER_ITERATION + 3, 5), (3, 0), (0, 7), (0, 0)],
+)
+def test_map_row_blocks_equals_the_function_on_all_rows(num_blocks, remainder):
+    # Iterations of BLOCKS_PER_ITERATION blocks, fewer blocks than that, rows short of one block.
+    n = num_blocks * feats.ROW_BLOCK + remainder
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(n, 3)), jnp.float32)
+    h = jnp.asarray(rng.normal(size=(n, 2)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+
+    def rows(x, h):
+        return jnp.tanh(x @ w), h * x[:, :1]
+
+    got = jax.jit(lambda x, h: feats.map_row_blocks(rows, (x, h)))(x, h)
+    expected = rows(x, h)
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
