@@ -8,8 +8,9 @@ one still runs):
 2. ``throughput``: ``benchmarks/meta_train_throughput.py --accelerator`` (2048 pairs, 4096
    trainings, all pairs vectorised, one device): inner particle-steps/s and peak device memory;
 3. ``optimizer_step``: ``benchmarks/optimizer_step.py`` (the 1.07M-parameter train step);
-4. ``meta_train``: a short ``lopt meta-train --config pretrained`` (the shipped recipe, 50 outer
-   steps, no held-out evaluation); ``--quick`` runs the ``tiny`` config (compiles in seconds).
+4. ``meta_train``: a short ``lopt meta-train`` of the default shipped optimizer's recipe (the
+   config its training record names, e.g. ``pretrained_v8``; 50 outer steps, no held-out
+   evaluation); ``--quick`` runs the ``tiny`` config (compiles in seconds).
 
 It writes one JSON (provenance, each stage's command, exit status, seconds, its results and the
 tail of its output) under the scratch folder, or ``--out``/``--record`` (``benchmarks/output.py``).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,8 @@ from typing import Any, NamedTuple
 
 from benchmarks import output
 from benchmarks.provenance import ROOT, provenance
+from lopt import shipped
+from meta_train import config_flags
 
 TAIL_CHARS = 3000
 
@@ -47,6 +51,16 @@ def _pytest(*args: str) -> list[str]:
     return ["-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
 
 
+def recipe_config(name: str = shipped.DEFAULT_PRETRAINED) -> str:
+    """The shipped config that meta-trained the shipped optimizer ``name``: the ``--config`` of
+    the command in its training record."""
+    command = shipped.pretrained_info(name)["command"]
+    found = re.search(r"--config[ =](\S+)", command)
+    if not found or found.group(1) not in config_flags.config_names():
+        raise ValueError(f"{name}'s training record names no shipped config: {command!r}")
+    return found.group(1)
+
+
 def stages(quick: bool, work: str) -> list[Stage]:
     """The stages for a full (accelerator) or ``quick`` (CPU smoke) check, writing into ``work``."""
     throughput = os.path.join(work, "throughput.json")
@@ -56,7 +70,7 @@ def stages(quick: bool, work: str) -> list[Stage]:
         "meta_train.cli",
         "meta-train",
         "--config",
-        "pretrained",
+        recipe_config(),
         "--workdir",
         os.path.join(work, "meta_train"),
         "--config.progress=false",

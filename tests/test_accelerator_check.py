@@ -33,3 +33,17 @@ def test_full_check_fits_its_time_budget():
     assert sum(s.timeout_s for s in stages) <= 8 * 60
     throughput = next(s for s in stages if s.name == "throughput")
     assert "--accelerator" in throughput.argv and "all" in throughput.argv
+
+
+def test_meta_train_stage_runs_the_default_optimizers_recipe():
+    import lopt
+    from meta_train import config_flags
+
+    name = accelerator_check.recipe_config()
+    recorded = lopt.pretrained_info()["config"]
+    config = json.loads(config_flags.load_config(name).to_json())
+    for section in ("optimizer", "groups", "estimator"):
+        assert config[section] == recorded[section], section
+    stages = accelerator_check.stages(quick=False, work="/w")
+    stage = next(s for s in stages if s.name == "meta_train")
+    assert stage.argv[stage.argv.index("--config") + 1] == name
