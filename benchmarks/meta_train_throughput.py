@@ -264,9 +264,20 @@ class AdamVariant(JittedVariant):
 
 
 class PretrainedEngineVariant(EngineVariant):
-    """The engine on the ``pretrained`` config's groups, as ``lopt meta-train`` builds them."""
+    """The engine on a shipped recipe's groups, as ``lopt meta-train`` builds them; with
+    ``training_meta_loss`` the meta-loss is each step's training loss instead of the recipe's (no
+    forward pass on held-out data)."""
 
-    def __init__(self, config, num_devices: int, pairs_per_chunk: int | None):
+    def __init__(
+        self,
+        config,
+        num_devices: int,
+        pairs_per_chunk: int | None,
+        training_meta_loss: bool = False,
+    ):
+        if training_meta_loss:
+            config = config.copy_and_resolve_references()
+            config.meta_loss, config.meta_loss_train_weight = "train", 0.0
         settings = config_flags.validate(config)
         optimizer, groups = settings.optimizer, train.build_groups(settings)
         groups = [
@@ -276,6 +287,8 @@ class PretrainedEngineVariant(EngineVariant):
             for g in groups
         ]
         self._build(groups, settings.outer, optimizer, num_devices, pairs_per_chunk)
+        if training_meta_loss:
+            self.name = self.name.replace("engine,", "engine, training-loss meta-loss,")
 
 
 # Inner-step ablations of the pretrained setting: the same particles (every group's 2 x pairs
@@ -383,6 +396,8 @@ def pretrained_variants(
     variants: list[Variant] = []
     for n in device_counts:
         variants += [PretrainedEngineVariant(config, n, chunk) for chunk in chunks]
+        if config.meta_loss != "train":
+            variants.append(PretrainedEngineVariant(config, n, default_chunk, True))
         variants += [
             UnrollVariant(config, kind, n)
             for kind in UNROLLS
@@ -403,8 +418,13 @@ def breakdown(medians: dict[str, float], devices: int) -> dict[str, float]:
 
     sgd, rule = get("unroll: sgd ("), get("unroll: rule (")
     rule_plain = get("unroll: rule, no orthogonalization (")
+    engine = next(s for n, s in per.items() if n.startswith("engine"))
+    training_meta_loss = get("engine, training-loss meta-loss")
     parts = {
-        "engine_as_meta_train_runs_it": next(s for n, s in per.items() if n.startswith("engine")),
+        "engine_as_meta_train_runs_it": engine,
+        "of_which_held_out_meta_loss": None
+        if training_meta_loss is None
+        else engine - training_meta_loss,
         "engine_all_pairs_at_once": get("engine, all pairs at once"),
         "adamw_ceiling": get("unroll: adamw ("),
         "forward_backward_and_data": sgd,
@@ -568,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
             "differences of medians of ablated jitted variants timed in the same rounds: "
             + "; ".join(f"unroll: {k} = {v}" for k, v in UNROLLS.items())
             + "; es_overhead = engine - unroll: rule (perturbations, antithetic twins, resets, "
-            "meta-loss, outer update, host dispatch)"
+            "meta-loss, outer update, host dispatch); of_which_held_out_meta_loss = engine - "
+            "engine, training-loss meta-loss (the same engine with each step's training loss as "
+            "its meta-loss: no forward pass on held-out data)"
         )
         for devices, parts in record["breakdown_us_per_particle_step"].items():
             print(f"breakdown, microseconds per particle-step ({devices}):")

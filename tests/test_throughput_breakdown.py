@@ -78,3 +78,12 @@ def test_breakdown_takes_the_orthogonalization_from_its_ablation():
     parts = meta_train_throughput.breakdown({f"{n} (2 dev)": 1e6 / s for n, s in us.items()}, 2)
     assert parts["rule_update_vectorised"] == pytest.approx(2.0)
     assert parts["of_which_orthogonalization"] == pytest.approx(1.75)
+
+
+def test_breakdown_takes_the_held_out_meta_loss_from_its_ablation():
+    us = {"engine, chunks of 1": 3.0, "engine, training-loss meta-loss, chunks of 1": 2.25}
+    us |= {"unroll: adamw": 1.0, "unroll: sgd": 0.5, "unroll: rule": 2.0}
+    us |= {"unroll: sgd, no augmentation": 0.5, "unroll: sgd, fixed batch": 0.4}
+    parts = meta_train_throughput.breakdown({f"{n} (2 dev)": 1e6 / s for n, s in us.items()}, 2)
+    assert parts["engine_as_meta_train_runs_it"] == pytest.approx(3.0)
+    assert parts["of_which_held_out_meta_loss"] == pytest.approx(0.75)
