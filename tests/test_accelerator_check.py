@@ -5,6 +5,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
     sys.path.insert(0, ROOT)
@@ -12,6 +14,7 @@ if ROOT not in sys.path:  # benchmarks/ is a folder of the repository, not an in
 from benchmarks import accelerator_check  # noqa: E402
 
 
+@pytest.mark.slow  # four subprocesses, about a minute: the benchmarks' quick modes are slow tier
 def test_quick_check_runs_every_stage_and_writes_one_json(tmp_path):
     out = tmp_path / "check.json"
     assert accelerator_check.main(["--quick", "--out", str(out)]) == 0

@@ -1,4 +1,5 @@
-"""``python -m benchmarks.generalization --quick``: each part once, tiny suite (fast tier)."""
+"""``python -m benchmarks.generalization --quick``: each part once, tiny suite (slow tier: about a
+minute, every shipped version a peer); the protocol's pure functions (fast tier)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ if ROOT not in sys.path:  # benchmarks/ is not an installed package; python -m r
 from benchmarks import generalization  # noqa: E402
 
 
+@pytest.mark.slow
 def test_generalization_quick(tmp_path):
     # Two worker processes: the path the full run takes; the units come back merged in order.
     assert generalization.main(["--quick", "--jobs", "2", "--out", str(tmp_path)]) == 0
