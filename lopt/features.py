@@ -317,10 +317,10 @@ def dense(
 
 
 ROW_BLOCK = 1024  # rows per block of map_row_blocks: [1024, 64] float32 gates are 256 KiB
-# Blocks per iteration of map_row_blocks (vectorised together): 16k rows are enough for XLA to split
-# each skinny matmul over the cores and few enough for the intermediates to stay in cache. On the
-# 2-core CPU, the (32, 32) MLP rule's update on 1.07M parameters: 88 ms one block at a time, 47 ms
-# with 16 (the LSTM's: 267 -> 227 ms); 32 blocks or one block of 16k rows are slower.
+# Blocks per iteration of map_row_blocks (vectorised together): one block's matmuls are too small
+# for XLA to split over the cores. On the 2-core CPU, the (32, 32) MLP rule's update on 1.07M
+# parameters: 88 ms one block at a time, 47 ms with 16 (the LSTM's: 267 -> 227 ms); 32 blocks
+# (57 ms) or one block of 16k rows (58 ms) are slower.
 BLOCKS_PER_ITERATION = 16
 
 
@@ -330,8 +330,8 @@ def map_row_blocks(
     """``fn(*arrays)`` for a row-wise ``fn`` (row ``r`` of every output depends only on row ``r``
     of every input ``arrays[i][n, ...]``), run over blocks of ``ROW_BLOCK`` rows,
     ``BLOCKS_PER_ITERATION`` at a time (``lax.map``), then the remaining rows, so that the
-    ``[rows, width]`` intermediates of ``fn``'s skinny matmuls stay in cache: over all ``n`` rows
-    at once each would make a round trip through memory. Equal to ``fn(*arrays)`` up to float
+    ``[rows, width]`` intermediates of ``fn``'s skinny matmuls stay small: over all ``n`` rows at
+    once each would make a round trip through memory. Equal to ``fn(*arrays)`` up to float
     rounding."""
     n = arrays[0].shape[0]
     full = n // ROW_BLOCK * ROW_BLOCK

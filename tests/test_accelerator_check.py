@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+import lopt
+from meta_train import config_flags
+
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
     sys.path.insert(0, ROOT)
@@ -39,9 +42,6 @@ def test_full_check_fits_its_time_budget():
 
 
 def test_meta_train_stage_runs_the_default_optimizers_recipe():
-    import lopt
-    from meta_train import config_flags
-
     name = accelerator_check.recipe_config()
     recorded = lopt.pretrained_info()["config"]
     config = json.loads(config_flags.load_config(name).to_json())

@@ -6,6 +6,10 @@ import sys
 
 import pytest
 
+import lopt
+from lopt import shipped
+from meta_train import config_flags
+
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
     sys.path.insert(0, ROOT)
@@ -55,10 +59,6 @@ def test_breakdown_without_the_vectorised_engine_has_no_es_overhead():
 
 
 def test_pretrained_mode_measures_the_recipe_that_trained_the_default():
-    import lopt
-    from lopt import shipped
-    from meta_train import config_flags
-
     recipe = meta_train_throughput.shipped_recipe(shipped.DEFAULT_PRETRAINED)
     rule = config_flags.validate(recipe).optimizer
     assert rule == lopt.load_optimizer(lopt.pretrained_path())[0]
