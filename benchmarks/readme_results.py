@@ -283,6 +283,11 @@ def _seed_variance(seed: int, ratio: int = 10) -> float:
     )
 
 
+def _minutes_and_tenths(path: str) -> tuple[float, float, float]:
+    """A shipped version's logged meta-training minutes and its meta-loss tenths."""
+    return (load(path)["budget"]["logged_wall_seconds"] / 60, *_meta_loss_tenths(path))
+
+
 def _meta_loss_tenths(path: str = PRETRAINED) -> tuple[float, float]:
     """A shipped version's mean meta-loss over the first and the last tenth of its run."""
     losses = np.asarray(load(path)["meta_loss_curve"]["meta_loss"], dtype=float)
@@ -595,10 +600,7 @@ RESULTS_FIGURES: list[Figure] = [
     Figure(
         PRETRAINED_V7,
         "`--config pretrained_v7`; {:.0f} min). Its meta-loss\nwent {:.4f} -> {:.4f}",
-        lambda: (
-            load(PRETRAINED_V7)["budget"]["logged_wall_seconds"] / 60,
-            *_meta_loss_tenths(PRETRAINED_V7),
-        ),
+        lambda: _minutes_and_tenths(PRETRAINED_V7),
     ),
     Figure(
         GENERALIZATION,
@@ -633,10 +635,7 @@ RESULTS_FIGURES: list[Figure] = [
     Figure(
         PRETRAINED_V8,
         "`--config pretrained_v8`; {:.0f} min). Its meta-loss went {:.4f} -> {:.4f}",
-        lambda: (
-            load(PRETRAINED_V8)["budget"]["logged_wall_seconds"] / 60,
-            *_meta_loss_tenths(PRETRAINED_V8),
-        ),
+        lambda: _minutes_and_tenths(PRETRAINED_V8),
     ),
     Figure(
         GENERALIZATION,
